@@ -1,0 +1,58 @@
+import type { Command } from 'commander';
+import { ApiClient, enc } from '../api-client.js';
+import { clientOptions, type ClientOpts } from '../common.js';
+import { printJson, printTable } from '../output.js';
+
+interface AttachmentView {
+  disk: string;
+  export: string;
+  readOnly: boolean;
+  requireTls?: boolean;
+  tlsPskIdentity?: string | null;
+  uri?: string;
+  clients?: Array<{ remote: string; since: string; tls?: boolean }>;
+  [k: string]: unknown;
+}
+
+export function registerAttachments(program: Command): void {
+  clientOptions(program.command('attach <disk>'))
+    .description('attach a disk to this host: export it over NBD')
+    .option('--export <name>', 'NBD export name (default: the disk name)')
+    .option('--read-only', 'read-only attachment')
+    .option('--tls-psk-identity <id>', 'require TLS with this PSK identity (key kept in <state>/tls/keys.psk)')
+    .option('--require-tls', 'require TLS (PSK or client certificate)')
+    .action(async (disk: string, opts: ClientOpts) => {
+      const body: Record<string, unknown> = { disk };
+      if (opts.export) body.export = opts.export;
+      if (opts.readOnly) body.readOnly = true;
+      if (opts.tlsPskIdentity) body.tlsPskIdentity = opts.tlsPskIdentity;
+      if (opts.requireTls || opts.tlsPskIdentity) body.requireTls = true;
+      const a = await new ApiClient(opts).post<AttachmentView>('/v1/attachments', body);
+      if (opts.json) return printJson(a);
+      process.stdout.write(`attached ${a.disk} as NBD export ${a.export}${a.readOnly ? ' (read-only)' : ''}\n`);
+      if (a.uri) process.stdout.write(`  nbdinfo ${a.uri}\n`);
+    });
+
+  clientOptions(program.command('detach <disk>'))
+    .description('detach a disk: drain in-flight I/O, then close its export')
+    .action(async (disk: string, opts: ClientOpts) => {
+      const r = await new ApiClient(opts).delete(`/v1/attachments/${enc(disk)}`);
+      if (opts.json) printJson(r ?? { detached: disk });
+      else process.stdout.write(`detached ${disk}\n`);
+    });
+
+  clientOptions(program.command('attachments'))
+    .description('list attachments with their connected clients')
+    .action(async (opts: ClientOpts) => {
+      const r = await new ApiClient(opts).get<{ attachments: AttachmentView[] }>('/v1/attachments');
+      if (opts.json) return printJson(r);
+      printTable(r.attachments, [
+        { header: 'disk', get: (a) => a.disk },
+        { header: 'export', get: (a) => a.export },
+        { header: 'mode', get: (a) => (a.readOnly ? 'ro' : 'rw') },
+        { header: 'tls', get: (a) => (a.requireTls ? (a.tlsPskIdentity ? `psk:${a.tlsPskIdentity}` : 'required') : 'off') },
+        { header: 'clients', get: (a) => a.clients?.length ?? 0 },
+        { header: 'uri', get: (a) => a.uri },
+      ]);
+    });
+}

@@ -1,0 +1,175 @@
+// The long-running processes: the KMS emulator, the agent, and the one-command demo.
+
+import type { Command } from 'commander';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { formatHostPort, kmsAddress, nbdAddress, apiAddress, statePaths, type HostPort, setting } from '../../config.js';
+import { KmsdiskError } from '../../errors.js';
+import { createLogger } from '../../util/logger.js';
+import { projectRoot } from '../version-info.js';
+import { ApiClient } from '../api-client.js';
+import { loadAgentConfig, type ServeFlags } from '../serve-config.js';
+
+export function registerDaemons(program: Command): void {
+  program
+    .command('kms')
+    .description('run the KMS emulator (Alibaba Cloud KMS 2016-01-20 API, signed RPC) as its own process')
+    .option('--state <dir>', 'emulator state folder (default <KMSDISK_STATE>/kms)')
+    .option('--listen <host:port>', 'listen address (default 127.0.0.1:9801, env KMSDISK_KMS)')
+    .option('--no-sync-revocation', 'answer DisableKey/RevokeGrant at once instead of waiting for agents to wipe')
+    .option('--sync-revocation-timeout <ms>', 'bounded wait for agent acknowledgements', '200')
+    .action(async (opts: { state?: string; listen?: string; syncRevocation: boolean; syncRevocationTimeout: string }) => {
+      const { startKmsEmulator } = await import('../../kms/emulator/index.js');
+      const stateDir = opts.state ?? statePaths().kmsDir;
+      const listen = kmsAddress(opts.listen);
+      const logger = createLogger({ name: 'kmsdisk-kms' });
+      const kms = await startKmsEmulator({
+        stateDir,
+        listen,
+        syncRevocation: opts.syncRevocation,
+        syncRevocationTimeoutMs: Number(opts.syncRevocationTimeout),
+        logger,
+      });
+      logger.info({ url: kms.url, stateDir }, 'KMS emulator listening');
+      process.stderr.write(`kmsdisk kms: listening on ${kms.url} (credentials in ${join(stateDir, 'credentials.json')})\n`);
+      await untilSignal();
+      await kms.close();
+    });
+
+  serveOptions(program.command('serve'))
+    .description('run the agent: NBD exports of encrypted disks, the admin API and /metrics')
+    .action(async (opts: ServeFlags) => {
+      const { createAgent } = await import('../../agent/agent.js');
+      const config = loadAgentConfig(opts);
+      const agent = createAgent(config);
+      await agent.start();
+      process.stderr.write(`kmsdisk serve: NBD on ${formatHostPort(config.nbd)}, admin API on http://${formatHostPort(config.api)}\n`);
+      await untilSignal();
+      await agent.stop();
+    });
+
+  serveOptions(program.command('demo'))
+    .description('what `npm start` runs: the KMS emulator (own process) + the agent + an encrypted demo disk attached as NBD export "demo"')
+    .option('--disk-size <size>', 'size of the demo disk', '1G')
+    .action(async (opts: ServeFlags & { diskSize: string }) => {
+      await runDemo(opts);
+    });
+}
+
+function serveOptions(cmd: Command): Command {
+  return cmd
+    .option('--state <dir>', 'state folder (default ./.kmsdisk, env KMSDISK_STATE)')
+    .option('--nbd <host:port>', 'NBD listen address (default 127.0.0.1:10809, env KMSDISK_NBD)')
+    .option('--nbd-socket <path>', 'also listen for NBD on this Unix socket')
+    .option('--api <host:port>', 'admin API listen address (default 127.0.0.1:9800, env KMSDISK_API)')
+    .option('--kms <host:port>', 'KMS endpoint (default the emulator at 127.0.0.1:9801, env KMSDISK_KMS)')
+    .option('--kms-protocol <http|https>', 'KMS protocol (env KMSDISK_KMS_PROTOCOL)')
+    .option('--kms-region <region>', 'KMS region id (env KMSDISK_KMS_REGION)', undefined)
+    .option('--lease-interval <ms>', 'key lease renewal interval (env KMSDISK_LEASE_INTERVAL_MS)')
+    .option('--offline-grace <ms>', 'how long the KMS may be unreachable before keys are wiped (fail-closed: 0)')
+    .option('--revocation <mode>', 'immediate (default) or on-attach (cloud-faithful)')
+    .option('--resume <mode>', 'auto (default) or manual')
+    .option('--no-events', 'do not subscribe to the emulator event stream (lease only)')
+    .option('--protect-metrics', 'require the API token on /metrics and /healthz too');
+}
+
+/** Resolves on SIGINT or SIGTERM (Ctrl-C stops both processes of the demo cleanly). */
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals) => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+      resolve(sig);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+  });
+}
+
+async function waitForPort(hp: HostPort, child: ChildProcess, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new KmsdiskError('KMSDISK_ERR_KMS_UNAVAILABLE', `the KMS emulator exited with code ${child.exitCode}; see its messages above`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(hp.port, hp.host);
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new KmsdiskError('KMSDISK_ERR_KMS_UNAVAILABLE', `the KMS emulator did not listen on ${formatHostPort(hp)} within ${timeoutMs} ms`);
+}
+
+async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
+  const paths = statePaths(opts.state);
+  mkdirSync(paths.root, { recursive: true, mode: 0o700 });
+  const kmsHp = kmsAddress(opts.kms);
+
+  // The emulator is its own process, as it would be a remote service: CMK material never
+  // enters the agent's address space.
+  const kmsChild = spawn(
+    process.execPath,
+    [join(projectRoot(), 'bin', 'kmsdisk.js'), 'kms', '--state', paths.kmsDir, '--listen', formatHostPort(kmsHp)],
+    { stdio: ['ignore', 'inherit', 'inherit'], env: process.env },
+  );
+  let agent: { stop(): Promise<void> } | undefined;
+  const stopAll = async () => {
+    await agent?.stop().catch(() => undefined);
+    if (kmsChild.exitCode === null) {
+      kmsChild.kill('SIGTERM');
+      await new Promise((r) => kmsChild.once('exit', r));
+    }
+  };
+  try {
+    await waitForPort(kmsHp, kmsChild, 30_000);
+    const deadline = Date.now() + 10_000;
+    while (!existsSync(paths.kmsCredentials) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+
+    const { createAgent } = await import('../../agent/agent.js');
+    const config = loadAgentConfig(opts);
+    const a = createAgent(config);
+    agent = a;
+    await a.start();
+
+    const api = new ApiClient({ state: paths.root, api: formatHostPort(config.api) });
+    const disks = await api.get<{ disks: Array<{ name: string }> }>('/v1/disks');
+    if (!disks.disks.some((d) => d.name === 'demo')) {
+      await api.post('/v1/disks', { name: 'demo', size: opts.diskSize, sectorSize: 4096 });
+    }
+    const atts = await api.get<{ attachments: Array<{ disk: string }> }>('/v1/attachments');
+    if (!atts.attachments.some((x) => x.disk === 'demo')) await api.post('/v1/attachments', { disk: 'demo' });
+
+    const nbd = formatHostPort(config.nbd);
+    const apiUrl = `http://${formatHostPort(config.api)}`;
+    process.stdout.write(
+      [
+        '',
+        'kmsdisk demo is running: KMS emulator + agent, encrypted disk "demo" (AES-256-XTS, DEK wrapped by alias/acs/ecs)',
+        '',
+        `  nbdinfo nbd://${nbd}/demo`,
+        `  qemu-img info nbd://${nbd}/demo`,
+        `  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://${nbd}/demo`,
+        `  nbdcopy nbd://${nbd}/demo - | head -c 512 | od -A d -t x1 | head`,
+        '',
+        `  admin API  ${apiUrl}  (token: ${paths.apiToken}; docs at ${apiUrl}/docs)`,
+        `  metrics    ${apiUrl}/metrics`,
+        `  CLI        node bin/kmsdisk.js disk list --state ${paths.root}`,
+        `  drill      node bin/kmsdisk.js drill --state ${paths.root} --disk demo --action revoke-grant --restore`,
+        '',
+        'Ctrl-C stops the agent and the emulator.',
+        '',
+      ].join('\n'),
+    );
+    await untilSignal();
+  } finally {
+    await stopAll();
+  }
+}
+
+export { setting, nbdAddress, apiAddress };

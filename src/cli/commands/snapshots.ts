@@ -1,0 +1,72 @@
+import type { Command } from 'commander';
+import { ApiClient, enc } from '../api-client.js';
+import { clientOptions, type ClientOpts } from '../common.js';
+import { printJson, printTable, printFields } from '../output.js';
+import { formatSize } from '../../util/size.js';
+
+interface SnapshotView {
+  name: string;
+  disk: string;
+  size: number;
+  kmsKeyId?: string;
+  trigger?: string;
+  createdAt: string;
+}
+
+export function registerSnapshots(program: Command): void {
+  const snap = program.command('snapshot').description('crash-consistent snapshots of encrypted disks, and automatic snapshot policies');
+
+  clientOptions(snap.command('create <disk> <name>'))
+    .description('snapshot a disk (writes acknowledged before it are in it, later ones are not)')
+    .action(async (disk: string, name: string, opts: ClientOpts) => {
+      const s = await new ApiClient(opts).post<SnapshotView>('/v1/snapshots', { disk, name });
+      if (opts.json) printJson(s);
+      else process.stdout.write(`created snapshot ${s.name} of ${s.disk}\n`);
+    });
+
+  clientOptions(snap.command('list'))
+    .description('list snapshots')
+    .option('--disk <disk>', 'only the snapshots of this disk')
+    .action(async (opts: ClientOpts) => {
+      const q = opts.disk ? `?disk=${enc(String(opts.disk))}` : '';
+      const r = await new ApiClient(opts).get<{ snapshots: SnapshotView[] }>(`/v1/snapshots${q}`);
+      if (opts.json) return printJson(r);
+      printTable(r.snapshots, [
+        { header: 'name', get: (s) => s.name },
+        { header: 'disk', get: (s) => s.disk },
+        { header: 'size', get: (s) => formatSize(s.size) },
+        { header: 'trigger', get: (s) => s.trigger },
+        { header: 'created', get: (s) => s.createdAt },
+      ]);
+    });
+
+  clientOptions(snap.command('delete <name>'))
+    .description('delete a snapshot')
+    .action(async (name: string, opts: ClientOpts) => {
+      const r = await new ApiClient(opts).delete(`/v1/snapshots/${enc(name)}`);
+      if (opts.json) printJson(r ?? { deleted: name });
+      else process.stdout.write(`deleted snapshot ${name}\n`);
+    });
+
+  clientOptions(snap.command('policy <disk>'))
+    .description('set (or with --clear remove) the automatic snapshot policy of a disk')
+    .option('--interval <seconds>', 'seconds between snapshots')
+    .option('--retain <count>', 'how many automatic snapshots to keep')
+    .option('--clear', 'remove the policy')
+    .action(async (disk: string, opts: ClientOpts) => {
+      const api = new ApiClient(opts);
+      if (opts.clear) {
+        const r = await api.delete(`/v1/disks/${enc(disk)}/snapshot-policy`);
+        if (opts.json) printJson(r ?? { disk, policy: null });
+        else process.stdout.write(`removed the snapshot policy of ${disk}\n`);
+        return;
+      }
+      if (opts.interval === undefined || opts.retain === undefined) throw Object.assign(new Error('--interval and --retain are required (or --clear)'), { code: 'KMSDISK_ERR_INVALID_ARGUMENT' });
+      const r = await api.put<Record<string, unknown>>(`/v1/disks/${enc(disk)}/snapshot-policy`, {
+        intervalSeconds: Number(opts.interval),
+        retain: Number(opts.retain),
+      });
+      if (opts.json) printJson(r);
+      else printFields(r);
+    });
+}

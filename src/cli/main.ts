@@ -1,0 +1,52 @@
+// kmsdisk command line. Long-running processes (`kms`, `serve`, `demo`) run here; every other
+// verb is a thin client of the agent's admin API (see api-client.ts), so the CLI, scripts and
+// the HTTP API always agree.
+
+import { Command, CommanderError } from 'commander';
+import { reportError } from './output.js';
+import { registerVersion } from './commands/version.js';
+import { registerDaemons } from './commands/daemons.js';
+import { registerKeys } from './commands/keys.js';
+import { registerDisks } from './commands/disks.js';
+import { registerSnapshots } from './commands/snapshots.js';
+import { registerImages } from './commands/images.js';
+import { registerAttachments } from './commands/attachments.js';
+import { registerJobs } from './commands/jobs.js';
+import { registerDrill } from './commands/drill.js';
+import { registerBench } from './commands/bench.js';
+import { packageVersion } from './version-info.js';
+
+export function buildProgram(): Command {
+  const program = new Command('kmsdisk')
+    .description('Local agent for KMS-backed encrypted disks (AES-256-XTS over NBD, Alibaba Cloud KMS envelope encryption)')
+    .version(packageVersion(), '-V, --version-number', 'print the package version only')
+    .showHelpAfterError()
+    .exitOverride();
+  registerVersion(program);
+  registerDaemons(program);
+  registerKeys(program);
+  registerDisks(program);
+  registerSnapshots(program);
+  registerImages(program);
+  registerAttachments(program);
+  registerJobs(program);
+  registerDrill(program);
+  registerBench(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  const wantsJson = argv.includes('--json');
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version exit through here with code 0.
+      if (err.exitCode === 0) return;
+      process.exitCode = reportError({ code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: err.message.replace(/^error: /, '') }, wantsJson);
+      return;
+    }
+    process.exitCode = reportError(err, wantsJson);
+  }
+}

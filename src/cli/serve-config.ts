@@ -1,0 +1,101 @@
+// Turns `kmsdisk serve` flags + KMSDISK_* environment into the agent's configuration.
+// Credentials: the emulator's <state>/kms/credentials.json by default; for a real Alibaba
+// Cloud endpoint, KMSDISK_KMS_ACCESS_KEY_ID / KMSDISK_KMS_ACCESS_KEY_SECRET (and optionally
+// KMSDISK_KMS_SECURITY_TOKEN for STS) -- never flags, so secrets stay out of `ps`.
+
+import { readFileSync } from 'node:fs';
+import { apiAddress, kmsAddress, nbdAddress, formatHostPort, setting, statePaths } from '../config.js';
+import { KmsdiskError } from '../errors.js';
+import { createLogger } from '../util/logger.js';
+import { createMetrics } from '../metrics/registry.js';
+
+export interface ServeFlags {
+  state?: string;
+  nbd?: string;
+  nbdSocket?: string;
+  api?: string;
+  kms?: string;
+  kmsProtocol?: string;
+  kmsRegion?: string;
+  leaseInterval?: string;
+  offlineGrace?: string;
+  revocation?: string;
+  resume?: string;
+  events?: boolean;
+  protectMetrics?: boolean;
+}
+
+export interface Credentials {
+  accessKeyId: string;
+  accessKeySecret: string;
+  securityToken?: string;
+}
+
+export function readEmulatorCredentials(path: string): { admin?: Credentials; agent: Credentials } | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const parsed = JSON.parse(text) as { admin?: Credentials; agent?: Credentials };
+  if (!parsed.agent?.accessKeyId || !parsed.agent.accessKeySecret) {
+    throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${path} has no "agent" AccessKey pair`);
+  }
+  return { admin: parsed.admin, agent: parsed.agent };
+}
+
+function intSetting(flag: string | undefined, env: string, fallback: number, what: string): number {
+  const v = Number(setting(flag, env, String(fallback)));
+  if (!Number.isInteger(v) || v < 0) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what} must be a whole number of milliseconds`);
+  return v;
+}
+
+function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
+  if (!(allowed as readonly string[]).includes(value)) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what} must be one of ${allowed.join(', ')}`);
+  return value as T;
+}
+
+export function loadAgentConfig(flags: ServeFlags) {
+  const paths = statePaths(flags.state);
+  const kms = kmsAddress(flags.kms);
+  const envCreds: Credentials | undefined = process.env.KMSDISK_KMS_ACCESS_KEY_ID
+    ? {
+        accessKeyId: process.env.KMSDISK_KMS_ACCESS_KEY_ID,
+        accessKeySecret: process.env.KMSDISK_KMS_ACCESS_KEY_SECRET ?? '',
+        ...(process.env.KMSDISK_KMS_SECURITY_TOKEN ? { securityToken: process.env.KMSDISK_KMS_SECURITY_TOKEN } : {}),
+      }
+    : undefined;
+  const fileCreds = readEmulatorCredentials(paths.kmsCredentials);
+  const agentCreds = envCreds ?? fileCreds?.agent;
+  if (!agentCreds) {
+    throw new KmsdiskError(
+      'KMSDISK_ERR_KMS_ACCESS_KEY',
+      `no KMS credentials: start the emulator (kmsdisk kms) so it writes ${paths.kmsCredentials}, or set KMSDISK_KMS_ACCESS_KEY_ID and KMSDISK_KMS_ACCESS_KEY_SECRET`,
+    );
+  }
+  const logger = createLogger({ name: 'kmsdisk-agent' });
+  return {
+    paths,
+    nbd: nbdAddress(flags.nbd),
+    nbdSocket: flags.nbdSocket,
+    api: apiAddress(flags.api),
+    protectMetrics: Boolean(flags.protectMetrics),
+    kms: {
+      endpoint: formatHostPort(kms),
+      protocol: oneOf(setting(flags.kmsProtocol, 'KMSDISK_KMS_PROTOCOL', 'http'), ['http', 'https'] as const, '--kms-protocol'),
+      regionId: setting(flags.kmsRegion, 'KMSDISK_KMS_REGION', 'cn-hangzhou'),
+      agent: agentCreds,
+      admin: envCreds ? undefined : fileCreds?.admin,
+    },
+    keyGuard: {
+      leaseIntervalMs: intSetting(flags.leaseInterval, 'KMSDISK_LEASE_INTERVAL_MS', 1000, '--lease-interval'),
+      offlineGraceMs: intSetting(flags.offlineGrace, 'KMSDISK_OFFLINE_GRACE_MS', 0, '--offline-grace'),
+      revocation: oneOf(setting(flags.revocation, 'KMSDISK_REVOCATION', 'immediate'), ['immediate', 'on-attach'] as const, '--revocation'),
+      resume: oneOf(setting(flags.resume, 'KMSDISK_RESUME', 'auto'), ['auto', 'manual'] as const, '--resume'),
+      events: flags.events !== false && process.env.KMSDISK_EVENTS !== '0',
+    },
+    logger,
+    metrics: createMetrics(),
+  };
+}

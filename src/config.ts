@@ -1,0 +1,71 @@
+// Defaults and their overrides: flag > KMSDISK_* environment variable > default.
+// These are the "interfaces that scripts rely on" of DESIGN.md: keep them stable.
+
+import { resolve, join } from 'node:path';
+import { KmsdiskError } from './errors.js';
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export const DEFAULTS = {
+  state: './.kmsdisk',
+  api: '127.0.0.1:9800',
+  kms: '127.0.0.1:9801',
+  nbd: '127.0.0.1:10809',
+} as const;
+
+/** Parses "host:port", "[v6]:port" or ":port" (host defaults to 127.0.0.1). */
+export function parseHostPort(value: string, what: string): HostPort {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) {
+    throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what}: expected HOST:PORT, got ${JSON.stringify(value)}`);
+  }
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+export function formatHostPort(hp: HostPort): string {
+  return hp.host.includes(':') ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
+}
+
+/** flag value, else KMSDISK_<NAME>, else the default. */
+export function setting(flag: string | undefined, envName: string, fallback: string): string {
+  if (flag !== undefined && flag !== '') return flag;
+  const env = process.env[envName];
+  return env !== undefined && env !== '' ? env : fallback;
+}
+
+export interface StatePaths {
+  root: string;
+  kmsDir: string;
+  kmsCredentials: string;
+  apiToken: string;
+  volumes: string;
+  catalog: string;
+  tls: string;
+}
+
+export function statePaths(stateFlag?: string): StatePaths {
+  const root = resolve(setting(stateFlag, 'KMSDISK_STATE', DEFAULTS.state));
+  return {
+    root,
+    kmsDir: join(root, 'kms'),
+    kmsCredentials: join(root, 'kms', 'credentials.json'),
+    apiToken: join(root, 'api-token'),
+    volumes: join(root, 'volumes'),
+    catalog: join(root, 'catalog.db'),
+    tls: join(root, 'tls'),
+  };
+}
+
+export function apiAddress(flag?: string): HostPort {
+  return parseHostPort(setting(flag, 'KMSDISK_API', DEFAULTS.api), 'admin API address');
+}
+export function kmsAddress(flag?: string): HostPort {
+  return parseHostPort(setting(flag, 'KMSDISK_KMS', DEFAULTS.kms), 'KMS address');
+}
+export function nbdAddress(flag?: string): HostPort {
+  return parseHostPort(setting(flag, 'KMSDISK_NBD', DEFAULTS.nbd), 'NBD address');
+}
