@@ -1,0 +1,681 @@
+// N-API surface of kmsdisk.node. Arguments are validated here as well as in the TypeScript
+// wrapper (src/crypto/index.ts): the wrapper gives friendly errors, this layer guarantees that
+// no argument can make native code read or write outside a buffer.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "io.h"
+#include "keyslot.h"
+#include "napi.h"
+#include "xts.h"
+
+namespace kmsdisk {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Errors: every thrown/rejected error carries `code` from src/errors.ts.
+
+enum class ErrKind { Type, Range, Plain };
+
+Napi::Error MakeError(Napi::Env env, ErrKind kind, const char* code, const std::string& message) {
+  Napi::Error err = kind == ErrKind::Type    ? Napi::TypeError::New(env, message)
+                    : kind == ErrKind::Range ? Napi::RangeError::New(env, message)
+                                             : Napi::Error::New(env, message);
+  err.Value().Set("code", Napi::String::New(env, code));
+  return err;
+}
+
+[[noreturn]] void Throw(Napi::Env env, ErrKind kind, const char* code, const std::string& message) {
+  throw MakeError(env, kind, code, message);
+}
+
+constexpr const char* kInvalid = "KMSDISK_ERR_INVALID_ARGUMENT";
+constexpr const char* kRange = "KMSDISK_ERR_OUT_OF_RANGE";
+constexpr const char* kBadKey = "KMSDISK_ERR_BAD_KEY";
+constexpr const char* kWiped = "KMSDISK_ERR_KEY_WIPED";
+constexpr const char* kNoAesni = "KMSDISK_ERR_NO_AESNI";
+constexpr const char* kIo = "KMSDISK_ERR_IO";
+constexpr const char* kInternal = "KMSDISK_ERR_INTERNAL";
+
+constexpr uint64_t kMaxSafeInteger = (1ULL << 53) - 1;
+
+// ---------------------------------------------------------------------------------------------
+// Argument parsing.
+
+struct View {
+  uint8_t* data;
+  size_t len;
+};
+
+View GetView(Napi::Env env, const Napi::Value& v, const char* name) {
+  napi_value raw = v;
+  bool isTa = false, isDv = false;
+  napi_is_typedarray(env, raw, &isTa);
+  if (!isTa) napi_is_dataview(env, raw, &isDv);
+  void* data = nullptr;
+  size_t byteLen = 0;
+  if (isTa) {
+    napi_typedarray_type type;
+    size_t length = 0;
+    napi_value ab;
+    size_t offset = 0;
+    if (napi_get_typedarray_info(env, raw, &type, &length, &data, &ab, &offset) != napi_ok)
+      Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a Buffer or ArrayBufferView");
+    byteLen = v.As<Napi::TypedArray>().ByteLength();
+  } else if (isDv) {
+    napi_value ab;
+    size_t offset = 0;
+    if (napi_get_dataview_info(env, raw, &byteLen, &data, &ab, &offset) != napi_ok)
+      Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a Buffer or ArrayBufferView");
+  } else {
+    Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a Buffer or ArrayBufferView");
+  }
+  if (data == nullptr) byteLen = 0;  // detached
+  return View{static_cast<uint8_t*>(data), byteLen};
+}
+
+// Non-negative safe integer given as a number.
+uint64_t GetIndex(Napi::Env env, const Napi::Value& v, const char* name, uint64_t max = kMaxSafeInteger) {
+  if (!v.IsNumber()) Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || d < 0 || std::floor(d) != d || d > static_cast<double>(max))
+    Throw(env, ErrKind::Range, kRange,
+          std::string(name) + " must be an integer in [0, " + std::to_string(max) + "], got " + std::to_string(d));
+  return static_cast<uint64_t>(d);
+}
+
+int GetFd(Napi::Env env, const Napi::Value& v) {
+  return static_cast<int>(GetIndex(env, v, "fd", static_cast<uint64_t>(std::numeric_limits<int>::max())));
+}
+
+// A 64-bit unsigned value given as a bigint (or a safe-integer number).
+uint64_t GetU64(Napi::Env env, const Napi::Value& v, const char* name) {
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) Throw(env, ErrKind::Range, kRange, std::string(name) + " must be in [0, 2^64 - 1]");
+    return x;
+  }
+  if (v.IsNumber()) return GetIndex(env, v, name);
+  Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a bigint");
+}
+
+bool GetBool(Napi::Env env, const Napi::Value& v, const char* name) {
+  if (v.IsUndefined()) return false;
+  if (!v.IsBoolean()) Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+KeySlot* GetSlot(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsExternal()) Throw(env, ErrKind::Type, kInvalid, "slot must be a key slot handle");
+  void* p = v.As<Napi::External<void>>().Data();
+  if (!KeySlot::IsLive(p)) Throw(env, ErrKind::Type, kInvalid, "slot is not a kmsdisk key slot");
+  return static_cast<KeySlot*>(p);
+}
+
+KeySlot* GetUsableSlot(Napi::Env env, const Napi::Value& v) {
+  KeySlot* s = GetSlot(env, v);
+  if (s->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
+  return s;
+}
+
+size_t GetSectorSize(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsNumber()) Throw(env, ErrKind::Type, kInvalid, "sectorSize must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (d != 512 && d != 4096) Throw(env, ErrKind::Range, kRange, "sectorSize must be 512 or 4096");
+  return static_cast<size_t>(d);
+}
+
+// Checks a batch: whole sectors, and no tweak past 2^64 - 1.
+void CheckBatch(Napi::Env env, size_t len, size_t sectorSize, uint64_t first, uint64_t step) {
+  if (len % sectorSize != 0)
+    Throw(env, ErrKind::Range, kRange,
+          "length " + std::to_string(len) + " is not a multiple of the sector size " + std::to_string(sectorSize));
+  if (step == 0) Throw(env, ErrKind::Range, kRange, "tweakStep must be at least 1");
+  uint64_t n = len / sectorSize;
+  if (n > 1 && step > (std::numeric_limits<uint64_t>::max() - first) / (n - 1))
+    Throw(env, ErrKind::Range, kRange, "the batch's last tweak would overflow 2^64 - 1");
+}
+
+// Source and destination may be the same bytes (in place) but must not partially overlap.
+void CheckOverlap(Napi::Env env, const uint8_t* a, const uint8_t* b, size_t len) {
+  if (a == b || len == 0) return;
+  uintptr_t x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
+  if (x < y + len && y < x + len)
+    Throw(env, ErrKind::Range, kRange, "src and dst overlap without being the same bytes");
+}
+
+Kernel ParseKernel(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsString()) Throw(env, ErrKind::Type, kInvalid, "kernel name must be a string");
+  std::string s = v.As<Napi::String>().Utf8Value();
+  if (s == "aesni") return Kernel::AesNi;
+  if (s == "vaes") return Kernel::Vaes;
+  if (s == "portable") return Kernel::Portable;
+  Throw(env, ErrKind::Type, kInvalid, "unknown kernel '" + s + "' (expected aesni, vaes or portable)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Async jobs: a Promise, an optional failure recorded on the worker thread, buffers and the key
+// slot kept alive until completion.
+
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env, "kmsdisk"), deferred_(Napi::Promise::Deferred::New(env)) {}
+  ~PromiseWorker() override {
+    if (slot_) slot_->Unref();
+  }
+  Napi::Promise Start() {
+    Queue();
+    return deferred_.Promise();
+  }
+
+ protected:
+  void Hold(const Napi::Value& v) { held_[nHeld_++] = Napi::Persistent(v.As<Napi::Object>()); }
+  void UseSlot(KeySlot* s) {
+    s->Ref();
+    slot_ = s;
+  }
+  void Fail(ErrKind kind, const char* code, std::string message) {
+    failed_ = true;
+    failKind_ = kind;
+    failCode_ = code;
+    failMessage_ = std::move(message);
+  }
+  void FailErrno(const char* op, int err) {
+    Fail(ErrKind::Plain, kIo, std::string(op) + " failed: " + std::strerror(err));
+    errno_ = err;
+  }
+  virtual Napi::Value Result(Napi::Env env) { return env.Undefined(); }
+  // Zeroes whatever this job produced (called when the slot was wiped before the job settled).
+  virtual void DiscardOutput() {}
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    // wipe() runs on this (the JS) thread, so a job that finished its work just before the wipe
+    // but settles after it is caught here: no promise resolves with key-derived output once
+    // wipe() has returned.
+    if (!failed_ && slot_ != nullptr && slot_->wiped()) {
+      DiscardOutput();
+      Fail(ErrKind::Plain, kWiped, "the key slot was wiped before the job completed");
+    }
+    if (failed_) {
+      Napi::Error err = MakeError(env, failKind_, failCode_, failMessage_);
+      if (errno_ != 0) err.Value().Set("errno", Napi::Number::New(env, errno_));
+      deferred_.Reject(err.Value());
+    } else {
+      deferred_.Resolve(Result(env));
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+  KeySlot* slot_ = nullptr;
+  Kernel kernel_ = active_kernel();
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference held_[2];
+  int nHeld_ = 0;
+  bool failed_ = false;
+  ErrKind failKind_ = ErrKind::Plain;
+  const char* failCode_ = kInternal;
+  std::string failMessage_;
+  int errno_ = 0;
+};
+
+class CryptWorker : public PromiseWorker {
+ public:
+  CryptWorker(Napi::Env env, KeySlot* slot, const Napi::Value& src, const Napi::Value& dst, View s, View d,
+              size_t sectorSize, uint64_t first, uint64_t step, bool encrypt)
+      : PromiseWorker(env), src_(s), dst_(d), sectorSize_(sectorSize), first_(first), step_(step), encrypt_(encrypt) {
+    UseSlot(slot);
+    Hold(src);
+    Hold(dst);
+  }
+  void Execute() override {
+    if (slot_->wiped()) {
+      Fail(ErrKind::Plain, kWiped, "the key slot was wiped");
+      return;
+    }
+    xts_units(kernel_, slot_->schedule(), src_.data, dst_.data, sectorSize_, src_.len / sectorSize_, first_, step_,
+              encrypt_);
+    // The wipe may have started while we ran: no output computed with (part of) the key leaves.
+    if (slot_->wiped()) {
+      explicit_bzero(dst_.data, src_.len);
+      Fail(ErrKind::Plain, kWiped, "the key slot was wiped while the job ran");
+    }
+  }
+  void DiscardOutput() override { explicit_bzero(dst_.data, src_.len); }
+
+ private:
+  View src_, dst_;
+  size_t sectorSize_;
+  uint64_t first_, step_;
+  bool encrypt_;
+};
+
+class PreadDecryptWorker : public PromiseWorker {
+ public:
+  PreadDecryptWorker(Napi::Env env, int fd, KeySlot* slot, const Napi::Value& dst, uint8_t* out, size_t len,
+                     uint64_t fileOffset, size_t sectorSize, uint64_t first, uint64_t step)
+      : PromiseWorker(env), fd_(fd), out_(out), len_(len), fileOffset_(fileOffset), sectorSize_(sectorSize),
+        first_(first), step_(step) {
+    UseSlot(slot);
+    Hold(dst);
+  }
+  void Execute() override {
+    if (slot_->wiped()) {
+      Fail(ErrKind::Plain, kWiped, "the key slot was wiped");
+      return;
+    }
+    int err = 0;
+    got_ = pread_full(fd_, out_, len_, fileOffset_, &err);
+    if (err != 0) {
+      FailErrno("pread", err);
+      return;
+    }
+    std::memset(out_ + got_, 0, len_ - got_);  // past EOF reads as zeros (sparse volumes)
+    // An all-zero ciphertext sector is a hole (never written): it stays zero instead of
+    // becoming decrypt(0). Real ciphertext is all-zero with probability 2^-4096 per sector.
+    size_t n = len_ / sectorSize_;
+    size_t i = 0;
+    while (i < n) {
+      if (all_zero(out_ + i * sectorSize_, sectorSize_)) {
+        i++;
+        continue;
+      }
+      size_t j = i + 1;
+      while (j < n && !all_zero(out_ + j * sectorSize_, sectorSize_)) j++;
+      uint8_t* p = out_ + i * sectorSize_;
+      xts_units(kernel_, slot_->schedule(), p, p, sectorSize_, j - i, first_ + i * step_, step_, false);
+      i = j;
+    }
+    if (slot_->wiped()) {
+      explicit_bzero(out_, len_);
+      Fail(ErrKind::Plain, kWiped, "the key slot was wiped while the job ran");
+    }
+  }
+  Napi::Value Result(Napi::Env env) override { return Napi::Number::New(env, static_cast<double>(got_)); }
+  void DiscardOutput() override { explicit_bzero(out_, len_); }
+
+ private:
+  int fd_;
+  uint8_t* out_;
+  size_t len_;
+  uint64_t fileOffset_;
+  size_t sectorSize_;
+  uint64_t first_, step_;
+  size_t got_ = 0;
+};
+
+class EncryptPwriteWorker : public PromiseWorker {
+ public:
+  EncryptPwriteWorker(Napi::Env env, int fd, KeySlot* slot, const Napi::Value& src, uint8_t* in, size_t len,
+                      uint64_t fileOffset, size_t sectorSize, uint64_t first, uint64_t step, bool inPlace,
+                      bool datasync)
+      : PromiseWorker(env), fd_(fd), in_(in), len_(len), fileOffset_(fileOffset), sectorSize_(sectorSize),
+        first_(first), step_(step), inPlace_(inPlace), datasync_(datasync) {
+    UseSlot(slot);
+    Hold(src);
+  }
+  void Execute() override {
+    if (slot_->wiped()) {
+      Fail(ErrKind::Plain, kWiped, "the key slot was wiped");
+      return;
+    }
+    uint8_t* out = in_;
+    void* scratch = nullptr;
+    if (!inPlace_ && len_ > 0) {
+      if (posix_memalign(&scratch, 4096, len_) != 0) {
+        Fail(ErrKind::Plain, kInternal, "out of memory for the encryption scratch buffer");
+        return;
+      }
+      out = static_cast<uint8_t*>(scratch);
+    }
+    xts_units(kernel_, slot_->schedule(), in_, out, sectorSize_, len_ / sectorSize_, first_, step_, true);
+    // Never write ciphertext made with a key being wiped: it would corrupt the volume.
+    if (slot_->wiped()) {
+      explicit_bzero(out, len_);
+      std::free(scratch);
+      Fail(ErrKind::Plain, kWiped, "the key slot was wiped while the job ran");
+      return;
+    }
+    int err = 0;
+    pwrite_full(fd_, out, len_, fileOffset_, &err);
+    std::free(scratch);
+    if (err != 0) {
+      FailErrno("pwrite", err);
+      return;
+    }
+    if (datasync_) {
+      int r;
+      do r = fdatasync(fd_);
+      while (r != 0 && errno == EINTR);
+      if (r != 0) {
+        FailErrno("fdatasync", errno);
+        return;
+      }
+    }
+  }
+  Napi::Value Result(Napi::Env env) override { return Napi::Number::New(env, static_cast<double>(len_)); }
+  // The write may have landed (it is ciphertext); the caller is told the key is gone. In place,
+  // src holds ciphertext, so there is nothing secret to zero.
+
+ private:
+  int fd_;
+  uint8_t* in_;
+  size_t len_;
+  uint64_t fileOffset_;
+  size_t sectorSize_;
+  uint64_t first_, step_;
+  bool inPlace_, datasync_;
+};
+
+class PunchHoleWorker : public PromiseWorker {
+ public:
+  PunchHoleWorker(Napi::Env env, int fd, uint64_t offset, uint64_t length)
+      : PromiseWorker(env), fd_(fd), offset_(offset), length_(length) {}
+  void Execute() override {
+    if (length_ == 0) return;
+    int r;
+    do r = fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset_),
+                     static_cast<off_t>(length_));
+    while (r != 0 && errno == EINTR);
+    if (r != 0) FailErrno("fallocate(PUNCH_HOLE)", errno);
+  }
+
+ private:
+  int fd_;
+  uint64_t offset_, length_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Exported functions.
+
+Napi::Value ImportKey(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View key = GetView(env, info[0], "dek");
+  if (key.len != 64) Throw(env, ErrKind::Range, kBadKey, "an XTS data key must be 64 bytes, got " + std::to_string(key.len));
+  // IEEE 1619 / FIPS: the data and tweak halves must differ (OpenSSL refuses such keys too).
+  if (CRYPTO_memeq(key.data, key.data + 32, 32))
+    Throw(env, ErrKind::Range, kBadKey, "the two 32-byte halves of an XTS key must differ");
+  KeySlot* slot = KeySlot::Create(key.data, active_kernel(), static_cast<napi_env>(env));
+  if (slot == nullptr)
+    Throw(env, ErrKind::Plain, kInternal, std::string("cannot map a key slot: ") + std::strerror(errno));
+  return Napi::External<KeySlot>::New(env, slot, [](Napi::Env, KeySlot* s) { s->Unref(); });
+}
+
+Napi::Value Wipe(const Napi::CallbackInfo& info) {
+  GetSlot(info.Env(), info[0])->Wipe();
+  return info.Env().Undefined();
+}
+
+Napi::Value SlotInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  KeySlot* s = GetSlot(env, info[0]);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("wiped", Napi::Boolean::New(env, s->wiped()));
+  o.Set("locked", Napi::Boolean::New(env, s->locked()));
+  o.Set("lockError", s->lockErrno() ? Napi::String::New(env, std::strerror(s->lockErrno())) : env.Null());
+  return o;
+}
+
+// TEST ONLY: copies the raw key bytes of the slot page, even after wipe, so a test can prove the
+// page was zeroed. Never used by kmsdisk itself.
+Napi::Value DebugReadSlotKeyBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  KeySlot* s = GetSlot(env, info[0]);
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(s->page());
+  return Napi::Buffer<uint8_t>::Copy(env, p, sizeof(SlotPage));
+}
+
+Napi::Value KeyCheckValue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  KeySlot* s = GetUsableSlot(env, info[0]);
+  // XTS encryption of 32 zero bytes under tweak 2^64 - 1, a tweak no data sector can use.
+  uint8_t tweak[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0};
+  uint8_t zeros[32] = {0}, out[32];
+  xts_raw(active_kernel(), s->schedule(), tweak, zeros, out, 32, true);
+  Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::Copy(env, out, 16);
+  explicit_bzero(out, sizeof(out));
+  return b;
+}
+
+struct SectorArgs {
+  KeySlot* slot;
+  View src, dst;
+  size_t sectorSize;
+  uint64_t first, step;
+};
+
+// (slot, src, dst, sectorSize, firstTweak, tweakStep?)
+SectorArgs ParseSectorArgs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SectorArgs a{};
+  a.slot = GetSlot(env, info[0]);
+  a.src = GetView(env, info[1], "src");
+  a.dst = GetView(env, info[2], "dst");
+  a.sectorSize = GetSectorSize(env, info[3]);
+  a.first = GetU64(env, info[4], "firstTweak");
+  a.step = info[5].IsUndefined() ? a.sectorSize / 512 : GetU64(env, info[5], "tweakStep");
+  CheckBatch(env, a.src.len, a.sectorSize, a.first, a.step);
+  if (a.dst.len < a.src.len)
+    Throw(env, ErrKind::Range, kRange,
+          "dst is too small: " + std::to_string(a.dst.len) + " < " + std::to_string(a.src.len) + " bytes");
+  CheckOverlap(env, a.src.data, a.dst.data, a.src.len);
+  if (a.slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
+  return a;
+}
+
+template <bool kEncrypt>
+Napi::Value CryptSectors(const Napi::CallbackInfo& info) {
+  SectorArgs a = ParseSectorArgs(info);
+  if (a.src.len > 0)
+    xts_units(active_kernel(), a.slot->schedule(), a.src.data, a.dst.data, a.sectorSize, a.src.len / a.sectorSize,
+              a.first, a.step, kEncrypt);
+  return info.Env().Undefined();
+}
+
+template <bool kEncrypt>
+Napi::Value CryptSectorsAsync(const Napi::CallbackInfo& info) {
+  SectorArgs a = ParseSectorArgs(info);
+  auto* w = new CryptWorker(info.Env(), a.slot, info[1], info[2], a.src, a.dst, a.sectorSize, a.first, a.step, kEncrypt);
+  return w->Start();
+}
+
+// (slot, src, dst, tweak16)
+template <bool kEncrypt>
+Napi::Value CryptRawTweak(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  KeySlot* slot = GetSlot(env, info[0]);
+  View src = GetView(env, info[1], "src");
+  View dst = GetView(env, info[2], "dst");
+  View tweak = GetView(env, info[3], "tweak");
+  if (tweak.len != 16) Throw(env, ErrKind::Range, kRange, "tweak must be 16 bytes");
+  if (src.len < 16 || src.len % 16 != 0)
+    Throw(env, ErrKind::Range, kRange, "length must be a multiple of 16 bytes and at least 16 (no ciphertext stealing)");
+  if (dst.len < src.len) Throw(env, ErrKind::Range, kRange, "dst is too small");
+  CheckOverlap(env, src.data, dst.data, src.len);
+  if (slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
+  uint8_t t[16];
+  std::memcpy(t, tweak.data, 16);
+  xts_raw(active_kernel(), slot->schedule(), t, src.data, dst.data, src.len, kEncrypt);
+  return env.Undefined();
+}
+
+// (fd, slot, dst, dstOffset, length, fileOffset, sectorSize, firstTweak, tweakStep?)
+Napi::Value PreadDecrypt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(env, info[0]);
+  KeySlot* slot = GetSlot(env, info[1]);
+  View dst = GetView(env, info[2], "dst");
+  uint64_t dstOffset = GetIndex(env, info[3], "dstOffset");
+  uint64_t length = GetIndex(env, info[4], "length");
+  uint64_t fileOffset = GetIndex(env, info[5], "fileOffset");
+  size_t sectorSize = GetSectorSize(env, info[6]);
+  uint64_t first = GetU64(env, info[7], "firstTweak");
+  uint64_t step = info[8].IsUndefined() ? sectorSize / 512 : GetU64(env, info[8], "tweakStep");
+  CheckBatch(env, length, sectorSize, first, step);
+  if (dstOffset > dst.len || length > dst.len - dstOffset)
+    Throw(env, ErrKind::Range, kRange, "dstOffset + length is past the end of dst");
+  if (fileOffset + length > kMaxSafeInteger) Throw(env, ErrKind::Range, kRange, "fileOffset + length is too large");
+  if (slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
+  auto* w = new PreadDecryptWorker(env, fd, slot, info[2], dst.data + dstOffset, length, fileOffset, sectorSize, first, step);
+  return w->Start();
+}
+
+// (fd, slot, src, srcOffset, length, fileOffset, sectorSize, firstTweak, tweakStep?, inPlace?, datasync?)
+Napi::Value EncryptPwrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(env, info[0]);
+  KeySlot* slot = GetSlot(env, info[1]);
+  View src = GetView(env, info[2], "src");
+  uint64_t srcOffset = GetIndex(env, info[3], "srcOffset");
+  uint64_t length = GetIndex(env, info[4], "length");
+  uint64_t fileOffset = GetIndex(env, info[5], "fileOffset");
+  size_t sectorSize = GetSectorSize(env, info[6]);
+  uint64_t first = GetU64(env, info[7], "firstTweak");
+  uint64_t step = info[8].IsUndefined() ? sectorSize / 512 : GetU64(env, info[8], "tweakStep");
+  bool inPlace = GetBool(env, info[9], "inPlace");
+  bool datasync = GetBool(env, info[10], "datasync");
+  CheckBatch(env, length, sectorSize, first, step);
+  if (srcOffset > src.len || length > src.len - srcOffset)
+    Throw(env, ErrKind::Range, kRange, "srcOffset + length is past the end of src");
+  if (fileOffset + length > kMaxSafeInteger) Throw(env, ErrKind::Range, kRange, "fileOffset + length is too large");
+  if (slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
+  auto* w = new EncryptPwriteWorker(env, fd, slot, info[2], src.data + srcOffset, length, fileOffset, sectorSize, first,
+                                    step, inPlace, datasync);
+  return w->Start();
+}
+
+Napi::Value PunchHole(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(env, info[0]);
+  uint64_t offset = GetIndex(env, info[1], "offset");
+  uint64_t length = GetIndex(env, info[2], "length");
+  if (offset + length > kMaxSafeInteger) Throw(env, ErrKind::Range, kRange, "offset + length is too large");
+  auto* w = new PunchHoleWorker(env, fd, offset, length);
+  return w->Start();
+}
+
+template <int kWhence>
+Napi::Value Seek(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(env, info[0]);
+  uint64_t offset = GetIndex(env, info[1], "offset");
+  off_t r = lseek(fd, static_cast<off_t>(offset), kWhence);
+  if (r < 0) {
+    if (errno == ENXIO) return Napi::Number::New(env, -1);
+    int e = errno;
+    Napi::Error err = MakeError(env, ErrKind::Plain, kIo,
+                                std::string(kWhence == SEEK_DATA ? "lseek(SEEK_DATA)" : "lseek(SEEK_HOLE)") +
+                                    " failed: " + std::strerror(e));
+    err.Value().Set("errno", Napi::Number::New(env, e));
+    throw err;
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Value CpuFeaturesJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const CpuFeatures& f = cpu_features();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("aesni", f.aesni);
+  o.Set("pclmulqdq", f.pclmul);
+  o.Set("vaes", f.vaes);
+  o.Set("vpclmulqdq", f.vpclmulqdq);
+  o.Set("avx2", f.avx2);
+  o.Set("avx512f", f.avx512f);
+  return o;
+}
+
+Napi::Value ActiveKernel(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), kernel_name(active_kernel()));
+}
+
+Napi::Value SetKernel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Kernel k = ParseKernel(env, info[0]);
+  if (!kernel_supported(k))
+    Throw(env, ErrKind::Plain, kNoAesni, std::string("this CPU does not support the ") + kernel_name(k) + " kernel");
+  set_active_kernel(k);
+  return env.Undefined();
+}
+
+Napi::Value KernelSupported(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), kernel_supported(ParseKernel(info.Env(), info[0])));
+}
+
+Napi::Value SetDumpable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBoolean()) Throw(env, ErrKind::Type, kInvalid, "dumpable must be a boolean");
+  if (prctl(PR_SET_DUMPABLE, info[0].As<Napi::Boolean>().Value() ? 1 : 0, 0, 0, 0) != 0)
+    Throw(env, ErrKind::Plain, kInternal, std::string("prctl(PR_SET_DUMPABLE) failed: ") + std::strerror(errno));
+  return env.Undefined();
+}
+
+Napi::Value IsDumpable(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1);
+}
+
+void EnvCleanup(void* env) { KeySlot::WipeOwnedBy(env); }
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  napi_add_env_cleanup_hook(env, EnvCleanup, static_cast<napi_env>(env));
+  // KMSDISK_XTS_KERNEL forces a kernel (tests, benchmarks). An unknown or unsupported one fails
+  // the load with a coded error instead of silently falling back.
+  if (const char* forced = std::getenv("KMSDISK_XTS_KERNEL")) {
+    if (forced[0] != '\0') {
+      Kernel k = ParseKernel(env, Napi::String::New(env, forced));
+      if (!kernel_supported(k))
+        Throw(env, ErrKind::Plain, kNoAesni,
+              std::string("KMSDISK_XTS_KERNEL=") + forced + ": this CPU does not support that kernel");
+      set_active_kernel(k);
+    }
+  }
+  struct Fn {
+    const char* name;
+    Napi::Value (*fn)(const Napi::CallbackInfo&);
+  };
+  const Fn fns[] = {
+      {"importKey", ImportKey},
+      {"wipe", Wipe},
+      {"slotInfo", SlotInfo},
+      {"_debugReadSlotKeyBytesForTests", DebugReadSlotKeyBytes},
+      {"keyCheckValue", KeyCheckValue},
+      {"encryptSectors", CryptSectors<true>},
+      {"decryptSectors", CryptSectors<false>},
+      {"encryptSectorsAsync", CryptSectorsAsync<true>},
+      {"decryptSectorsAsync", CryptSectorsAsync<false>},
+      {"encryptBlocksRawTweak", CryptRawTweak<true>},
+      {"decryptBlocksRawTweak", CryptRawTweak<false>},
+      {"preadDecrypt", PreadDecrypt},
+      {"encryptPwrite", EncryptPwrite},
+      {"punchHole", PunchHole},
+      {"seekData", Seek<SEEK_DATA>},
+      {"seekHole", Seek<SEEK_HOLE>},
+      {"cpuFeatures", CpuFeaturesJs},
+      {"activeKernel", ActiveKernel},
+      {"setKernel", SetKernel},
+      {"kernelSupported", KernelSupported},
+      {"setDumpable", SetDumpable},
+      {"isDumpable", IsDumpable},
+  };
+  for (const Fn& f : fns) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
+  return exports;
+}
+
+}  // namespace
+}  // namespace kmsdisk
+
+static Napi::Object InitKmsdisk(Napi::Env env, Napi::Object exports) { return kmsdisk::Init(env, exports); }
+NODE_API_MODULE(kmsdisk, InitKmsdisk)

@@ -1,0 +1,308 @@
+// The AES-256-XTS engine and key slots, as the rest of kmsdisk sees them.
+//
+// Layout: dm-crypt aes-xts-plain64. A 64-byte key is K1 (data) || K2 (tweak). Data unit i of a
+// batch uses tweak firstTweak + i * tweakStep as a 64-bit little-endian integer zero-padded to
+// 16 bytes; volumes count tweaks in 512-byte units (tweakStep = sectorSize / 512 by default).
+// Kernels: 'vaes' (VAES+AVX2, 16 blocks in flight), 'aesni' (8 blocks), 'portable' (table-free
+// C++, slow, for CPUs without AES-NI). The best supported one is chosen at load time;
+// KMSDISK_XTS_KERNEL=aesni|vaes|portable (read by the addon when it loads; an unsupported one
+// makes the load throw KMSDISK_ERR_NO_AESNI) or setKernel() forces one.
+import { KmsdiskError } from '../errors.js';
+import { native, type CpuFeatures, type KernelName, type NativeSlot } from './native.js';
+import {
+  checkBatch,
+  checkBool,
+  checkFd,
+  checkIndex,
+  checkSectorSize,
+  checkU64,
+  checkView,
+  rangeError,
+  typeError,
+} from './validate.js';
+
+export type { CpuFeatures, KernelName } from './native.js';
+
+export const XTS_KEY_BYTES = 64;
+export const KERNEL_NAMES: readonly KernelName[] = ['aesni', 'vaes', 'portable'];
+
+/**
+ * A data key held in native secure memory (page-aligned, guard pages, mlock, MADV_DONTDUMP,
+ * MADV_WIPEONFORK). JS never sees the key again after import.
+ */
+export class KeySlot {
+  readonly #handle: NativeSlot;
+
+  private constructor(handle: NativeSlot) {
+    this.#handle = handle;
+  }
+
+  /** Copies a 64-byte DEK into a new slot and zeroes the source buffer. */
+  static import(dek: Buffer | Uint8Array): KeySlot {
+    if (!(dek instanceof Uint8Array)) throw typeError('dek must be a Buffer', 'KMSDISK_ERR_BAD_KEY');
+    if (dek.byteLength !== XTS_KEY_BYTES) {
+      throw rangeError(`an XTS data key must be ${XTS_KEY_BYTES} bytes, got ${dek.byteLength}`, 'KMSDISK_ERR_BAD_KEY');
+    }
+    try {
+      return new KeySlot(native.importKey(dek));
+    } finally {
+      dek.fill(0); // the only plaintext copy left in JS memory
+    }
+  }
+
+  /** Zeroes the key at once (explicit_bzero); every later use throws KMSDISK_ERR_KEY_WIPED. */
+  wipe(): void {
+    native.wipe(this.#handle);
+  }
+
+  get wiped(): boolean {
+    return native.slotInfo(this.#handle).wiped;
+  }
+
+  /** Whether mlock succeeded (it can fail under a low RLIMIT_MEMLOCK; the slot still works). */
+  get memoryLocked(): boolean {
+    return native.slotInfo(this.#handle).locked;
+  }
+
+  /**
+   * First 16 bytes of the XTS encryption of 32 zero bytes under tweak 2^64 - 1 (raw tweak
+   * ff*8 || 00*8), a tweak no data sector uses: lets a volume refuse a wrong key.
+   */
+  keyCheckValue(): Buffer {
+    this.#usable();
+    return native.keyCheckValue(this.#handle);
+  }
+
+  /** @internal the native handle, for this module only. */
+  static handleOf(slot: unknown): NativeSlot {
+    if (!(slot instanceof KeySlot)) throw typeError('slot must be a KeySlot');
+    return slot.#handle;
+  }
+
+  /** @internal like handleOf, and throws KMSDISK_ERR_KEY_WIPED for a wiped slot. */
+  static usableHandleOf(slot: unknown): NativeSlot {
+    const h = KeySlot.handleOf(slot);
+    (slot as KeySlot).#usable();
+    return h;
+  }
+
+  #usable(): void {
+    if (native.slotInfo(this.#handle).wiped) throw new KmsdiskError('KMSDISK_ERR_KEY_WIPED', 'the key slot was wiped');
+  }
+}
+
+/**
+ * TEST ONLY: a copy of the slot's whole secure page (raw key, then the expanded schedules),
+ * readable even after wipe() so tests can prove the page is zeroed. Not for production use.
+ */
+export function _debugReadSlotKeyBytesForTests(slot: KeySlot): Buffer {
+  return native._debugReadSlotKeyBytesForTests(KeySlot.handleOf(slot));
+}
+
+interface SectorCall {
+  handle: NativeSlot;
+  src: ArrayBufferView;
+  dst: ArrayBufferView;
+  sectorSize: number;
+  first: bigint;
+  step: bigint;
+}
+
+function sectorCall(slot: unknown, src: unknown, dst: unknown, sectorSize: unknown, firstTweak: unknown, tweakStep: unknown): SectorCall {
+  const handle = KeySlot.handleOf(slot);
+  const s = checkView(src, 'src');
+  const d = checkView(dst, 'dst');
+  const ss = checkSectorSize(sectorSize);
+  const first = checkU64(firstTweak, 'firstTweak');
+  const step = tweakStep === undefined ? BigInt(ss / 512) : checkU64(tweakStep, 'tweakStep');
+  checkBatch(s.byteLength, ss, first, step);
+  if (d.byteLength < s.byteLength) throw rangeError(`dst is too small: ${d.byteLength} < ${s.byteLength} bytes`);
+  KeySlot.usableHandleOf(slot);
+  return { handle, src: s, dst: d, sectorSize: ss, first, step };
+}
+
+/** Encrypts whole sectors src -> dst (dst may be src). tweakStep defaults to sectorSize / 512. */
+export function encryptSectors(slot: KeySlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep?: bigint): void {
+  const c = sectorCall(slot, src, dst, sectorSize, firstTweak, tweakStep);
+  native.encryptSectors(c.handle, c.src, c.dst, c.sectorSize, c.first, c.step);
+}
+
+export function decryptSectors(slot: KeySlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep?: bigint): void {
+  const c = sectorCall(slot, src, dst, sectorSize, firstTweak, tweakStep);
+  native.decryptSectors(c.handle, c.src, c.dst, c.sectorSize, c.first, c.step);
+}
+
+/** As encryptSectors, on the libuv threadpool. Rejects KMSDISK_ERR_KEY_WIPED (dst zeroed) if the slot is wiped meanwhile. */
+export function encryptSectorsAsync(slot: KeySlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep?: bigint): Promise<void> {
+  try {
+    const c = sectorCall(slot, src, dst, sectorSize, firstTweak, tweakStep);
+    return native.encryptSectorsAsync(c.handle, c.src, c.dst, c.sectorSize, c.first, c.step);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+export function decryptSectorsAsync(slot: KeySlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep?: bigint): Promise<void> {
+  try {
+    const c = sectorCall(slot, src, dst, sectorSize, firstTweak, tweakStep);
+    return native.decryptSectorsAsync(c.handle, c.src, c.dst, c.sectorSize, c.first, c.step);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+function rawCall(slot: unknown, src: unknown, dst: unknown, tweak16: unknown): [NativeSlot, ArrayBufferView, ArrayBufferView, ArrayBufferView] {
+  KeySlot.handleOf(slot);
+  const s = checkView(src, 'src');
+  const d = checkView(dst, 'dst');
+  const t = checkView(tweak16, 'tweak16');
+  if (t.byteLength !== 16) throw rangeError(`tweak16 must be 16 bytes, got ${t.byteLength}`);
+  if (s.byteLength < 16 || s.byteLength % 16 !== 0) {
+    throw rangeError(`length must be a multiple of 16 and at least 16 (no ciphertext stealing), got ${s.byteLength}`);
+  }
+  if (d.byteLength < s.byteLength) throw rangeError(`dst is too small: ${d.byteLength} < ${s.byteLength} bytes`);
+  return [KeySlot.usableHandleOf(slot), s, d, t];
+}
+
+/** One XTS data unit with a raw 16-byte tweak (NIST CAVP style); whole blocks only. */
+export function encryptBlocksRawTweak(slot: KeySlot, src: ArrayBufferView, dst: ArrayBufferView, tweak16: ArrayBufferView): void {
+  native.encryptBlocksRawTweak(...rawCall(slot, src, dst, tweak16));
+}
+
+export function decryptBlocksRawTweak(slot: KeySlot, src: ArrayBufferView, dst: ArrayBufferView, tweak16: ArrayBufferView): void {
+  native.decryptBlocksRawTweak(...rawCall(slot, src, dst, tweak16));
+}
+
+function checkRegion(view: ArrayBufferView, offset: number, length: number, what: string): void {
+  if (offset + length > view.byteLength) throw rangeError(`${what}Offset + length (${offset + length}) is past the end of ${what} (${view.byteLength})`);
+}
+
+/**
+ * pread(fd, length bytes at fileOffset) into dst[dstOffset..], then decrypt in place, in one
+ * threadpool job. Bytes past EOF read as zeros, and a sector whose ciphertext is all zeros is a
+ * hole (never written) and stays zeros instead of becoming decrypt(0). Resolves to the number of
+ * bytes actually read from the file (less than length at EOF).
+ */
+export function preadDecrypt(
+  fd: number,
+  slot: KeySlot,
+  dst: ArrayBufferView,
+  dstOffset: number,
+  length: number,
+  fileOffset: number,
+  sectorSize: number,
+  firstTweak: bigint,
+  tweakStep?: bigint,
+): Promise<number> {
+  try {
+    const f = checkFd(fd);
+    const handle = KeySlot.handleOf(slot);
+    const d = checkView(dst, 'dst');
+    const off = checkIndex(dstOffset, 'dstOffset');
+    const len = checkIndex(length, 'length');
+    const pos = checkIndex(fileOffset, 'fileOffset');
+    const ss = checkSectorSize(sectorSize);
+    const first = checkU64(firstTweak, 'firstTweak');
+    const step = tweakStep === undefined ? BigInt(ss / 512) : checkU64(tweakStep, 'tweakStep');
+    checkBatch(len, ss, first, step);
+    checkRegion(d, off, len, 'dst');
+    KeySlot.usableHandleOf(slot);
+    return native.preadDecrypt(f, handle, d, off, len, pos, ss, first, step);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+export interface EncryptPwriteOptions {
+  /** Encrypt in src itself instead of a scratch buffer (src then holds ciphertext). */
+  inPlace?: boolean;
+  /** fdatasync after the write (NBD FUA). */
+  datasync?: boolean;
+  /** Tweak increment per sector; default sectorSize / 512. */
+  tweakStep?: bigint;
+}
+
+/**
+ * Encrypt src[srcOffset..+length] and pwrite it at fileOffset in one threadpool job. Nothing is
+ * written if the slot is wiped meanwhile (rejects KMSDISK_ERR_KEY_WIPED). Resolves to length.
+ */
+export function encryptPwrite(
+  fd: number,
+  slot: KeySlot,
+  src: ArrayBufferView,
+  srcOffset: number,
+  length: number,
+  fileOffset: number,
+  sectorSize: number,
+  firstTweak: bigint,
+  opts: EncryptPwriteOptions = {},
+): Promise<number> {
+  try {
+    const f = checkFd(fd);
+    const handle = KeySlot.handleOf(slot);
+    const s = checkView(src, 'src');
+    const off = checkIndex(srcOffset, 'srcOffset');
+    const len = checkIndex(length, 'length');
+    const pos = checkIndex(fileOffset, 'fileOffset');
+    const ss = checkSectorSize(sectorSize);
+    const first = checkU64(firstTweak, 'firstTweak');
+    if (opts === null || typeof opts !== 'object') throw typeError('opts must be an object');
+    const step = opts.tweakStep === undefined ? BigInt(ss / 512) : checkU64(opts.tweakStep, 'tweakStep');
+    const inPlace = checkBool(opts.inPlace, 'opts.inPlace');
+    const datasync = checkBool(opts.datasync, 'opts.datasync');
+    checkBatch(len, ss, first, step);
+    checkRegion(s, off, len, 'src');
+    KeySlot.usableHandleOf(slot);
+    return native.encryptPwrite(f, handle, s, off, len, pos, ss, first, step, inPlace, datasync);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/** fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros afterwards (and as holes). */
+export function punchHole(fd: number, offset: number, length: number): Promise<void> {
+  try {
+    return native.punchHole(checkFd(fd), checkIndex(offset, 'offset'), checkIndex(length, 'length'));
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/** lseek(SEEK_DATA): the next data offset at or after offset, or -1 if none (ENXIO). */
+export function seekData(fd: number, offset: number): number {
+  return native.seekData(checkFd(fd), checkIndex(offset, 'offset'));
+}
+
+/** lseek(SEEK_HOLE): the next hole at or after offset (EOF counts as a hole), or -1 past EOF. */
+export function seekHole(fd: number, offset: number): number {
+  return native.seekHole(checkFd(fd), checkIndex(offset, 'offset'));
+}
+
+export function cpuFeatures(): CpuFeatures {
+  return native.cpuFeatures();
+}
+
+export function activeKernel(): KernelName {
+  return native.activeKernel();
+}
+
+/** Forces a kernel; throws KMSDISK_ERR_NO_AESNI if this CPU cannot run it. */
+export function setKernel(name: KernelName): void {
+  if (typeof name !== 'string') throw typeError('kernel name must be a string');
+  if (!(KERNEL_NAMES as readonly string[]).includes(name)) throw typeError(`unknown kernel '${name}' (expected aesni, vaes or portable)`);
+  native.setKernel(name);
+}
+
+export function kernelSupported(name: KernelName): boolean {
+  return native.kernelSupported(name);
+}
+
+/** prctl(PR_SET_DUMPABLE): the agent calls setDumpable(false) so no core dump or ptrace by peers. */
+export function setDumpable(dumpable: boolean): void {
+  if (typeof dumpable !== 'boolean') throw typeError('dumpable must be a boolean');
+  native.setDumpable(dumpable);
+}
+
+export function isDumpable(): boolean {
+  return native.isDumpable();
+}

@@ -1,0 +1,76 @@
+// Locates and loads the native addon (build/Release/kmsdisk.node). This file and index.ts are
+// the only places that touch the addon; everything else goes through src/crypto/index.ts.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Opaque key-slot handle (a napi External owned by the addon). */
+export type NativeSlot = { readonly __kmsdiskNativeSlot: unique symbol };
+
+export type KernelName = 'aesni' | 'vaes' | 'portable';
+
+export interface CpuFeatures {
+  aesni: boolean;
+  pclmulqdq: boolean;
+  vaes: boolean;
+  vpclmulqdq: boolean;
+  avx2: boolean;
+  avx512f: boolean;
+}
+
+export interface NativeSlotInfo {
+  wiped: boolean;
+  locked: boolean;
+  lockError: string | null;
+}
+
+/** The addon's raw surface; arguments are validated again natively. */
+export interface NativeAddon {
+  importKey(dek: ArrayBufferView): NativeSlot;
+  wipe(slot: NativeSlot): void;
+  slotInfo(slot: NativeSlot): NativeSlotInfo;
+  _debugReadSlotKeyBytesForTests(slot: NativeSlot): Buffer;
+  keyCheckValue(slot: NativeSlot): Buffer;
+  encryptSectors(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep: bigint): void;
+  decryptSectors(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep: bigint): void;
+  encryptSectorsAsync(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep: bigint): Promise<void>;
+  decryptSectorsAsync(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep: bigint): Promise<void>;
+  encryptBlocksRawTweak(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, tweak: ArrayBufferView): void;
+  decryptBlocksRawTweak(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, tweak: ArrayBufferView): void;
+  preadDecrypt(fd: number, slot: NativeSlot, dst: ArrayBufferView, dstOffset: number, length: number, fileOffset: number, sectorSize: number, firstTweak: bigint, tweakStep: bigint): Promise<number>;
+  encryptPwrite(fd: number, slot: NativeSlot, src: ArrayBufferView, srcOffset: number, length: number, fileOffset: number, sectorSize: number, firstTweak: bigint, tweakStep: bigint, inPlace: boolean, datasync: boolean): Promise<number>;
+  punchHole(fd: number, offset: number, length: number): Promise<void>;
+  seekData(fd: number, offset: number): number;
+  seekHole(fd: number, offset: number): number;
+  cpuFeatures(): CpuFeatures;
+  activeKernel(): KernelName;
+  setKernel(name: KernelName): void;
+  kernelSupported(name: KernelName): boolean;
+  setDumpable(dumpable: boolean): void;
+  isDumpable(): boolean;
+}
+
+/** Walks up from this module (src/crypto/ under vitest, dist/src/crypto/ after tsc) to the package root. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('kmsdisk: cannot find the package root (package.json with binding.gyp)');
+    dir = parent;
+  }
+}
+
+export const addonPath: string = join(packageRoot(), 'build', 'Release', 'kmsdisk.node');
+
+function load(): NativeAddon {
+  if (!existsSync(addonPath)) {
+    const err = new Error(`kmsdisk: native addon not built (${addonPath}); run \`npm run build:native\``);
+    (err as Error & { code: string }).code = 'KMSDISK_ERR_INTERNAL';
+    throw err;
+  }
+  return createRequire(import.meta.url)(addonPath) as NativeAddon;
+}
+
+export const native: NativeAddon = load();
