@@ -1,0 +1,57 @@
+// Recycles large READ reply buffers (header + data) across requests.
+//
+// Why: a fresh 1 MiB Buffer per read costs a malloc/mmap, page faults on first touch and GC
+// pressure from external memory; under sustained reads that churn also inflates RSS. Reply
+// buffers are fully owned by the server (the device fills them, the socket sends them), so once
+// the socket has flushed one it can serve the next read of the same size.
+
+const MIN_POOLED = 64 * 1024;
+
+export class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private pooledBytes = 0;
+
+  constructor(
+    private readonly maxPooledBytes = 32 * 1024 * 1024,
+    private readonly maxPerSize = 16,
+  ) {}
+
+  /** A buffer of exactly `size` bytes with unspecified contents. */
+  get(size: number): Buffer {
+    if (size >= MIN_POOLED) {
+      const list = this.free.get(size);
+      const buf = list?.pop();
+      if (buf) {
+        this.pooledBytes -= size;
+        return buf;
+      }
+    }
+    return Buffer.allocUnsafe(size);
+  }
+
+  /** Gives a buffer back; the caller must not touch it afterwards. */
+  release(buf: Buffer): void {
+    const size = buf.length;
+    if (size < MIN_POOLED || buf.byteOffset !== 0 || buf.buffer.byteLength !== size) return;
+    if (this.pooledBytes + size > this.maxPooledBytes) return;
+    let list = this.free.get(size);
+    if (!list) {
+      list = [];
+      this.free.set(size, list);
+    }
+    if (list.length >= this.maxPerSize) return;
+    list.push(buf);
+    this.pooledBytes += size;
+  }
+
+  /** Drops every pooled buffer (e.g. after a key wipe, so no old plaintext stays reachable). */
+  clear(): void {
+    for (const list of this.free.values()) for (const b of list) b.fill(0);
+    this.free.clear();
+    this.pooledBytes = 0;
+  }
+
+  get bytes(): number {
+    return this.pooledBytes;
+  }
+}

@@ -1,0 +1,71 @@
+// The exports a server offers, and the per-export answers negotiation gives about them
+// (visibility under TLS rules, transmission flags, block sizes).
+
+import type { BlockDevice } from '../volume/block-device.js';
+import { TFLAG } from './protocol.js';
+
+export interface ExportOptions {
+  device: BlockDevice;
+  description?: string;
+  /** Serve read-only even if the device is writable. */
+  readOnly?: boolean;
+  /** Hidden from LIST and refused (ERR_TLS_REQD) unless the connection upgraded to TLS. */
+  requireTls?: boolean;
+  /** Only TLS-PSK connections authenticated as one of these identities may use the export. */
+  tlsPskIdentities?: string[];
+}
+
+export interface ExportEntry {
+  readonly name: string;
+  readonly device: BlockDevice;
+  readonly description: string | undefined;
+  readonly readOnly: boolean;
+  readonly requireTls: boolean;
+  readonly tlsPskIdentities: ReadonlySet<string> | undefined;
+  /** False once removeExport() started: no new connections may pick it. */
+  accepting: boolean;
+}
+
+/** What negotiation knows about the connection's security when it judges access. */
+export interface PeerSecurity {
+  tls: boolean;
+  pskIdentity: string | undefined;
+}
+
+export type Access = 'ok' | 'tls-required' | 'denied';
+
+export function accessOf(entry: ExportEntry, peer: PeerSecurity): Access {
+  const needsTls = entry.requireTls || entry.tlsPskIdentities !== undefined;
+  if (needsTls && !peer.tls) return 'tls-required';
+  if (entry.tlsPskIdentities && (peer.pskIdentity === undefined || !entry.tlsPskIdentities.has(peer.pskIdentity))) {
+    return 'denied';
+  }
+  return 'ok';
+}
+
+export function makeEntry(name: string, opts: ExportOptions): ExportEntry {
+  return {
+    name,
+    device: opts.device,
+    description: opts.description,
+    readOnly: Boolean(opts.readOnly) || opts.device.readOnly,
+    requireTls: Boolean(opts.requireTls),
+    tlsPskIdentities: opts.tlsPskIdentities ? new Set(opts.tlsPskIdentities) : undefined,
+    accepting: true,
+  };
+}
+
+/** Transmission flags for an export; SEND_DF only makes sense with structured replies. */
+export function transmissionFlags(entry: ExportEntry, structuredReplies: boolean): number {
+  let flags = TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.CAN_MULTI_CONN | TFLAG.SEND_CACHE;
+  if (entry.readOnly) flags |= TFLAG.READ_ONLY;
+  else flags |= TFLAG.SEND_TRIM | TFLAG.SEND_WRITE_ZEROES | TFLAG.SEND_FAST_ZERO;
+  if (structuredReplies) flags |= TFLAG.SEND_DF;
+  return flags;
+}
+
+/** NBD_INFO_BLOCK_SIZE triple. Minimum 1: the device does read-modify-write for unaligned I/O. */
+export function blockSizes(entry: ExportEntry, maxPayload: number): { min: number; preferred: number; max: number } {
+  const preferred = Math.max(4096, entry.device.sectorSize);
+  return { min: 1, preferred, max: Math.max(preferred, maxPayload) };
+}

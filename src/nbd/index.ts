@@ -1,0 +1,14 @@
+// Public surface of the NBD server.
+export { NbdServer } from './server.js';
+export type {
+  NbdServerOptions,
+  ListenTarget,
+  ExportOptions,
+  NbdConnectionInfo,
+  NbdRequestEvent,
+  NbdStats,
+  TlsConfig,
+  TlsCertConfig,
+  PskLookup,
+} from './server.js';
+export { FileBlockDevice } from './file-device.js';

@@ -1,0 +1,271 @@
+// NbdServer: listeners, the export registry, and the life of each connection
+// (handshake -> transmission -> close), plus counters for metrics.
+
+import net from 'node:net';
+import { EventEmitter } from 'node:events';
+import { pino, type Logger } from 'pino';
+import { KmsdiskError } from '../errors.js';
+import { makeEntry, type ExportEntry, type ExportOptions, type PeerSecurity } from './export-registry.js';
+import { HandshakeError, negotiate, type HandshakeHost } from './handshake.js';
+import { PeerClosedError } from './stream-reader.js';
+import { newStats, type NbdConnectionInfo, type NbdStats } from './stats.js';
+import { TlsContext, type TlsConfig } from './tls.js';
+import { BufferPool } from './buffer-pool.js';
+import { setNoDelay, TransmissionSession } from './transmission.js';
+
+export type { ExportOptions } from './export-registry.js';
+export type { NbdConnectionInfo, NbdRequestEvent, NbdStats } from './stats.js';
+export type { TlsConfig, TlsCertConfig, PskLookup } from './tls.js';
+
+export interface NbdServerOptions {
+  logger?: Logger;
+  /** Largest READ/WRITE payload (advertised as the maximum block size). Default 32 MiB. */
+  maxPayload?: number;
+  tls?: TlsConfig;
+  /** Per-connection caps before the server stops reading requests. Defaults 64 requests / 32 MiB. */
+  maxInflightRequests?: number;
+  maxInflightBytes?: number;
+  /** Negotiation must finish within this time. Default 30 s. */
+  handshakeTimeoutMs?: number;
+}
+
+export type ListenTarget = { host: string; port: number } | { path: string };
+
+interface Conn {
+  id: number;
+  socket: net.Socket;
+  remote: string;
+  since: Date;
+  session: TransmissionSession | null;
+  tls: boolean;
+  pskIdentity: string | undefined;
+  closing: boolean;
+}
+
+/**
+ * Events: 'connect' (NbdConnectionInfo), 'disconnect' (NbdConnectionInfo),
+ * 'request' (NbdRequestEvent; emitted only when listened to).
+ */
+export class NbdServer extends EventEmitter {
+  readonly stats: NbdStats = newStats();
+  private readonly log: Logger;
+  private readonly maxPayload: number;
+  private readonly maxInflightRequests: number;
+  private readonly maxInflightBytes: number;
+  private readonly handshakeTimeoutMs: number;
+  private readonly tls: TlsContext | undefined;
+  private readonly exports = new Map<string, ExportEntry>();
+  private readonly servers: net.Server[] = [];
+  private readonly conns = new Map<number, Conn>();
+  private nextId = 1;
+  private readonly pool = new BufferPool();
+  private closing = false;
+
+  constructor(opts: NbdServerOptions = {}) {
+    super();
+    this.log = (opts.logger ?? pino({ level: 'silent' })).child({ component: 'nbd' });
+    this.maxPayload = opts.maxPayload ?? 32 * 1024 * 1024;
+    if (!Number.isInteger(this.maxPayload) || this.maxPayload < 4096 || this.maxPayload > 0x7fffffff) {
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'maxPayload must be an integer in [4096, 2^31)');
+    }
+    this.maxInflightRequests = opts.maxInflightRequests ?? 64;
+    this.maxInflightBytes = opts.maxInflightBytes ?? 32 * 1024 * 1024;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.tls = opts.tls ? new TlsContext(opts.tls) : undefined;
+  }
+
+  // ---------------------------------------------------------------- exports
+
+  addExport(name: string, opts: ExportOptions): void {
+    if (Buffer.byteLength(name, 'utf8') > 4096) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'export name longer than 4096 bytes');
+    if (this.exports.has(name)) throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `export ${name} exists`);
+    if (opts.tlsPskIdentities && !this.tls) {
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'tlsPskIdentities needs a server with TLS configured');
+    }
+    if (opts.requireTls && !this.tls) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'requireTls needs a server with TLS configured');
+    this.exports.set(name, makeEntry(name, opts));
+    this.log.info({ export: name, size: opts.device.size, readOnly: Boolean(opts.readOnly) || opts.device.readOnly }, 'nbd export added');
+  }
+
+  hasExport(name: string): boolean {
+    return this.exports.has(name);
+  }
+
+  exportNames(): string[] {
+    return [...this.exports.keys()];
+  }
+
+  /**
+   * Removes an export: no new connection can pick it; with drain (default) its in-flight requests
+   * finish and are answered before its connections close, otherwise they are cut at once.
+   */
+  async removeExport(name: string, opts: { drain?: boolean } = {}): Promise<void> {
+    const entry = this.exports.get(name);
+    if (!entry) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no export ${name}`);
+    entry.accepting = false;
+    this.exports.delete(name);
+    const sessions = [...this.conns.values()].filter((c) => c.session?.entry === entry);
+    await Promise.all(
+      sessions.map((c) => {
+        c.closing = true;
+        if (opts.drain === false) {
+          c.session!.destroy();
+          return Promise.resolve();
+        }
+        return c.session!.drainAndClose();
+      }),
+    );
+    this.log.info({ export: name, connections: sessions.length }, 'nbd export removed');
+  }
+
+  // ---------------------------------------------------------------- listening
+
+  listen(target: ListenTarget): Promise<net.AddressInfo | string> {
+    if (this.closing) return Promise.reject(new KmsdiskError('KMSDISK_ERR_SHUTTING_DOWN'));
+    const server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    server.on('error', (err) => this.log.error({ err: err.message }, 'nbd listener error'));
+    this.servers.push(server);
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      server.once('error', onError);
+      const done = (): void => {
+        server.off('error', onError);
+        const addr = server.address();
+        this.log.info({ address: addr }, 'nbd listening');
+        resolve(addr as net.AddressInfo | string);
+      };
+      if ('path' in target) server.listen(target.path, done);
+      else server.listen(target.port, target.host, done);
+    });
+  }
+
+  /**
+   * Zeroes and drops the recycled read buffers (they hold plaintext of earlier reads). Call it
+   * when a disk's key is wiped; the server also does it when a read finds the key unusable.
+   */
+  dropBufferedPlaintext(): void {
+    this.pool.clear();
+  }
+
+  connections(): NbdConnectionInfo[] {
+    return [...this.conns.values()].map((c) => this.info(c));
+  }
+
+  /** Graceful shutdown: stop listening, refuse negotiation, drain every session, close. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    // net.Server#close stops accepting at once but calls back only after every connection is
+    // gone, so start it first and await it after draining the sessions.
+    const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    await Promise.all(
+      [...this.conns.values()].map((c) => {
+        c.closing = true;
+        if (c.session) return c.session.drainAndClose();
+        c.socket.destroy();
+        return Promise.resolve();
+      }),
+    );
+    await listenersClosed;
+    this.log.info('nbd server closed');
+  }
+
+  // ---------------------------------------------------------------- connections
+
+  private info(c: Conn): NbdConnectionInfo {
+    return {
+      id: c.id,
+      export: c.session?.entry.name ?? null,
+      remote: c.remote,
+      tls: c.tls,
+      pskIdentity: c.pskIdentity,
+      since: c.since,
+      inflight: c.session?.inflight ?? 0,
+      state: c.closing ? 'closing' : c.session ? 'transmission' : 'handshake',
+    };
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    setNoDelay(socket);
+    const remote = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
+    const conn: Conn = { id: this.nextId++, socket, remote, since: new Date(), session: null, tls: false, pskIdentity: undefined, closing: false };
+    this.conns.set(conn.id, conn);
+    this.stats.connectionsTotal++;
+    this.stats.connectionsActive++;
+    const log = this.log.child({ conn: conn.id, remote });
+    log.info('nbd client connected');
+    this.emit('connect', this.info(conn));
+    // Errors are reported through 'close'; without a listener an ECONNRESET would throw.
+    socket.on('error', () => {});
+    socket.once('close', () => {
+      this.conns.delete(conn.id);
+      this.stats.connectionsActive--;
+      log.info({ export: conn.session?.entry.name }, 'nbd client disconnected');
+      this.emit('disconnect', this.info(conn));
+    });
+    void this.runConnection(conn, log);
+  }
+
+  private async runConnection(conn: Conn, log: Logger): Promise<void> {
+    const host: HandshakeHost = {
+      findExport: (name, peer) => this.findExport(name, peer),
+      listExports: () => [...this.exports.values()],
+      tls: this.tls,
+      maxPayload: this.maxPayload,
+      shuttingDown: () => this.closing,
+    };
+    try {
+      const outcome = await negotiate(conn.socket, host, log, this.handshakeTimeoutMs);
+      if (outcome.kind === 'closed') {
+        log.debug({ reason: outcome.reason }, 'nbd negotiation ended');
+        conn.socket.end();
+        setTimeout(() => conn.socket.destroy(), 2000).unref();
+        return;
+      }
+      const neg = outcome.value;
+      if (this.closing || !neg.entry.accepting) {
+        neg.stream.destroy();
+        return;
+      }
+      conn.tls = neg.tls;
+      conn.pskIdentity = neg.pskIdentity;
+      const session = new TransmissionSession(
+        neg,
+        { maxPayload: this.maxPayload, maxInflightRequests: this.maxInflightRequests, maxInflightBytes: this.maxInflightBytes, pool: this.pool },
+        log.child({ export: neg.entry.name }),
+        this.stats,
+        this,
+      );
+      conn.session = session;
+      log.info(
+        { export: neg.entry.name, tls: neg.tls, structured: neg.structuredReplies, extended: neg.extendedHeaders, baseAllocation: neg.baseAllocation },
+        'nbd transmission started',
+      );
+      session.start();
+    } catch (err) {
+      if (err instanceof PeerClosedError) {
+        log.debug({ reason: err.message }, 'nbd client left during negotiation');
+      } else {
+        this.stats.protocolErrors++;
+        log.warn({ reason: (err as Error).message, handshake: err instanceof HandshakeError }, 'nbd negotiation failed, disconnecting client');
+      }
+      conn.socket.destroy();
+    }
+  }
+
+  private findExport(name: string, peer: PeerSecurity): ExportEntry | undefined {
+    void peer;
+    const entry = this.exports.get(name);
+    if (entry) return entry.accepting ? entry : undefined;
+    // The empty name means "the default export": the only one, if there is exactly one.
+    if (name === '' && this.exports.size === 1) {
+      const only = [...this.exports.values()][0]!;
+      return only.accepting ? only : undefined;
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,161 @@
+// STARTTLS: upgrading an accepted socket in place to TLS (PSK and/or x509).
+//
+// GnuTLS peers (libnbd, qemu, nbdkit) negotiate TLS 1.3. Node (OpenSSL 3) does TLS 1.3 PSK when a
+// SHA-256 TLS 1.3 suite is offered; AES-GCM first so AES-NI does the work.
+
+import tls from 'node:tls';
+import type { Socket } from 'node:net';
+import { KmsdiskError } from '../errors.js';
+
+export interface TlsCertConfig {
+  key: string | Buffer;
+  cert: string | Buffer;
+  /** CA bundle to verify client certificates against (with requestCert). */
+  ca?: string | Buffer;
+  /** Require and verify a client certificate. */
+  requestCert?: boolean;
+}
+
+export type PskLookup = Map<string, Buffer> | ((identity: string) => Buffer | null);
+
+export interface TlsConfig {
+  psk?: PskLookup;
+  cert?: TlsCertConfig;
+}
+
+export interface TlsUpgrade {
+  socket: tls.TLSSocket;
+  /** The PSK identity the client authenticated as (undefined for x509). */
+  pskIdentity: string | undefined;
+}
+
+const CIPHERS = [
+  'TLS_AES_128_GCM_SHA256',
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-PSK-CHACHA20-POLY1305',
+  'PSK-AES128-GCM-SHA256',
+  'PSK-AES256-GCM-SHA384',
+  'DHE-PSK-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+].join(':');
+
+/**
+ * Whether a TLS ClientHello offers a pre-shared key (TLS 1.3 pre_shared_key extension, 41).
+ * Returns undefined when `hello` is not a complete ClientHello record we can parse.
+ */
+export function clientHelloOffersPsk(hello: Buffer): boolean | undefined {
+  try {
+    if (hello[0] !== 22 || hello.length < 5 + 4) return undefined;
+    const body = hello.subarray(5, 5 + hello.readUInt16BE(3));
+    if (body[0] !== 1) return undefined;
+    let p = 4 + 2 + 32; // handshake header, legacy version, random
+    p += 1 + body[p]!; // session id
+    p += 2 + body.readUInt16BE(p); // cipher suites
+    p += 1 + body[p]!; // compression methods
+    if (p + 2 > body.length) return false; // no extensions at all
+    const end = Math.min(body.length, p + 2 + body.readUInt16BE(p));
+    p += 2;
+    while (p + 4 <= end) {
+      const type = body.readUInt16BE(p);
+      if (type === 41) return true;
+      p += 4 + body.readUInt16BE(p + 2);
+    }
+    return false;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A validated, reusable TLS setup for a server. */
+export class TlsContext {
+  /**
+   * OpenSSL with a certificate loaded fails TLS 1.3 PSK handshakes from GnuTLS clients
+   * ("Insufficient credentials"), so PSK and certificate clients get separate contexts; the
+   * ClientHello says which one a client wants (see clientHelloOffersPsk).
+   */
+  private readonly pskContext: tls.SecureContext | undefined;
+  private readonly certContext: tls.SecureContext | undefined;
+  private readonly psk: PskLookup | undefined;
+  private readonly requestCert: boolean;
+
+  constructor(cfg: TlsConfig) {
+    if (!cfg.psk && !cfg.cert) {
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'TLS needs a PSK table, a certificate, or both');
+    }
+    this.psk = cfg.psk;
+    this.requestCert = Boolean(cfg.cert?.requestCert);
+    this.pskContext = cfg.psk ? tls.createSecureContext({ ciphers: CIPHERS, minVersion: 'TLSv1.2' }) : undefined;
+    this.certContext = cfg.cert
+      ? tls.createSecureContext({
+          ciphers: CIPHERS,
+          minVersion: 'TLSv1.2',
+          key: cfg.cert.key,
+          cert: cfg.cert.cert,
+          ...(cfg.cert.ca ? { ca: cfg.cert.ca } : {}),
+        })
+      : undefined;
+  }
+
+  /** True when both kinds are configured and the ClientHello must be inspected to choose. */
+  get needsClientHello(): boolean {
+    return this.pskContext !== undefined && this.certContext !== undefined;
+  }
+
+  private lookupPsk(identity: string): Buffer | null {
+    const psk = this.psk;
+    if (!psk) return null;
+    const key = typeof psk === 'function' ? psk(identity) : psk.get(identity);
+    return key ?? null;
+  }
+
+  /**
+   * Runs the server side of the TLS handshake on `socket` (nothing else may read it meanwhile).
+   * `wantsPsk` is what the ClientHello said (undefined: unknown; PSK is then used only if it is
+   * the only kind configured).
+   */
+  upgrade(socket: Socket, timeoutMs: number, wantsPsk?: boolean): Promise<TlsUpgrade> {
+    let pskIdentity: string | undefined;
+    const usePsk = this.pskContext !== undefined && (this.certContext === undefined || wantsPsk === true);
+    const tlsSocket = new tls.TLSSocket(socket, {
+      isServer: true,
+      secureContext: usePsk ? this.pskContext : this.certContext,
+      requestCert: !usePsk && this.requestCert,
+      rejectUnauthorized: !usePsk && this.requestCert,
+      ...(usePsk
+        ? {
+            pskCallback: (_s: tls.TLSSocket, identity: string): Buffer | null => {
+              const key = this.lookupPsk(identity);
+              if (key) pskIdentity = identity;
+              return key;
+            },
+          }
+        : {}),
+    });
+    return new Promise<TlsUpgrade>((resolve, reject) => {
+      const timer = setTimeout(() => fail(new Error('TLS handshake timed out')), timeoutMs);
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        tlsSocket.off('secure', onSecure);
+        tlsSocket.off('error', fail);
+        tlsSocket.off('close', onClose);
+      };
+      const fail = (err: Error): void => {
+        cleanup();
+        tlsSocket.destroy();
+        reject(err);
+      };
+      const onClose = (): void => fail(new Error('connection closed during the TLS handshake'));
+      const onSecure = (): void => {
+        cleanup();
+        resolve({ socket: tlsSocket, pskIdentity });
+      };
+      tlsSocket.once('secure', onSecure);
+      tlsSocket.on('error', fail);
+      tlsSocket.once('close', onClose);
+    });
+  }
+}

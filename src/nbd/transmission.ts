@@ -1,0 +1,601 @@
+// The transmission phase of one connection: incremental request parsing, command execution on the
+// BlockDevice, and reply framing.
+//
+// Request path: 'data' -> ByteQueue -> header parse -> (WRITE: payload collected into one Buffer)
+// -> validate -> device call (many in flight, any order) -> one socket.write() per reply frame, so
+// frames never interleave. Backpressure: reading stops while the connection has too many requests
+// or bytes in flight, or the socket's write buffer is full; it resumes when they drop.
+
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import type { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { NBD_ERR, nbdErrnoOf, type NbdErrno } from '../errors.js';
+import type { Extent } from '../volume/block-device.js';
+import { ByteQueue } from './byte-queue.js';
+import type { BufferPool } from './buffer-pool.js';
+import type { ExportEntry } from './export-registry.js';
+import type { Negotiated } from './handshake.js';
+import {
+  BASE_ALLOCATION_ID,
+  CMD,
+  CMD_FLAG,
+  CMD_NAMES,
+  COMPACT_REQUEST_SIZE,
+  EXTENDED_REPLY_HEADER_SIZE,
+  EXTENDED_REPLY_MAGIC,
+  EXTENDED_REQUEST_MAGIC,
+  EXTENDED_REQUEST_SIZE,
+  REPLY_FLAG_DONE,
+  REPLY_TYPE,
+  REQUEST_MAGIC,
+  SIMPLE_REPLY_MAGIC,
+  SIMPLE_REPLY_SIZE,
+  STATE_HOLE,
+  STATE_ZERO,
+  STRUCTURED_REPLY_HEADER_SIZE,
+  STRUCTURED_REPLY_MAGIC,
+  type RequestHeader,
+} from './protocol.js';
+import { errnoName, type NbdRequestEvent, type NbdStats } from './stats.js';
+
+export interface TransmissionLimits {
+  /** Shared pool for large READ reply buffers. */
+  pool: BufferPool;
+  maxPayload: number;
+  /** Stop reading new requests while this many are executing on the connection. */
+  maxInflightRequests: number;
+  /** ... or while their payloads (write data received, read data to send) exceed this. */
+  maxInflightBytes: number;
+}
+
+/** Extents per BLOCK_STATUS reply; the client asks again for the rest. */
+const MAX_EXTENTS = 16384;
+const U32_MAX = 0xffffffff;
+
+const TWO32 = 2 ** 32;
+/** Replies below this size are not tracked individually for backpressure. */
+const SMALL_REPLY = 64 * 1024;
+
+/** Reads a u64 as a JS number; values past 2^53 become Infinity (always out of range here). */
+function readU64(buf: Buffer, pos: number): number {
+  const hi = buf.readUInt32BE(pos);
+  const lo = buf.readUInt32BE(pos + 4);
+  return hi >= 0x200000 ? Infinity : hi * TWO32 + lo;
+}
+
+function writeU64(buf: Buffer, pos: number, value: number): void {
+  buf.writeUInt32BE(Math.floor(value / TWO32), pos);
+  buf.writeUInt32BE(value % TWO32 >>> 0, pos + 4);
+}
+
+type State = 'running' | 'disconnecting' | 'closed';
+
+export class TransmissionSession {
+  readonly entry: ExportEntry;
+  readonly stream: Duplex;
+  private readonly structured: boolean;
+  private readonly extended: boolean;
+  private readonly baseAllocation: boolean;
+  private readonly requestSize: number;
+  private readonly queue = new ByteQueue();
+  private state: State = 'running';
+  private readingPaused = false;
+  /** A WRITE whose payload is still arriving. */
+  private pending: { req: RequestHeader; buf: Buffer; filled: number } | null = null;
+  /** Bytes of an oversized payload still to discard, and the request to fail once done. */
+  private skipLeft = 0;
+  private skipReq: RequestHeader | null = null;
+  inflight = 0;
+  inflightBytes = 0;
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.stream.uncork();
+  };
+  /** Reply bytes handed to the socket and not yet flushed to the kernel. */
+  private queuedReplyBytes = 0;
+  private readonly onReplyFlushed = (len: number): void => {
+    this.queuedReplyBytes -= len;
+    this.stats.inflightBytes -= len;
+    if (this.readingPaused) this.maybeResume();
+  };
+  private idleWaiters: Array<() => void> = [];
+  private readonly closed: Promise<void>;
+
+  constructor(
+    neg: Negotiated,
+    private readonly limits: TransmissionLimits,
+    private readonly log: Logger,
+    private readonly stats: NbdStats,
+    private readonly events: EventEmitter,
+  ) {
+    this.entry = neg.entry;
+    this.stream = neg.stream;
+    this.structured = neg.structuredReplies || neg.extendedHeaders;
+    this.extended = neg.extendedHeaders;
+    this.baseAllocation = neg.baseAllocation;
+    this.requestSize = this.extended ? EXTENDED_REQUEST_SIZE : COMPACT_REQUEST_SIZE;
+    for (const chunk of neg.leftover) this.queue.push(chunk);
+    // The client may already be gone by the time negotiation hands the stream over.
+    this.closed = this.stream.destroyed ? Promise.resolve() : new Promise((resolve) => this.stream.once('close', () => resolve()));
+    if (this.stream.destroyed) this.state = 'closed';
+    this.stream.on('close', () => this.onClose());
+    this.stream.on('error', (err: Error) => this.log.debug({ err: err.message }, 'nbd connection error'));
+    this.stream.on('data', (chunk: Buffer) => {
+      this.queue.push(chunk);
+      this.parse();
+    });
+    this.stream.on('drain', () => this.maybeResume());
+  }
+
+  start(): void {
+    this.stream.resume();
+    this.parse();
+  }
+
+  get isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /**
+   * Graceful close: stop taking requests, let the in-flight ones finish and their replies go
+   * out, then close the socket. Resolves once the socket is closed.
+   */
+  async drainAndClose(): Promise<void> {
+    if (this.state === 'running') this.state = 'disconnecting';
+    this.pauseReading();
+    await this.whenIdle();
+    this.endSocket();
+    await this.closed;
+  }
+
+  destroy(): void {
+    this.stream.destroy();
+  }
+
+  // ---------------------------------------------------------------- parsing
+
+  private parse(): void {
+    while (this.state === 'running') {
+      const p = this.pending;
+      if (p) {
+        const n = Math.min(p.buf.length - p.filled, this.queue.length);
+        if (n > 0) {
+          this.queue.copyInto(p.buf, p.filled, n);
+          p.filled += n;
+        }
+        if (p.filled < p.buf.length) return;
+        this.pending = null;
+        this.dispatch(p.req, p.buf);
+        continue;
+      }
+      if (this.skipLeft > 0) {
+        this.skipLeft -= this.queue.skip(this.skipLeft);
+        if (this.skipLeft > 0) return;
+        const req = this.skipReq!;
+        this.skipReq = null;
+        this.stats.requests[CMD_NAMES[req.type] ?? 'unknown'] = (this.stats.requests[CMD_NAMES[req.type] ?? 'unknown'] ?? 0) + 1;
+        this.sendError(req, NBD_ERR.EINVAL, 'payload longer than the maximum');
+        continue;
+      }
+      if (this.overLimits()) {
+        this.pauseReading();
+        return;
+      }
+      if (this.queue.length < this.requestSize) return;
+      const h = this.queue.take(this.requestSize);
+      const magic = h.readUInt32BE(0);
+      const expected = this.extended ? EXTENDED_REQUEST_MAGIC : REQUEST_MAGIC;
+      if (magic !== expected) {
+        this.protocolError(`bad request magic 0x${magic.toString(16)}`);
+        return;
+      }
+      const req: RequestHeader = {
+        flags: h.readUInt16BE(4),
+        type: h.readUInt16BE(6),
+        cookie: Buffer.from(h.subarray(8, 16)),
+        offset: readU64(h, 16),
+        length: this.extended ? readU64(h, 24) : h.readUInt32BE(24),
+      };
+      const hasPayload = req.type === CMD.WRITE || (this.extended && (req.flags & CMD_FLAG.PAYLOAD_LEN) !== 0);
+      if (!hasPayload) {
+        if (req.type === CMD.DISC) {
+          this.onDisc();
+          return;
+        }
+        this.dispatch(req, null);
+        continue;
+      }
+      if (req.length > this.limits.maxPayload || req.type !== CMD.WRITE) {
+        // The spec lets us either disconnect or consume the payload; consuming keeps a client
+        // with a bug usable. A payload that could never be sensible (past 4 GiB) ends the session.
+        if (req.length > U32_MAX) {
+          this.protocolError(`payload of ${req.length} bytes`);
+          return;
+        }
+        this.skipLeft = req.length;
+        this.skipReq = req;
+        continue;
+      }
+      if (this.queue.length >= req.length) {
+        this.dispatch(req, this.queue.take(req.length));
+        continue;
+      }
+      const buf = Buffer.allocUnsafe(req.length);
+      this.pending = { req, buf, filled: 0 };
+    }
+    // Not running: a DISC or a close arrived; anything else the client sends is dropped.
+    if (this.queue.length > 0) this.queue.skip(this.queue.length);
+  }
+
+  private overLimits(): boolean {
+    // Reply bytes waiting in the socket count against the byte cap, so a client that does not
+    // read its replies stops us from reading its requests (memory stays bounded).
+    return (
+      this.inflight >= this.limits.maxInflightRequests ||
+      this.inflightBytes + this.queuedReplyBytes >= this.limits.maxInflightBytes
+    );
+  }
+
+  private pauseReading(): void {
+    if (!this.readingPaused) {
+      this.readingPaused = true;
+      this.stream.pause();
+    }
+  }
+
+  private maybeResume(): void {
+    if (this.state !== 'running' || !this.readingPaused || this.overLimits()) return;
+    this.readingPaused = false;
+    this.stream.resume();
+    this.parse();
+  }
+
+  private protocolError(message: string): void {
+    this.stats.protocolErrors++;
+    this.log.warn({ export: this.entry.name, reason: message }, 'nbd protocol error, disconnecting client');
+    this.state = 'closed';
+    this.queue.skip(this.queue.length);
+    this.stream.destroy();
+  }
+
+  private onDisc(): void {
+    this.state = 'disconnecting';
+    this.count('disc', 0);
+    this.log.debug({ export: this.entry.name, inflight: this.inflight }, 'nbd client sent DISC');
+    this.pauseReading();
+    void this.whenIdle().then(() => this.endSocket());
+  }
+
+  private endSocket(): void {
+    if (this.stream.destroyed) return;
+    this.stream.end();
+    // A client that never closes its side must not hold the socket forever.
+    setTimeout(() => this.stream.destroy(), 5000).unref();
+  }
+
+  private onClose(): void {
+    this.state = 'closed';
+    this.pending = null;
+    this.queue.skip(this.queue.length);
+  }
+
+  private whenIdle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private count(command: string, bytes: number): void {
+    this.stats.requests[command] = (this.stats.requests[command] ?? 0) + 1;
+    if (bytes > 0) this.stats.bytes[command] = (this.stats.bytes[command] ?? 0) + bytes;
+  }
+
+  // ---------------------------------------------------------------- execution
+
+  /** Validation shared by all commands; returns 0 or the NBD errno to reply. */
+  private validate(req: RequestHeader): number {
+    const ro = this.entry.readOnly;
+    const size = this.entry.device.size;
+    const f = req.flags;
+    const { FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO, PAYLOAD_LEN } = CMD_FLAG;
+    let allowed = FUA | (this.extended ? PAYLOAD_LEN : 0);
+    switch (req.type) {
+      case CMD.READ:
+        if (this.structured) allowed |= DF;
+        break;
+      case CMD.WRITE_ZEROES:
+        allowed |= NO_HOLE | FAST_ZERO;
+        break;
+      case CMD.BLOCK_STATUS:
+        allowed |= REQ_ONE;
+        break;
+      case CMD.WRITE:
+      case CMD.FLUSH:
+      case CMD.TRIM:
+      case CMD.CACHE:
+        break;
+      default:
+        return NBD_ERR.EINVAL;
+    }
+    if ((f & ~allowed) !== 0) return NBD_ERR.EINVAL;
+    if (req.type === CMD.FLUSH) return 0;
+    if (ro && (req.type === CMD.WRITE || req.type === CMD.TRIM || req.type === CMD.WRITE_ZEROES)) return NBD_ERR.EPERM;
+    const isWrite = req.type === CMD.WRITE || req.type === CMD.WRITE_ZEROES;
+    if (req.length === 0 || req.offset + req.length > size) return isWrite ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
+    if (req.type === CMD.READ && req.length > this.limits.maxPayload) return NBD_ERR.EINVAL;
+    if (req.type === CMD.BLOCK_STATUS && !this.baseAllocation) return NBD_ERR.EINVAL;
+    return 0;
+  }
+
+  private dispatch(req: RequestHeader, payload: Buffer | null): void {
+    const command = CMD_NAMES[req.type] ?? 'unknown';
+    const dataBytes = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
+    this.count(command, req.type === CMD.FLUSH ? 0 : req.length === Infinity ? 0 : req.length);
+    const errno = this.validate(req);
+    if (errno !== 0) {
+      this.sendError(req, errno, 'request refused');
+      this.emitRequest(command, req, errno, 0);
+      return;
+    }
+    this.inflight++;
+    this.inflightBytes += dataBytes;
+    this.stats.inflightRequests++;
+    this.stats.inflightBytes += dataBytes;
+    const started = performance.now();
+    void this.execute(req, payload).then((sentErrno) => {
+      this.inflight--;
+      this.inflightBytes -= dataBytes;
+      this.stats.inflightRequests--;
+      this.stats.inflightBytes -= dataBytes;
+      this.emitRequest(command, req, sentErrno, performance.now() - started);
+      if (this.inflight === 0 && this.idleWaiters.length > 0) {
+        const waiters = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const w of waiters) w();
+      }
+      this.maybeResume();
+    });
+  }
+
+  private emitRequest(command: string, req: RequestHeader, errno: number, durationMs: number): void {
+    if (this.events.listenerCount('request') === 0) return;
+    const ev: NbdRequestEvent = { export: this.entry.name, command, offset: req.offset, length: req.length, errno, durationMs };
+    this.events.emit('request', ev);
+  }
+
+  /** Runs one valid request and sends its reply. Never rejects; returns the errno sent (0 = ok). */
+  private async execute(req: RequestHeader, payload: Buffer | null): Promise<number> {
+    const dev = this.entry.device;
+    const fua = (req.flags & CMD_FLAG.FUA) !== 0;
+    try {
+      switch (req.type) {
+        case CMD.READ:
+          return await this.executeRead(req);
+        case CMD.WRITE:
+          await dev.write(req.offset, payload!, { fua });
+          break;
+        case CMD.FLUSH:
+          await dev.flush();
+          break;
+        case CMD.TRIM:
+          await dev.trim(req.offset, req.length, { fua });
+          break;
+        case CMD.WRITE_ZEROES:
+          await dev.writeZeroes(req.offset, req.length, {
+            fua,
+            noHole: (req.flags & CMD_FLAG.NO_HOLE) !== 0,
+            fastZero: (req.flags & CMD_FLAG.FAST_ZERO) !== 0,
+          });
+          break;
+        case CMD.CACHE:
+          await dev.cache(req.offset, req.length);
+          break;
+        case CMD.BLOCK_STATUS:
+          this.sendBlockStatus(req, await dev.extents(req.offset, req.length));
+          return 0;
+      }
+      this.sendOk(req);
+      return 0;
+    } catch (err) {
+      const errno = nbdErrnoOf(err);
+      this.log.debug({ export: this.entry.name, command: CMD_NAMES[req.type], err: (err as Error)?.message, errno }, 'nbd request failed');
+      this.sendError(req, errno, (err as Error)?.message ?? 'error');
+      return errno;
+    }
+  }
+
+  private async executeRead(req: RequestHeader): Promise<number> {
+    const dev = this.entry.device;
+    const len = req.length;
+    let headerLen: number;
+    if (this.extended) headerLen = EXTENDED_REPLY_HEADER_SIZE + 8;
+    else if (this.structured) headerLen = STRUCTURED_REPLY_HEADER_SIZE + 8;
+    else headerLen = SIMPLE_REPLY_SIZE;
+    // One buffer for header and data: the device decrypts straight into the reply.
+    const pool = this.limits.pool;
+    const buf = pool.get(headerLen + len);
+    // On a device error the buffer is simply dropped (it may hold part of a read).
+    await dev.read(req.offset, len, buf, headerLen);
+    if (!dev.keyUsable) {
+      // The key was wiped while this read ran: the data must not leave (block-device.ts contract).
+      buf.fill(0);
+      pool.clear();
+      this.sendError(req, NBD_ERR.EPERM, 'data key is no longer usable');
+      return NBD_ERR.EPERM;
+    }
+    if (this.extended) {
+      this.writeExtendedHeader(buf, REPLY_FLAG_DONE, REPLY_TYPE.OFFSET_DATA, req, 8 + len);
+      writeU64(buf, EXTENDED_REPLY_HEADER_SIZE, req.offset);
+    } else if (this.structured) {
+      buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+      buf.writeUInt16BE(REPLY_FLAG_DONE, 4);
+      buf.writeUInt16BE(REPLY_TYPE.OFFSET_DATA, 6);
+      req.cookie.copy(buf, 8);
+      buf.writeUInt32BE(8 + len, 16);
+      writeU64(buf, STRUCTURED_REPLY_HEADER_SIZE, req.offset);
+    } else {
+      buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+      buf.writeUInt32BE(0, 4);
+      req.cookie.copy(buf, 8);
+    }
+    this.send(buf, true);
+    return 0;
+  }
+
+  // ---------------------------------------------------------------- replies
+
+  /** Queues one reply frame; `recycle` hands the buffer back to the pool once it is flushed. */
+  private send(buf: Buffer, recycle = false): void {
+    // Replies of a closed connection are dropped; the device work they report is done.
+    if (this.state === 'closed' || this.stream.destroyed || this.stream.writableEnded) {
+      if (recycle) this.limits.pool.release(buf);
+      return;
+    }
+    const len = buf.length;
+    if (!this.corked) {
+      // Replies finished in the same tick leave in one writev instead of one syscall each.
+      this.corked = true;
+      this.stream.cork();
+      process.nextTick(this.uncork);
+    }
+    if (len < SMALL_REPLY && !recycle) {
+      // Small replies are bounded by the request cap; skipping the per-write callback saves a
+      // closure and a callback per 4 KiB request.
+      this.stream.write(buf);
+      return;
+    }
+    this.queuedReplyBytes += len;
+    this.stats.inflightBytes += len;
+    this.stream.write(buf, (err?: Error | null) => {
+      // On error the socket may still hold the buffer in its queue: do not recycle it then.
+      if (recycle && !err) this.limits.pool.release(buf);
+      this.onReplyFlushed(len);
+    });
+  }
+
+  private writeExtendedHeader(buf: Buffer, flags: number, type: number, req: RequestHeader, payloadLen: number): void {
+    buf.writeUInt32BE(EXTENDED_REPLY_MAGIC, 0);
+    buf.writeUInt16BE(flags, 4);
+    buf.writeUInt16BE(type, 6);
+    req.cookie.copy(buf, 8);
+    writeU64(buf, 16, Number.isFinite(req.offset) ? req.offset : 0);
+    writeU64(buf, 24, payloadLen);
+  }
+
+  private sendOk(req: RequestHeader): void {
+    if (this.extended) {
+      const buf = Buffer.allocUnsafe(EXTENDED_REPLY_HEADER_SIZE);
+      this.writeExtendedHeader(buf, REPLY_FLAG_DONE, REPLY_TYPE.NONE, req, 0);
+      this.send(buf);
+      return;
+    }
+    const buf = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    buf.writeUInt32BE(0, 4);
+    req.cookie.copy(buf, 8);
+    this.send(buf);
+  }
+
+  private sendError(req: RequestHeader, errno: NbdErrno | number, message: string): void {
+    const name = errnoName(errno);
+    this.stats.errors[name] = (this.stats.errors[name] ?? 0) + 1;
+    // With structured replies a READ (and BLOCK_STATUS) must be answered with chunks; other
+    // commands may still get a simple reply. Extended headers allow only structured chunks.
+    if (this.extended || (this.structured && (req.type === CMD.READ || req.type === CMD.BLOCK_STATUS))) {
+      const msg = Buffer.from(message.slice(0, 200), 'utf8');
+      const hdr = this.extended ? EXTENDED_REPLY_HEADER_SIZE : STRUCTURED_REPLY_HEADER_SIZE;
+      const buf = Buffer.allocUnsafe(hdr + 6 + msg.length);
+      if (this.extended) this.writeExtendedHeader(buf, REPLY_FLAG_DONE, REPLY_TYPE.ERROR, req, 6 + msg.length);
+      else {
+        buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+        buf.writeUInt16BE(REPLY_FLAG_DONE, 4);
+        buf.writeUInt16BE(REPLY_TYPE.ERROR, 6);
+        req.cookie.copy(buf, 8);
+        buf.writeUInt32BE(6 + msg.length, 16);
+      }
+      buf.writeUInt32BE(errno, hdr);
+      buf.writeUInt16BE(msg.length, hdr + 4);
+      msg.copy(buf, hdr + 6);
+      this.send(buf);
+      return;
+    }
+    const buf = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    buf.writeUInt32BE(errno, 4);
+    req.cookie.copy(buf, 8);
+    this.send(buf);
+  }
+
+  private sendBlockStatus(req: RequestHeader, extents: Extent[]): void {
+    // Merge neighbours with the same flags, clamp to the request, honour REQ_ONE.
+    const runs: Array<{ length: number; flags: number }> = [];
+    let left = req.length;
+    for (const e of extents) {
+      if (left <= 0) break;
+      if (!(e.length > 0)) continue;
+      const flags = (e.hole ? STATE_HOLE : 0) | (e.zero ? STATE_ZERO : 0);
+      const len = Math.min(e.length, left);
+      left -= len;
+      const last = runs[runs.length - 1];
+      if (last && last.flags === flags) last.length += len;
+      else runs.push({ length: len, flags });
+    }
+    const maxRun = this.extended ? Number.MAX_SAFE_INTEGER : U32_MAX - 511;
+    const out: Array<{ length: number; flags: number }> = [];
+    for (const r of runs) {
+      let len = r.length;
+      while (len > 0 && out.length < MAX_EXTENTS) {
+        const piece = Math.min(len, maxRun);
+        out.push({ length: piece, flags: r.flags });
+        len -= piece;
+      }
+    }
+    if (out.length === 0) {
+      // A device that reported nothing: say "data" for the whole range (always safe).
+      out.push({ length: Math.min(req.length, maxRun), flags: 0 });
+    }
+    if (req.flags & CMD_FLAG.REQ_ONE) out.length = 1;
+    if (this.extended) {
+      const payload = 8 + 16 * out.length;
+      const buf = Buffer.allocUnsafe(EXTENDED_REPLY_HEADER_SIZE + payload);
+      this.writeExtendedHeader(buf, REPLY_FLAG_DONE, REPLY_TYPE.BLOCK_STATUS_EXT, req, payload);
+      let p = EXTENDED_REPLY_HEADER_SIZE;
+      buf.writeUInt32BE(BASE_ALLOCATION_ID, p);
+      buf.writeUInt32BE(out.length, p + 4);
+      p += 8;
+      for (const r of out) {
+        writeU64(buf, p, r.length);
+        writeU64(buf, p + 8, r.flags);
+        p += 16;
+      }
+      this.send(buf);
+      return;
+    }
+    const payload = 4 + 8 * out.length;
+    const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + payload);
+    buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+    buf.writeUInt16BE(REPLY_FLAG_DONE, 4);
+    buf.writeUInt16BE(REPLY_TYPE.BLOCK_STATUS, 6);
+    req.cookie.copy(buf, 8);
+    buf.writeUInt32BE(payload, 16);
+    let p = STRUCTURED_REPLY_HEADER_SIZE;
+    buf.writeUInt32BE(BASE_ALLOCATION_ID, p);
+    p += 4;
+    for (const r of out) {
+      buf.writeUInt32BE(r.length, p);
+      buf.writeUInt32BE(r.flags, p + 4);
+      p += 8;
+    }
+    this.send(buf);
+  }
+}
+
+/** TCP_NODELAY on the socket under a (possibly TLS) stream. */
+export function setNoDelay(socket: Socket): void {
+  try {
+    socket.setNoDelay(true);
+  } catch {
+    // Unix sockets have no Nagle; nothing to do.
+  }
+}

@@ -1,0 +1,4 @@
+import { defineInteropSuite } from './interop-suite.js';
+import { plainFileDevice } from './file-device.js';
+
+defineInteropSuite('plain file device', plainFileDevice);

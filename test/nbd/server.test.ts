@@ -1,0 +1,104 @@
+// The NbdServer API the agent uses: several listeners (TCP + Unix socket), connection info,
+// request events and counters, graceful close.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { NbdServer } from '../../src/nbd/server.js';
+import type { NbdRequestEvent } from '../../src/nbd/stats.js';
+import { KmsdiskError } from '../../src/errors.js';
+import { plainFileDevice, type TestDevice } from './file-device.js';
+import { GatedDevice, until } from './gated-device.js';
+import { MiB, mustRun, tempDir, testLogger } from './harness.js';
+import { CMD, RawClient } from './raw-client.js';
+
+describe('NbdServer API', () => {
+  let dir: { path: string; remove(): Promise<void> };
+  let dev: TestDevice;
+  let gated: GatedDevice;
+  let server: NbdServer;
+  let port = 0;
+  let sock = '';
+  const events: NbdRequestEvent[] = [];
+
+  beforeAll(async () => {
+    dir = await tempDir('nbd-server');
+    dev = await plainFileDevice(dir.path, 8 * MiB);
+    gated = new GatedDevice(dev.device);
+    server = new NbdServer({ logger: testLogger });
+    server.addExport('disk', { device: gated, description: 'api test' });
+    port = ((await server.listen({ host: '127.0.0.1', port: 0 })) as AddressInfo).port;
+    sock = join(dir.path, 'nbd.sock');
+    expect(await server.listen({ path: sock })).toBe(sock);
+    server.on('request', (e: NbdRequestEvent) => events.push(e));
+  });
+
+  afterAll(async () => {
+    gated?.release();
+    await server?.close();
+    await dev?.close();
+    await dir?.remove();
+  });
+
+  it('validates exports', () => {
+    expect(() => server.addExport('disk', { device: gated })).toThrow(KmsdiskError);
+    expect(() => server.addExport('x', { device: gated, requireTls: true })).toThrow(/TLS/);
+    expect(server.exportNames()).toEqual(['disk']);
+    expect(server.hasExport('disk')).toBe(true);
+  });
+
+  it('serves the same export on TCP and on a Unix socket', async () => {
+    const a = await mustRun('nbdinfo', [`nbd+unix:///disk?socket=${sock}`]);
+    expect(a).toContain('description: api test');
+    await mustRun('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 65536', `nbd+unix:///disk?socket=${sock}`]);
+    const b = await mustRun('qemu-io', ['-f', 'raw', '-c', 'read -P 0x61 0 65536', `nbd://127.0.0.1:${port}/disk`]);
+    expect(b).not.toMatch(/fail/i);
+  });
+
+  it('reports connections, request events and counters', async () => {
+    const c = await RawClient.connect(port);
+    await c.greet();
+    await c.go('disk', { structured: true });
+    gated.hold();
+    c.request(CMD.READ, 0, 4096);
+    await until(() => gated.waiting === 1, 'read in flight');
+    const info = server.connections().find((x) => x.export === 'disk' && x.inflight === 1);
+    expect(info).toBeDefined();
+    expect(info!.state).toBe('transmission');
+    expect(info!.tls).toBe(false);
+    expect(info!.remote).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(server.stats.inflightRequests).toBe(1);
+    gated.release();
+    const r = await c.readReply();
+    expect(r.error).toBe(0);
+    expect(events.some((e) => e.command === 'read' && e.length === 4096 && e.errno === 0 && e.export === 'disk')).toBe(true);
+    expect((await c.call(CMD.READ, 8 * MiB, 1)).error).toBe(22);
+    expect(events.some((e) => e.command === 'read' && e.errno === 22)).toBe(true);
+    expect(server.stats.errors['EINVAL']).toBeGreaterThanOrEqual(1);
+    expect(server.stats.bytes['write']).toBeGreaterThanOrEqual(65536);
+    expect(server.stats.connectionsTotal).toBeGreaterThanOrEqual(3);
+    c.destroy();
+  });
+
+  it('close() answers in-flight requests, then closes every connection and refuses new ones', async () => {
+    const c = await RawClient.connect(port);
+    await c.greet();
+    await c.go('disk');
+    gated.hold();
+    const cookie = c.request(CMD.WRITE, 4096, 512, { payload: Buffer.alloc(512, 0x77) });
+    await until(() => gated.waiting === 1, 'write in flight');
+    const closing = server.close();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.closed).toBe(false);
+    gated.release();
+    const reply = await c.readReply();
+    expect(reply.cookie).toBe(cookie);
+    expect(reply.error).toBe(0);
+    await closing;
+    expect(await c.waitClosed()).toBe(true);
+    await expect(RawClient.connect(port)).rejects.toThrow();
+    await expect(server.listen({ host: '127.0.0.1', port: 0 })).rejects.toThrow(KmsdiskError);
+    const check = Buffer.alloc(512);
+    await dev.device.read(4096, 512, check, 0);
+    expect(check.every((b) => b === 0x77)).toBe(true);
+  });
+});
