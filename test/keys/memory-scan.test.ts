@@ -1,0 +1,181 @@
+// A memory scan of the agent process: after a revoke, neither the DEK's raw bytes nor its base64
+// occur anywhere in /proc/<pid>/mem. The agent runs as a child process (the test process holds
+// the DEK itself, fetched through the emulator's admin ExportDataKey, to know what to look for).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fork, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createAgentKey, startDrillKms, type DrillKms } from '../../src/drill/harness.js';
+import { NbdClient } from '../../src/drill/nbd-client.js';
+
+interface Region {
+  start: bigint;
+  end: bigint;
+  perms: string;
+  name: string;
+}
+
+function readableRegions(pid: number): Region[] {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8')
+    .trim()
+    .split('\n')
+    .map((line) => {
+      const [range, perms, , , , ...rest] = line.split(/\s+/);
+      const [a, b] = range!.split('-');
+      return { start: BigInt('0x' + a), end: BigInt('0x' + b), perms: perms!, name: rest.join(' ') };
+    })
+    .filter((r) => r.perms.startsWith('r') && r.name !== '[vvar]' && r.name !== '[vsyscall]' && r.name !== '[vvar_vclock]');
+}
+
+interface Hit {
+  needle: string;
+  address: bigint;
+  region: Region;
+}
+
+/** Every occurrence of each needle in the readable memory of pid. */
+function scan(pid: number, needles: Record<string, Buffer>): { hits: Hit[]; bytesScanned: number; regionsSkipped: number } {
+  const fd = openSync(`/proc/${pid}/mem`, 'r');
+  const hits: Hit[] = [];
+  let bytesScanned = 0;
+  let regionsSkipped = 0;
+  const CHUNK = 8 << 20;
+  const maxNeedle = Math.max(...Object.values(needles).map((n) => n.length));
+  const buf = Buffer.alloc(CHUNK + maxNeedle);
+  try {
+    for (const region of readableRegions(pid)) {
+      let pos = region.start;
+      let carried = 0; // bytes at the start of buf carried over from the previous chunk
+      while (pos < region.end) {
+        const want = Number(region.end - pos < BigInt(CHUNK) ? region.end - pos : BigInt(CHUNK));
+        let got: number;
+        try {
+          got = readSync(fd, buf, carried, want, pos);
+        } catch {
+          regionsSkipped++;
+          break;
+        }
+        if (got <= 0) break;
+        const view = buf.subarray(0, carried + got);
+        for (const [name, needle] of Object.entries(needles)) {
+          let i = view.indexOf(needle);
+          while (i >= 0) {
+            hits.push({ needle: name, address: pos - BigInt(carried) + BigInt(i), region });
+            i = view.indexOf(needle, i + 1);
+          }
+        }
+        bytesScanned += got;
+        pos += BigInt(got);
+        // Keep the tail so a needle spanning two chunks is found (once: only the tail moves).
+        const keep = Math.min(maxNeedle - 1, view.length);
+        view.copy(buf, 0, view.length - keep);
+        carried = keep;
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return { hits, bytesScanned, regionsSkipped };
+}
+
+describe('memory scan of the agent process', () => {
+  let dir: string;
+  let kms: DrillKms;
+  let child: ChildProcess;
+  let ready: { nbd: { host: string; port: number }; ciphertextBlob: string; encryptionContext: Record<string, string> };
+  let keyId: string;
+  const revokedMsgs: Array<{ cause: string; wipedAt: number | null }> = [];
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kmsdisk-memscan-'));
+    kms = await startDrillKms({ stateDir: join(dir, 'kms') });
+    ({ keyId } = await createAgentKey(kms.admin, 'agent'));
+    const root = resolve(import.meta.dirname, '../..');
+    child = fork(join(root, 'test/keys/fixtures/agent-child.ts'), [], {
+      cwd: root,
+      execArgv: ['--import', join(root, 'test/keys/fixtures/register-ts.mjs')],
+      env: {
+        ...process.env,
+        KMSDISK_CHILD_ARGS: JSON.stringify({ dir: join(dir, 'agent'), endpoint: kms.endpoint, ...kms.agentCredentials, keyId }),
+      },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    ready = await new Promise((res, rej) => {
+      const t = setTimeout(() => rej(new Error('agent child not ready in 30 s')), 30_000);
+      child.on('message', (m: { type: string } & typeof ready & { cause: string; wipedAt: number | null }) => {
+        if (m.type === 'ready') {
+          clearTimeout(t);
+          res(m);
+        } else if (m.type === 'revoked') revokedMsgs.push(m);
+      });
+      child.on('exit', (code) => rej(new Error(`agent child exited with ${code}`)));
+    });
+  });
+
+  afterAll(async () => {
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.send({ type: 'stop' });
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    }
+    await kms?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('finds the DEK only in the key slot before the revoke, and nowhere (raw or base64) after it', async () => {
+    // The test learns the DEK through the KMS with admin rights, as an auditor would.
+    const { dek } = await kms.admin.openDataKey(ready.ciphertextBlob, ready.encryptionContext);
+    expect(dek.length).toBe(64);
+    const needles = {
+      raw: Buffer.from(dek),
+      base64: Buffer.from(dek.toString('base64'), 'latin1'),
+      // Either 32-byte XTS half on its own (a partial copy would still be a leak).
+      rawHalf1: Buffer.from(dek.subarray(0, 32)),
+      rawHalf2: Buffer.from(dek.subarray(32)),
+    };
+    dek.fill(0);
+
+    // The agent serves (decrypts) with the key.
+    const client = await NbdClient.connect(ready.nbd, { exportName: 'drill' });
+    expect((await client.write(0, Buffer.alloc(65536, 7))).errno).toBe(0);
+    expect((await client.read(0, 65536)).errno).toBe(0);
+
+    const pid = child.pid!;
+    const before = scan(pid, needles);
+    expect(before.bytesScanned).toBeGreaterThan(10 << 20);
+    const rawBefore = before.hits.filter((h) => h.needle === 'raw');
+    // The scanner works: the key is in memory while it is in use ...
+    expect(rawBefore.length).toBeGreaterThanOrEqual(1);
+    // ... and only in the native key slot: one small anonymous mapping fenced by guard pages,
+    // never the JS heap or a library's data.
+    const maps = readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n');
+    for (const h of rawBefore) {
+      expect(h.region.name).toBe('');
+      expect(Number(h.region.end - h.region.start)).toBeLessThanOrEqual(64 * 1024);
+      const idx = maps.findIndex((l) => BigInt('0x' + l.split('-')[0]) === h.region.start);
+      expect(maps[idx - 1]).toMatch(/ ---p /);
+      expect(maps[idx + 1]).toMatch(/ ---p /);
+    }
+    expect(before.hits.filter((h) => h.needle === 'base64')).toHaveLength(0);
+    // The halves also open the AES key schedules (round keys 0-1 are the key itself), which
+    // live in the same slot page: every hit of a half is inside a slot region.
+    const slotRegions = new Set(rawBefore.map((h) => h.region.start));
+    const halfHits = before.hits.filter((x) => x.needle === 'rawHalf1' || x.needle === 'rawHalf2');
+    expect(halfHits.filter((h) => !slotRegions.has(h.region.start)).map((h) => `${h.needle}@0x${h.address.toString(16)} ${h.region.perms} ${h.region.name}`)).toEqual([]);
+
+    // Revoke; the child reports the wipe.
+    await kms.admin.disableKey(keyId);
+    const until = Date.now() + 10_000;
+    while (revokedMsgs.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    expect(revokedMsgs[0]).toMatchObject({ cause: 'Rejected.Disabled' });
+    expect((await client.read(0, 65536)).errno).toBe(1);
+    await client.disconnect();
+
+    const after = scan(pid, needles);
+    expect(after.bytesScanned).toBeGreaterThan(10 << 20);
+    expect(after.hits.map((h) => `${h.needle}@0x${h.address.toString(16)} ${h.region.perms} ${h.region.name}`)).toEqual([]);
+  });
+});
