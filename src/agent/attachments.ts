@@ -1,0 +1,239 @@
+// Attachments: a disk attached to "a host" is an NBD export of its volume, with an access rule
+// (read-only, TLS required, TLS-PSK identity). Attaching opens the volume, unwraps its DEK through
+// the key guard (so revocation applies from the first byte), and adds the export; detaching
+// removes the export after its in-flight requests are answered (drain), then wipes the key and
+// closes the file. The catalog row is the durable intent: a restarted agent re-attaches it.
+
+import { KmsdiskError, errorCodeOf } from '../errors.js';
+import { formatHostPort, type HostPort } from '../config.js';
+import { Volume } from '../volume/index.js';
+import type { AttachmentRow } from './catalog.js';
+import type { AgentContext } from './context.js';
+import type { DisksService } from './disks.js';
+import { checkName } from './names.js';
+import type { PskStore } from './psk.js';
+
+export interface AttachRequest {
+  disk: string;
+  export?: string;
+  readOnly?: boolean;
+  requireTls?: boolean;
+  tlsPskIdentity?: string;
+}
+
+export interface AttachedClient {
+  id: number;
+  remote: string;
+  since: string;
+  tls: boolean;
+  pskIdentity: string | null;
+  inflight: number;
+  state: string;
+}
+
+export interface AttachmentView {
+  disk: string;
+  export: string;
+  readOnly: boolean;
+  requireTls: boolean;
+  tlsPskIdentity: string | null;
+  /** The PSK file clients use (tls-psk-file=...); the key itself is never returned. */
+  tlsPskFile: string | null;
+  uri: string;
+  createdAt: string;
+  /** in-use, or key-revoked while the key is not usable (the export then refuses I/O). */
+  state: string;
+  clients: AttachedClient[];
+}
+
+export class AttachmentsService {
+  private retryTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly disks: DisksService,
+    private readonly psk: PskStore,
+    private readonly nbdAddress: () => HostPort | null,
+  ) {}
+
+  list(): AttachmentView[] {
+    const conns = this.ctx.nbd.connections();
+    return this.ctx.catalog.listAttachments().map((a) => this.viewOf(a, conns));
+  }
+
+  show(disk: string): AttachmentView {
+    const a = this.ctx.catalog.getAttachment(disk);
+    if (!a) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `disk ${disk} is not attached`);
+    return this.viewOf(a, this.ctx.nbd.connections());
+  }
+
+  private viewOf(a: AttachmentRow, conns: ReturnType<AgentContext['nbd']['connections']>): AttachmentView {
+    const hp = this.nbdAddress();
+    const host = hp ? formatHostPort(hp) : 'HOST:PORT';
+    const uri = a.tlsPskIdentity
+      ? `nbds://${a.tlsPskIdentity}@${host}/${encodeURIComponent(a.exportName)}?tls-psk-file=${encodeURIComponent(this.psk.path)}`
+      : `${a.requireTls ? 'nbds' : 'nbd'}://${host}/${encodeURIComponent(a.exportName)}`;
+    return {
+      disk: a.disk,
+      export: a.exportName,
+      readOnly: a.readOnly,
+      requireTls: a.requireTls,
+      tlsPskIdentity: a.tlsPskIdentity,
+      tlsPskFile: a.tlsPskIdentity ? this.psk.path : null,
+      uri,
+      createdAt: a.createdAt,
+      state: this.disks.stateOf(a.disk).state,
+      clients: conns
+        .filter((c) => c.export === a.exportName)
+        .map((c) => ({
+          id: c.id,
+          remote: c.remote,
+          since: c.since.toISOString(),
+          tls: c.tls,
+          pskIdentity: c.pskIdentity ?? null,
+          inflight: c.inflight,
+          state: c.state,
+        })),
+    };
+  }
+
+  async attach(req: AttachRequest): Promise<AttachmentView> {
+    const disk = req.disk;
+    return this.ctx.locks.run(`disk:${disk}`, async () => {
+      this.disks.row(disk); // 404 for an unknown disk
+      const exportName = checkName(req.export ?? disk, 'export');
+      if (this.ctx.catalog.getAttachment(disk)) {
+        throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${disk} is already attached (export ${this.ctx.catalog.getAttachment(disk)!.exportName})`);
+      }
+      if (this.ctx.catalog.getAttachmentByExport(exportName) || this.ctx.nbd.hasExport(exportName)) {
+        throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `NBD export ${exportName} is in use by another attachment`);
+      }
+      if (req.requireTls === false && req.tlsPskIdentity) {
+        throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'a TLS PSK identity implies requireTls');
+      }
+      const row: AttachmentRow = {
+        disk,
+        exportName,
+        readOnly: Boolean(req.readOnly),
+        requireTls: Boolean(req.requireTls) || req.tlsPskIdentity !== undefined,
+        tlsPskIdentity: req.tlsPskIdentity ?? null,
+        createdAt: new Date().toISOString(),
+      };
+      if (row.tlsPskIdentity && this.psk.ensure(row.tlsPskIdentity)) {
+        this.ctx.logger.info({ identity: row.tlsPskIdentity, file: this.psk.path }, 'created a TLS PSK for a new identity');
+      }
+      await this.openAndExport(row, { keyMustLoad: true });
+      try {
+        this.ctx.catalog.insertAttachment(row);
+      } catch (err) {
+        await this.closeExport(disk).catch(() => undefined);
+        throw err;
+      }
+      this.ctx.bumpVersion();
+      this.ctx.logger.info({ disk, export: exportName, readOnly: row.readOnly, requireTls: row.requireTls }, 'disk attached');
+      return this.show(disk);
+    });
+  }
+
+  async detach(disk: string): Promise<{ detached: string; export: string }> {
+    return this.ctx.locks.run(`disk:${disk}`, async () => {
+      const row = this.ctx.catalog.getAttachment(disk);
+      if (!row) {
+        this.disks.row(disk);
+        throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `disk ${disk} is not attached`);
+      }
+      await this.closeExport(disk);
+      this.ctx.catalog.deleteAttachment(disk);
+      this.ctx.bumpVersion();
+      this.ctx.logger.info({ disk, export: row.exportName }, 'disk detached');
+      return { detached: disk, export: row.exportName };
+    });
+  }
+
+  /**
+   * Start-up: re-attach every attachment of the catalog. A disk whose key cannot be unwrapped
+   * now (CMK disabled, grant revoked, KMS down) is still exported -- its I/O is refused -- and the
+   * agent keeps retrying the unwrap in the background.
+   */
+  async restoreAll(retryMs: number): Promise<void> {
+    for (const row of this.ctx.catalog.listAttachments()) {
+      try {
+        await this.openAndExport(row, { keyMustLoad: false });
+      } catch (err) {
+        this.ctx.logger.error({ disk: row.disk, export: row.exportName, code: errorCodeOf(err), err: (err as Error).message }, 'could not restore an attachment');
+      }
+    }
+    this.ctx.bumpVersion();
+    this.retryTimer = setInterval(() => void this.retryKeys(), retryMs);
+    this.retryTimer.unref();
+  }
+
+  private async retryKeys(): Promise<void> {
+    for (const entry of this.ctx.open.all()) {
+      if (!entry.keyError) continue;
+      await this.ctx.locks.run(`disk:${entry.disk}`, async () => {
+        if (!entry.keyError || this.ctx.open.get(entry.disk) !== entry) return;
+        try {
+          await this.ctx.guard.open(entry.volume, entry.disk);
+          entry.keyError = null;
+          this.ctx.bumpVersion();
+          this.ctx.logger.info({ disk: entry.disk }, 'disk key loaded on retry; serving again');
+        } catch (err) {
+          entry.keyError = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message };
+        }
+      });
+    }
+  }
+
+  private async openAndExport(row: AttachmentRow, opts: { keyMustLoad: boolean }): Promise<void> {
+    const diskRow = this.disks.row(row.disk);
+    const volume = await Volume.open(diskRow.path, { readOnly: row.readOnly });
+    let keyError: { code: string; message: string } | null = null;
+    try {
+      await this.ctx.guard.open(volume, row.disk);
+    } catch (err) {
+      if (opts.keyMustLoad) {
+        await volume.close();
+        throw err;
+      }
+      keyError = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message };
+      this.ctx.logger.warn({ disk: row.disk, code: keyError.code }, 'attached disk restored without its key: I/O is refused until the KMS allows the unwrap');
+    }
+    try {
+      this.ctx.nbd.addExport(row.exportName, {
+        device: volume,
+        description: `kmsdisk ${row.disk}`,
+        readOnly: row.readOnly,
+        requireTls: row.requireTls,
+        ...(row.tlsPskIdentity ? { tlsPskIdentities: [row.tlsPskIdentity] } : {}),
+      });
+    } catch (err) {
+      this.ctx.guard.close(volume);
+      await volume.close();
+      throw err;
+    }
+    this.ctx.open.set({ disk: row.disk, volume, exportName: row.exportName, keyError });
+    await this.disks.refreshHeader(diskRow);
+  }
+
+  /** Drain and remove the export, wipe the key, close the volume. */
+  private async closeExport(disk: string): Promise<void> {
+    const entry = this.ctx.open.get(disk);
+    if (!entry) return;
+    if (this.ctx.nbd.hasExport(entry.exportName)) await this.ctx.nbd.removeExport(entry.exportName, { drain: true });
+    this.ctx.guard.close(entry.volume);
+    await entry.volume.close();
+    this.ctx.open.delete(disk);
+  }
+
+  /** Agent stop: close every export and volume; the catalog keeps the attachments for the next start. */
+  async closeAll(): Promise<void> {
+    if (this.retryTimer) clearInterval(this.retryTimer);
+    this.retryTimer = null;
+    for (const entry of this.ctx.open.all()) {
+      await this.closeExport(entry.disk).catch((err: unknown) =>
+        this.ctx.logger.warn({ disk: entry.disk, err: (err as Error).message }, 'closing an export at stop failed'),
+      );
+    }
+  }
+}

@@ -1,0 +1,398 @@
+// The agent's catalog: names, paths and relations of disks, snapshots, images, attachments,
+// jobs and snapshot policies, in one SQLite file (<state>/catalog.db, better-sqlite3).
+//
+// One source of truth per fact: sizes, sector sizes, CMK ids and wrapped keys live in the volume
+// headers (self-describing files), so the catalog stores none of them -- a header always wins.
+// The catalog only knows what a header cannot: which name maps to which file, what is attached
+// and how, what jobs are doing, and which policies run.
+//
+// WAL with synchronous=FULL: catalog writes are rare (lifecycle calls, job checkpoints every few
+// MiB), and a checkpoint that survives a power cut is worth the fsync.
+
+import Database from 'better-sqlite3';
+import { KmsdiskError } from '../errors.js';
+
+export interface DiskRow {
+  name: string;
+  id: string;
+  path: string;
+  createdAt: string;
+}
+
+export interface SnapshotRow {
+  name: string;
+  id: string;
+  disk: string;
+  path: string;
+  trigger: 'manual' | 'policy';
+  createdAt: string;
+}
+
+export interface ImageRow {
+  name: string;
+  id: string;
+  path: string;
+  /** Format of the imported source file (raw | qcow2); encrypted images are kmsdisk volumes. */
+  format: string;
+  encrypted: boolean;
+  /** 'available', or 'creating' while a copy job writes it. */
+  state: 'available' | 'creating';
+  source: string | null;
+  createdAt: string;
+}
+
+export interface AttachmentRow {
+  disk: string;
+  exportName: string;
+  readOnly: boolean;
+  requireTls: boolean;
+  tlsPskIdentity: string | null;
+  createdAt: string;
+}
+
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface JobRow {
+  id: string;
+  kind: string;
+  state: JobState;
+  params: Record<string, unknown>;
+  checkpoint: Record<string, unknown> | null;
+  result: Record<string, unknown> | null;
+  error: { code: string; message: string } | null;
+  bytesDone: number;
+  bytesTotal: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface PolicyRow {
+  disk: string;
+  intervalSeconds: number;
+  retain: number;
+  lastRunAt: string | null;
+  createdAt: string;
+}
+
+/** Versioned migrations: index i brings the schema from user_version i to i+1. Append only. */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE disks (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE snapshots (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    disk TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    trigger TEXT NOT NULL CHECK (trigger IN ('manual', 'policy')),
+    created_at TEXT NOT NULL
+  );
+  CREATE INDEX snapshots_by_disk ON snapshots (disk, created_at);
+  CREATE TABLE images (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL UNIQUE,
+    format TEXT NOT NULL,
+    encrypted INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('available', 'creating')),
+    source TEXT,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE attachments (
+    disk TEXT PRIMARY KEY REFERENCES disks (name),
+    export_name TEXT NOT NULL UNIQUE,
+    read_only INTEGER NOT NULL,
+    require_tls INTEGER NOT NULL,
+    tls_psk_identity TEXT,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    params TEXT NOT NULL,
+    checkpoint TEXT,
+    result TEXT,
+    error TEXT,
+    bytes_done INTEGER NOT NULL DEFAULT 0,
+    bytes_total INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  CREATE TABLE snapshot_policies (
+    disk TEXT PRIMARY KEY REFERENCES disks (name),
+    interval_seconds INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    last_run_at TEXT,
+    created_at TEXT NOT NULL
+  );
+  `,
+];
+
+export const CATALOG_SCHEMA_VERSION = MIGRATIONS.length;
+
+type Row = Record<string, unknown>;
+
+const json = (v: unknown): string | null => (v === null || v === undefined ? null : JSON.stringify(v));
+const parse = <T>(v: unknown): T | null => (typeof v === 'string' ? (JSON.parse(v) as T) : null);
+
+function toDisk(r: Row): DiskRow {
+  return { name: String(r.name), id: String(r.id), path: String(r.path), createdAt: String(r.created_at) };
+}
+function toSnapshot(r: Row): SnapshotRow {
+  return {
+    name: String(r.name),
+    id: String(r.id),
+    disk: String(r.disk),
+    path: String(r.path),
+    trigger: r.trigger === 'policy' ? 'policy' : 'manual',
+    createdAt: String(r.created_at),
+  };
+}
+function toImage(r: Row): ImageRow {
+  return {
+    name: String(r.name),
+    id: String(r.id),
+    path: String(r.path),
+    format: String(r.format),
+    encrypted: r.encrypted === 1,
+    state: r.state === 'creating' ? 'creating' : 'available',
+    source: r.source === null ? null : String(r.source),
+    createdAt: String(r.created_at),
+  };
+}
+function toAttachment(r: Row): AttachmentRow {
+  return {
+    disk: String(r.disk),
+    exportName: String(r.export_name),
+    readOnly: r.read_only === 1,
+    requireTls: r.require_tls === 1,
+    tlsPskIdentity: r.tls_psk_identity === null ? null : String(r.tls_psk_identity),
+    createdAt: String(r.created_at),
+  };
+}
+function toJob(r: Row): JobRow {
+  return {
+    id: String(r.id),
+    kind: String(r.kind),
+    state: String(r.state) as JobState,
+    params: parse<Record<string, unknown>>(r.params) ?? {},
+    checkpoint: parse<Record<string, unknown>>(r.checkpoint),
+    result: parse<Record<string, unknown>>(r.result),
+    error: parse<{ code: string; message: string }>(r.error),
+    bytesDone: Number(r.bytes_done),
+    bytesTotal: Number(r.bytes_total),
+    createdAt: String(r.created_at),
+    updatedAt: String(r.updated_at),
+  };
+}
+function toPolicy(r: Row): PolicyRow {
+  return {
+    disk: String(r.disk),
+    intervalSeconds: Number(r.interval_seconds),
+    retain: Number(r.retain),
+    lastRunAt: r.last_run_at === null ? null : String(r.last_run_at),
+    createdAt: String(r.created_at),
+  };
+}
+
+/** SQLite constraint failures become the project's "already exists" error. */
+function guardUnique<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? '';
+    if (code.startsWith('SQLITE_CONSTRAINT')) {
+      throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `${what} already exists`, { cause: err });
+    }
+    throw err;
+  }
+}
+
+export class Catalog {
+  private readonly db: Database.Database;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+  }
+
+  static open(path: string): Catalog {
+    let db: Database.Database;
+    try {
+      db = new Database(path);
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      db.pragma('busy_timeout = 5000');
+    } catch (err) {
+      throw new KmsdiskError('KMSDISK_ERR_IO', `cannot open the catalog ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    const catalog = new Catalog(db);
+    catalog.migrate(path);
+    return catalog;
+  }
+
+  private migrate(path: string): void {
+    const version = Number(this.db.pragma('user_version', { simple: true }));
+    if (version > MIGRATIONS.length) {
+      throw new KmsdiskError(
+        'KMSDISK_ERR_VOLUME_CORRUPT',
+        `the catalog ${path} has schema version ${version}, newer than this kmsdisk (${MIGRATIONS.length}); upgrade kmsdisk`,
+      );
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  /** Runs fn in one transaction (all or nothing). */
+  tx<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  // --- disks --------------------------------------------------------------------------------
+  insertDisk(d: DiskRow): void {
+    guardUnique(`disk ${d.name}`, () =>
+      this.db.prepare('INSERT INTO disks (name, id, path, created_at) VALUES (?, ?, ?, ?)').run(d.name, d.id, d.path, d.createdAt),
+    );
+  }
+  getDisk(name: string): DiskRow | undefined {
+    const r = this.db.prepare('SELECT * FROM disks WHERE name = ?').get(name) as Row | undefined;
+    return r ? toDisk(r) : undefined;
+  }
+  listDisks(): DiskRow[] {
+    return (this.db.prepare('SELECT * FROM disks ORDER BY name').all() as Row[]).map(toDisk);
+  }
+  deleteDisk(name: string): void {
+    this.db.prepare('DELETE FROM disks WHERE name = ?').run(name);
+  }
+
+  // --- snapshots ------------------------------------------------------------------------------
+  insertSnapshot(s: SnapshotRow): void {
+    guardUnique(`snapshot ${s.name}`, () =>
+      this.db
+        .prepare('INSERT INTO snapshots (name, id, disk, path, trigger, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(s.name, s.id, s.disk, s.path, s.trigger, s.createdAt),
+    );
+  }
+  getSnapshot(name: string): SnapshotRow | undefined {
+    const r = this.db.prepare('SELECT * FROM snapshots WHERE name = ?').get(name) as Row | undefined;
+    return r ? toSnapshot(r) : undefined;
+  }
+  listSnapshots(disk?: string): SnapshotRow[] {
+    const rows = disk
+      ? (this.db.prepare('SELECT * FROM snapshots WHERE disk = ? ORDER BY created_at, name').all(disk) as Row[])
+      : (this.db.prepare('SELECT * FROM snapshots ORDER BY created_at, name').all() as Row[]);
+    return rows.map(toSnapshot);
+  }
+  deleteSnapshot(name: string): void {
+    this.db.prepare('DELETE FROM snapshots WHERE name = ?').run(name);
+  }
+
+  // --- images ---------------------------------------------------------------------------------
+  insertImage(i: ImageRow): void {
+    guardUnique(`image ${i.name}`, () =>
+      this.db
+        .prepare('INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(i.name, i.id, i.path, i.format, i.encrypted ? 1 : 0, i.state, i.source, i.createdAt),
+    );
+  }
+  getImage(name: string): ImageRow | undefined {
+    const r = this.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as Row | undefined;
+    return r ? toImage(r) : undefined;
+  }
+  listImages(): ImageRow[] {
+    return (this.db.prepare('SELECT * FROM images ORDER BY name').all() as Row[]).map(toImage);
+  }
+  setImageState(name: string, state: ImageRow['state']): void {
+    this.db.prepare('UPDATE images SET state = ? WHERE name = ?').run(state, name);
+  }
+  deleteImage(name: string): void {
+    this.db.prepare('DELETE FROM images WHERE name = ?').run(name);
+  }
+
+  // --- attachments ----------------------------------------------------------------------------
+  insertAttachment(a: AttachmentRow): void {
+    guardUnique(`export ${a.exportName}`, () =>
+      this.db
+        .prepare('INSERT INTO attachments (disk, export_name, read_only, require_tls, tls_psk_identity, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(a.disk, a.exportName, a.readOnly ? 1 : 0, a.requireTls ? 1 : 0, a.tlsPskIdentity, a.createdAt),
+    );
+  }
+  getAttachment(disk: string): AttachmentRow | undefined {
+    const r = this.db.prepare('SELECT * FROM attachments WHERE disk = ?').get(disk) as Row | undefined;
+    return r ? toAttachment(r) : undefined;
+  }
+  getAttachmentByExport(exportName: string): AttachmentRow | undefined {
+    const r = this.db.prepare('SELECT * FROM attachments WHERE export_name = ?').get(exportName) as Row | undefined;
+    return r ? toAttachment(r) : undefined;
+  }
+  listAttachments(): AttachmentRow[] {
+    return (this.db.prepare('SELECT * FROM attachments ORDER BY disk').all() as Row[]).map(toAttachment);
+  }
+  deleteAttachment(disk: string): void {
+    this.db.prepare('DELETE FROM attachments WHERE disk = ?').run(disk);
+  }
+
+  // --- jobs -----------------------------------------------------------------------------------
+  insertJob(j: JobRow): void {
+    this.db
+      .prepare(
+        'INSERT INTO jobs (id, kind, state, params, checkpoint, result, error, bytes_done, bytes_total, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      )
+      .run(j.id, j.kind, j.state, json(j.params), json(j.checkpoint), json(j.result), json(j.error), j.bytesDone, j.bytesTotal, j.createdAt, j.updatedAt);
+  }
+  getJob(id: string): JobRow | undefined {
+    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as Row | undefined;
+    return r ? toJob(r) : undefined;
+  }
+  listJobs(): JobRow[] {
+    return (this.db.prepare('SELECT * FROM jobs ORDER BY created_at, id').all() as Row[]).map(toJob);
+  }
+  updateJob(id: string, patch: Partial<Pick<JobRow, 'state' | 'checkpoint' | 'result' | 'error' | 'bytesDone' | 'bytesTotal'>>): void {
+    const sets: string[] = [];
+    const args: unknown[] = [];
+    const col: Record<string, string> = { state: 'state', checkpoint: 'checkpoint', result: 'result', error: 'error', bytesDone: 'bytes_done', bytesTotal: 'bytes_total' };
+    for (const [k, v] of Object.entries(patch)) {
+      sets.push(`${col[k]} = ?`);
+      args.push(k === 'checkpoint' || k === 'result' || k === 'error' ? json(v) : v);
+    }
+    sets.push('updated_at = ?');
+    args.push(new Date().toISOString(), id);
+    this.db.prepare(`UPDATE jobs SET ${sets.join(', ')} WHERE id = ?`).run(...args);
+  }
+
+  // --- snapshot policies ----------------------------------------------------------------------
+  upsertPolicy(p: PolicyRow): void {
+    this.db
+      .prepare(
+        `INSERT INTO snapshot_policies (disk, interval_seconds, retain, last_run_at, created_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (disk) DO UPDATE SET interval_seconds = excluded.interval_seconds, retain = excluded.retain`,
+      )
+      .run(p.disk, p.intervalSeconds, p.retain, p.lastRunAt, p.createdAt);
+  }
+  getPolicy(disk: string): PolicyRow | undefined {
+    const r = this.db.prepare('SELECT * FROM snapshot_policies WHERE disk = ?').get(disk) as Row | undefined;
+    return r ? toPolicy(r) : undefined;
+  }
+  listPolicies(): PolicyRow[] {
+    return (this.db.prepare('SELECT * FROM snapshot_policies ORDER BY disk').all() as Row[]).map(toPolicy);
+  }
+  setPolicyLastRun(disk: string, at: string): void {
+    this.db.prepare('UPDATE snapshot_policies SET last_run_at = ? WHERE disk = ?').run(at, disk);
+  }
+  deletePolicy(disk: string): void {
+    this.db.prepare('DELETE FROM snapshot_policies WHERE disk = ?').run(disk);
+  }
+}

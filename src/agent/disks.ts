@@ -1,0 +1,346 @@
+// Encrypted disks: create (empty, from a snapshot, from an image), list, show, inspect, resize
+// (grow), delete (refused while attached).
+//
+// The catalog maps a name to a volume file; everything else about a disk (size, sector size, CMK,
+// wrapped key, lineage) is read from the volume header, which always wins. Headers are read once
+// (at start and after each change) and kept in memory, so listing disks never touches the files.
+
+import { randomUUID } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { KmsdiskError } from '../errors.js';
+import { cloneVolumeFile, inspectVolume, inspectVolumeFile, Volume, type SectorSize, type VolumeHeader, type VolumeInspection } from '../volume/index.js';
+import type { DiskRow } from './catalog.js';
+import type { AgentContext } from './context.js';
+import { checkName } from './names.js';
+import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
+import { copyRawIntoVolume, plainImageSize } from './image-data.js';
+import { parseSize } from '../util/size.js';
+
+export type DiskState = 'available' | 'in-use' | 'key-revoked' | 'error';
+
+export interface DiskView {
+  name: string;
+  id: string;
+  uuid: string | null;
+  size: number;
+  sectorSize: number;
+  kmsKeyId: string | null;
+  state: DiskState;
+  createdAt: string;
+  path: string;
+  attachment: { export: string; readOnly: boolean } | null;
+  lineage: Record<string, string>;
+  /** Why the key is not usable (KMS deny cause or error code), when state is key-revoked or error. */
+  stateReason: string | null;
+}
+
+export interface CreateDiskRequest {
+  name: string;
+  size?: number | string;
+  sectorSize?: number;
+  kmsKeyId?: string;
+  fromSnapshot?: string;
+  fromImage?: string;
+}
+
+type HeaderOrError = { header: VolumeHeader } | { error: { code: string; message: string } };
+
+export class DisksService {
+  private readonly headers = new Map<string, HeaderOrError>();
+
+  constructor(private readonly ctx: AgentContext) {}
+
+  /** Reads every disk's header (start-up). A bad file shows as state `error`, never a crash. */
+  async load(): Promise<void> {
+    for (const row of this.ctx.catalog.listDisks()) await this.refreshHeader(row);
+  }
+
+  async refreshHeader(row: DiskRow): Promise<void> {
+    const open = this.ctx.open.get(row.name);
+    if (open) {
+      this.headers.set(row.name, { header: open.volume.header });
+    } else {
+      try {
+        const info = await inspectVolumeFile(row.path);
+        this.headers.set(row.name, { header: headerOf(info) });
+      } catch (err) {
+        const e = err as { code?: string; message?: string };
+        this.ctx.logger.error({ disk: row.name, path: row.path, code: e.code }, `disk header unreadable: ${e.message}`);
+        this.headers.set(row.name, { error: { code: e.code ?? 'KMSDISK_ERR_IO', message: e.message ?? String(err) } });
+      }
+    }
+    this.ctx.bumpVersion();
+  }
+
+  /** The header of a disk (from memory). */
+  header(name: string): VolumeHeader {
+    const h = this.headers.get(name);
+    if (!h) throw notFound(name);
+    if ('error' in h) throw new KmsdiskError('KMSDISK_ERR_VOLUME_CORRUPT', `disk ${name}: ${h.error.message}`);
+    return h.header;
+  }
+
+  /** Number of disks (from memory: cheap enough for /healthz). */
+  count(): number {
+    return this.headers.size;
+  }
+
+  row(name: string): DiskRow {
+    const row = this.ctx.catalog.getDisk(name);
+    if (!row) throw notFound(name);
+    return row;
+  }
+
+  list(): DiskView[] {
+    return this.ctx.catalog.listDisks().map((r) => this.viewOf(r));
+  }
+
+  show(name: string): DiskView {
+    return this.viewOf(this.row(name));
+  }
+
+  stateOf(name: string): { state: DiskState; reason: string | null } {
+    const h = this.headers.get(name);
+    if (h && 'error' in h) return { state: 'error', reason: h.error.code };
+    const open = this.ctx.open.get(name);
+    if (!open) return { state: 'available', reason: null };
+    if (open.keyError) return { state: 'key-revoked', reason: open.keyError.code };
+    const ks = this.ctx.guard.diskState(open.volume);
+    if (!ks) return { state: 'key-revoked', reason: 'KeyNotLoaded' };
+    if (ks.state === 'revoked' || ks.state === 'pending') return { state: 'key-revoked', reason: ks.cause ?? ks.state };
+    return { state: 'in-use', reason: null };
+  }
+
+  private viewOf(row: DiskRow): DiskView {
+    const h = this.headers.get(row.name);
+    const header = h && 'header' in h ? h.header : undefined;
+    const { state, reason } = this.stateOf(row.name);
+    const att = this.ctx.catalog.getAttachment(row.name);
+    return {
+      name: row.name,
+      id: row.id,
+      uuid: header?.uuid ?? null,
+      size: header?.size ?? 0,
+      sectorSize: header?.sectorSize ?? 0,
+      kmsKeyId: header?.kms.keyId ?? null,
+      state,
+      createdAt: row.createdAt,
+      path: row.path,
+      attachment: att ? { export: att.exportName, readOnly: att.readOnly } : null,
+      lineage: { ...(header?.lineage ?? {}) } as Record<string, string>,
+      stateReason: reason,
+    };
+  }
+
+  async inspect(name: string): Promise<VolumeInspection> {
+    const row = this.row(name);
+    const { state } = this.stateOf(name);
+    const open = this.ctx.open.get(name);
+    return open ? inspectVolume(open.volume, { state }) : inspectVolumeFile(row.path, { state });
+  }
+
+  async create(req: CreateDiskRequest): Promise<DiskView> {
+    const name = checkName(req.name, 'disk');
+    return this.ctx.locks.run(`disk:${name}`, async () => {
+      if (this.ctx.catalog.getDisk(name)) throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `disk ${name} already exists`);
+      if (req.fromSnapshot !== undefined && req.fromImage !== undefined) {
+        throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'give fromSnapshot or fromImage, not both');
+      }
+      const size = req.size === undefined ? undefined : parseSize(req.size, 'size');
+      const sectorSize = req.sectorSize ?? 4096;
+      if (sectorSize !== 512 && sectorSize !== 4096) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'sectorSize must be 512 or 4096');
+      const id = randomUUID();
+      const path = join(this.ctx.dirs.volumes, `${id}.kdisk`);
+      let header: VolumeHeader;
+      try {
+        if (req.fromSnapshot !== undefined) header = await this.fromSnapshot(name, path, req.fromSnapshot, size, req.kmsKeyId);
+        else if (req.fromImage !== undefined) header = await this.fromImage(name, path, req.fromImage, size, sectorSize, req.kmsKeyId);
+        else {
+          if (size === undefined) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'size is required (e.g. "1G" or a number of bytes)');
+          checkSize(size, sectorSize);
+          const { volume, slot } = await createEncryptedVolume(this.ctx, path, { size, sectorSize: sectorSize as SectorSize, kmsKeyId: req.kmsKeyId ?? DEFAULT_CMK, name });
+          header = volume.header;
+          await volume.close();
+          slot.wipe();
+        }
+        this.ctx.catalog.insertDisk({ name, id, path, createdAt: new Date().toISOString() });
+      } catch (err) {
+        await fsp.unlink(path).catch(() => undefined);
+        throw err;
+      }
+      this.headers.set(name, { header });
+      this.ctx.bumpVersion();
+      this.ctx.logger.info({ disk: name, size: header.size, kmsKeyId: header.kms.keyId }, 'disk created');
+      return this.show(name);
+    });
+  }
+
+  /** Same CMK and wrapped key as the snapshot: a copy of its file with lineage pointing at it. */
+  private async fromSnapshot(name: string, path: string, snapshot: string, size: number | undefined, kmsKeyId: string | undefined): Promise<VolumeHeader> {
+    const snap = this.ctx.catalog.getSnapshot(snapshot);
+    if (!snap) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${snapshot}`);
+    const src = await inspectVolumeFile(snap.path);
+    await this.checkSameCmk(kmsKeyId, src.kms.keyId, `snapshot ${snapshot}`);
+    if (size !== undefined && size < src.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${size} is smaller than snapshot ${snapshot} (${src.size} bytes)`);
+    const copy = await cloneVolumeFile(snap.path, path, { name, lineage: { parentVolume: src.uuid, snapshot } });
+    return this.growIfAsked(path, copy.header, size);
+  }
+
+  private async fromImage(
+    name: string,
+    path: string,
+    imageName: string,
+    size: number | undefined,
+    sectorSize: number,
+    kmsKeyId: string | undefined,
+  ): Promise<VolumeHeader> {
+    const image = this.ctx.catalog.getImage(imageName);
+    if (!image) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${imageName}`);
+    if (image.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${imageName} is still being created`);
+    if (image.encrypted) {
+      // An encrypted image is a volume: the disk is a copy of it under the image's CMK.
+      const src = await inspectVolumeFile(image.path);
+      await this.checkSameCmk(kmsKeyId, src.kms.keyId, `encrypted image ${imageName}`);
+      if (size !== undefined && size < src.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${size} is smaller than image ${imageName} (${src.size} bytes)`);
+      const copy = await cloneVolumeFile(image.path, path, { name, lineage: { parentVolume: src.uuid, image: imageName } });
+      return this.growIfAsked(path, copy.header, size);
+    }
+    // A plain image: encrypt its bytes into a new volume under the chosen CMK.
+    const imageSize = await plainImageSize(image.path);
+    const minSize = roundUp(imageSize, sectorSize);
+    const finalSize = size ?? minSize;
+    if (finalSize < imageSize) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${finalSize} is smaller than image ${imageName} (${imageSize} bytes)`);
+    checkSize(finalSize, sectorSize);
+    const { volume, slot } = await createEncryptedVolume(this.ctx, path, {
+      size: finalSize,
+      sectorSize: sectorSize as SectorSize,
+      kmsKeyId: kmsKeyId ?? DEFAULT_CMK,
+      name,
+      lineage: { image: imageName },
+    });
+    try {
+      await copyRawIntoVolume(image.path, volume, { from: 0 });
+      await volume.flush();
+      return volume.header;
+    } finally {
+      await volume.close();
+      slot.wipe();
+    }
+  }
+
+  private async checkSameCmk(requested: string | undefined, actual: string, what: string): Promise<void> {
+    if (requested === undefined || requested === actual) return;
+    // An alias naming the same key is fine; anything else would need a re-encryption.
+    let resolved: string | undefined;
+    try {
+      resolved = (await this.ctx.kms.describeKey(requested)).keyId;
+    } catch {
+      resolved = undefined;
+    }
+    if (resolved !== actual) {
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what} is encrypted under CMK ${actual}; a disk created from it keeps that CMK (kmsKeyId ${requested} differs)`);
+    }
+  }
+
+  private async growIfAsked(path: string, header: VolumeHeader, size: number | undefined): Promise<VolumeHeader> {
+    if (size === undefined || size === header.size) return header;
+    checkSize(size, header.sectorSize);
+    const v = await Volume.open(path);
+    try {
+      await v.resize(size);
+      return v.header;
+    } finally {
+      await v.close();
+    }
+  }
+
+  async resize(name: string, sizeInput: number | string): Promise<DiskView> {
+    return this.ctx.locks.run(`disk:${name}`, async () => {
+      const row = this.row(name);
+      const header = this.header(name);
+      const size = parseSize(sizeInput, 'size');
+      if (size < header.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `disks can only grow: ${name} is ${header.size} bytes, asked ${size}`);
+      checkSize(size, header.sectorSize);
+      const open = this.ctx.open.get(name);
+      if (open) {
+        await open.volume.resize(size);
+      } else {
+        const v = await Volume.open(row.path);
+        try {
+          await v.resize(size);
+        } finally {
+          await v.close();
+        }
+      }
+      await this.refreshHeader(row);
+      this.ctx.logger.info({ disk: name, size }, 'disk resized');
+      return this.show(name);
+    });
+  }
+
+  async delete(name: string): Promise<{ deleted: string }> {
+    return this.ctx.locks.run(`disk:${name}`, async () => {
+      const row = this.row(name);
+      const att = this.ctx.catalog.getAttachment(name);
+      if (att || this.ctx.open.get(name)) {
+        throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${name} is attached as export ${att?.exportName ?? name}: detach it first`);
+      }
+      this.ctx.catalog.tx(() => {
+        this.ctx.catalog.deletePolicy(name);
+        this.ctx.catalog.deleteDisk(name);
+      });
+      this.onDeleted?.(name);
+      this.headers.delete(name);
+      await fsp.unlink(row.path).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') this.ctx.logger.warn({ disk: name, path: row.path, err: err.message }, 'could not remove the volume file');
+      });
+      this.ctx.bumpVersion();
+      this.ctx.logger.info({ disk: name }, 'disk deleted');
+      return { deleted: name };
+    });
+  }
+
+  /** Set by the agent: stops the snapshot policy timer of a deleted disk. */
+  onDeleted: ((name: string) => void) | undefined;
+
+  /** Counts by state, for the kmsdisk_disks gauge. */
+  countByState(): Record<DiskState, number> {
+    const counts: Record<DiskState, number> = { available: 0, 'in-use': 0, 'key-revoked': 0, error: 0 };
+    for (const r of this.ctx.catalog.listDisks()) counts[this.stateOf(r.name).state]++;
+    return counts;
+  }
+}
+
+function headerOf(i: VolumeInspection): VolumeHeader {
+  return {
+    version: i.formatVersion,
+    uuid: i.uuid,
+    ...(i.name !== undefined ? { name: i.name } : {}),
+    size: i.size,
+    sectorSize: i.sectorSize as SectorSize,
+    cipher: i.cipher as VolumeHeader['cipher'],
+    keyBytes: i.keyBytes as VolumeHeader['keyBytes'],
+    dataOffset: i.dataOffset,
+    kms: i.kms,
+    keyCheck: i.keyCheck,
+    lineage: i.lineage,
+    createdAt: i.createdAt,
+    updatedAt: i.updatedAt,
+  };
+}
+
+function notFound(name: string): KmsdiskError {
+  return new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no disk ${name}`);
+}
+
+function roundUp(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}
+
+export function checkSize(size: number, sectorSize: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0 || size % sectorSize !== 0) {
+    throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size must be a positive multiple of the sector size ${sectorSize}, got ${size}`);
+  }
+  if (size > 2 ** 50) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'size must be at most 1 PiB');
+}

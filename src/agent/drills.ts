@@ -1,0 +1,66 @@
+// Revocation drills from the API (same engine as `kmsdisk drill`): a real NBD client reads and
+// writes the attached disk while the agent, with the CMK owner's credentials, takes access away
+// through the KMS API and (optionally) gives it back. The wipe time comes from the key guard's
+// own revocation record. NOTE: a drill writes a test pattern over the first blocks of the disk.
+
+import { KmsdiskError } from '../errors.js';
+import { formatHostPort, type HostPort } from '../config.js';
+import { DRILL_ACTIONS, runDrill, type DrillAction, type DrillReport } from '../drill/drill.js';
+import type { AttachmentsService } from './attachments.js';
+import type { AgentContext } from './context.js';
+import type { DisksService } from './disks.js';
+
+export interface DrillRequest {
+  disk: string;
+  action: DrillAction;
+  restore?: boolean;
+  timeoutMs?: number;
+  inFlight?: number;
+}
+
+export interface DrillsDeps {
+  agent: { accessKeyId: string; principal?: string };
+  attachments: AttachmentsService;
+  disks: DisksService;
+  nbdAddress: () => HostPort;
+  waitForRevocation: (keyId: string, sinceMs: number, timeoutMs: number) => Promise<{ wipedAt: number | null; at: number } | null>;
+}
+
+export { DRILL_ACTIONS };
+
+export class DrillsService {
+  private running = false;
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly deps: DrillsDeps,
+  ) {}
+
+  async run(req: DrillRequest): Promise<DrillReport> {
+    if (!this.ctx.adminKms) throw new KmsdiskError('KMSDISK_ERR_KMS_ACCESS_KEY', 'drills need the KMS admin credentials (the CMK owner performs the revocation)');
+    if (this.running) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', 'a drill is already running');
+    const header = this.deps.disks.header(req.disk);
+    const att = this.deps.attachments.show(req.disk);
+    if (att.requireTls) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} requires TLS; drills use a plain NBD connection (attach it without TLS for the drill)`);
+    if (att.readOnly) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} is attached read-only; the drill writes a test pattern`);
+    this.running = true;
+    try {
+      return await runDrill({
+        nbdUri: `nbd://${formatHostPort(this.deps.nbdAddress())}/${encodeURIComponent(att.export)}`,
+        kms: this.ctx.adminKms,
+        agent: this.deps.agent,
+        keyId: header.kms.keyId,
+        action: req.action,
+        restore: Boolean(req.restore),
+        ...(req.timeoutMs !== undefined ? { timeoutMs: req.timeoutMs } : {}),
+        ...(req.inFlight !== undefined ? { inFlight: req.inFlight } : {}),
+        wipeTime: async ({ keyId, sinceMs, timeoutMs }) => {
+          const r = await this.deps.waitForRevocation(keyId, sinceMs, timeoutMs);
+          return r ? (r.wipedAt ?? null) : null;
+        },
+      });
+    } finally {
+      this.running = false;
+    }
+  }
+}

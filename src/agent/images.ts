@@ -1,0 +1,278 @@
+// Custom images: import a raw or qcow2 file, copy an image with encryption under a CMK (a job),
+// delete; disks are created from images by DisksService.
+//
+// Two kinds of images, as in ECS:
+// - an imported image is stored as a PLAIN raw file under <state>/images (qemu-img converts
+//   qcow2 for us). It is NOT encrypted: it is a template, like a public or custom image before
+//   "copy with encryption";
+// - "copy image with encryption" produces an ENCRYPTED image: a kmsdisk volume under the chosen
+//   CMK (fresh DEK). A disk created from an encrypted image is a copy of that volume (same CMK),
+//   exactly as a disk from an encrypted snapshot.
+
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { KmsdiskError } from '../errors.js';
+import { inspectVolumeFile, Volume, type SectorSize } from '../volume/index.js';
+import type { ImageRow, JobRow } from './catalog.js';
+import type { AgentContext } from './context.js';
+import { copyRawIntoVolume, plainImageSize } from './image-data.js';
+import type { JobRunContext, JobsService, JobView } from './jobs.js';
+import { checkName } from './names.js';
+import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
+
+const execFileP = promisify(execFile);
+
+export const COPY_JOB_KIND = 'image-copy-encrypt';
+/** A copy job persists its checkpoint every this many bytes (and at the end). */
+export const DEFAULT_CHECKPOINT_BYTES = 8 * 1024 * 1024;
+
+export interface ImageView {
+  name: string;
+  id: string;
+  size: number;
+  format: string;
+  encrypted: boolean;
+  kmsKeyId: string | null;
+  state: 'available' | 'creating';
+  source: string | null;
+  createdAt: string;
+  path: string;
+}
+
+interface CopyParams {
+  source: string;
+  dest: string;
+  kmsKeyId: string;
+  destPath: string;
+  sectorSize: number;
+}
+
+export class ImagesService {
+  private readonly meta = new Map<string, { size: number; kmsKeyId: string | null }>();
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly jobs: JobsService,
+    private readonly opts: { checkpointBytes?: number; rateBytesPerSec?: number; importRoots?: string[] } = {},
+  ) {
+    jobs.register(COPY_JOB_KIND, {
+      run: (rc) => this.runCopy(rc),
+      cleanup: (job) => this.cleanupCopy(job),
+    });
+  }
+
+  async load(): Promise<void> {
+    for (const i of this.ctx.catalog.listImages()) await this.refresh(i);
+  }
+
+  private async refresh(i: ImageRow): Promise<void> {
+    try {
+      if (i.encrypted && i.state === 'available') {
+        const h = await inspectVolumeFile(i.path);
+        this.meta.set(i.name, { size: h.size, kmsKeyId: h.kms.keyId });
+      } else if (!i.encrypted) {
+        this.meta.set(i.name, { size: await plainImageSize(i.path), kmsKeyId: null });
+      }
+    } catch (err) {
+      this.ctx.logger.error({ image: i.name, err: (err as Error).message }, 'image unreadable');
+    }
+  }
+
+  list(): ImageView[] {
+    return this.ctx.catalog.listImages().map((i) => this.viewOf(i));
+  }
+
+  show(name: string): ImageView {
+    const i = this.ctx.catalog.getImage(name);
+    if (!i) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${name}`);
+    return this.viewOf(i);
+  }
+
+  private viewOf(i: ImageRow): ImageView {
+    const m = this.meta.get(i.name);
+    return {
+      name: i.name,
+      id: i.id,
+      size: m?.size ?? 0,
+      format: i.format,
+      encrypted: i.encrypted,
+      kmsKeyId: m?.kmsKeyId ?? null,
+      state: i.state,
+      source: i.source,
+      createdAt: i.createdAt,
+      path: i.path,
+    };
+  }
+
+  /** Imports a raw or qcow2 file as a plain (unencrypted) custom image. */
+  async import(req: { path: string; name: string; format?: 'raw' | 'qcow2' }): Promise<ImageView> {
+    const name = checkName(req.name, 'image');
+    return this.ctx.locks.run(`image:${name}`, async () => {
+      if (this.ctx.catalog.getImage(name)) throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `image ${name} already exists`);
+      if (!req.path.startsWith('/')) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'path must be absolute (the agent resolves it on its own host)');
+      const st = await fsp.stat(req.path).catch((err: unknown) => {
+        throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `cannot read ${req.path}: ${(err as Error).message}`, { cause: err });
+      });
+      if (!st.isFile()) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${req.path} is not a regular file`);
+      await this.checkImportRoot(req.path);
+      const format = req.format ?? (await detectFormat(req.path));
+      const id = randomUUID();
+      const dest = join(this.ctx.dirs.images, `${id}.raw`);
+      const tmp = join(this.ctx.dirs.tmp, `${id}.raw`);
+      try {
+        if (format === 'qcow2') {
+          await execFileP('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', req.path, tmp]).catch((err: unknown) => {
+            const e = err as { code?: string; stderr?: string };
+            throw new KmsdiskError(
+              e.code === 'ENOENT' ? 'KMSDISK_ERR_INTERNAL' : 'KMSDISK_ERR_INVALID_ARGUMENT',
+              e.code === 'ENOENT' ? 'qemu-img is needed to import qcow2 images (apt install qemu-utils)' : `qemu-img could not read ${req.path}: ${(e.stderr ?? '').trim()}`,
+              { cause: err },
+            );
+          });
+        } else {
+          // Sparse-preserving copy (reflink where possible): a mostly empty image stays small.
+          await execFileP('cp', ['--sparse=always', '--reflink=auto', req.path, tmp]);
+        }
+        await fsp.rename(tmp, dest);
+        this.ctx.catalog.insertImage({ name, id, path: dest, format, encrypted: false, state: 'available', source: req.path, createdAt: new Date().toISOString() });
+      } catch (err) {
+        await fsp.unlink(tmp).catch(() => undefined);
+        await fsp.unlink(dest).catch(() => undefined);
+        throw err;
+      }
+      await this.refresh(this.ctx.catalog.getImage(name)!);
+      this.ctx.bumpVersion();
+      this.ctx.logger.info({ image: name, format, size: this.meta.get(name)?.size }, 'image imported (plain, unencrypted until copied with encryption)');
+      return this.show(name);
+    });
+  }
+
+  /**
+   * With importRoots configured, only files under those folders (after resolving symlinks) can be
+   * imported: an API caller must not turn the agent into a reader of any file it can open.
+   */
+  private async checkImportRoot(path: string): Promise<void> {
+    const roots = this.opts.importRoots;
+    if (!roots || roots.length === 0) return;
+    const real = await fsp.realpath(path);
+    for (const root of roots) {
+      const r = await fsp.realpath(root).catch(() => null);
+      if (r && (real === r || real.startsWith(r.endsWith('/') ? r : r + '/'))) return;
+    }
+    throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${path} is outside the folders images may be imported from (${roots.join(', ')})`);
+  }
+
+  /** Starts "copy image with encryption": a job that writes an encrypted image `dest`. */
+  async copy(source: string, req: { dest: string; kmsKeyId?: string; encrypt?: boolean; sectorSize?: number }): Promise<JobView> {
+    const dest = checkName(req.dest, 'image');
+    if (req.encrypt !== true) {
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'only encrypted copies are supported: set encrypt: true (kmsdisk image copy --encrypt)');
+    }
+    return this.ctx.locks.run(`image:${dest}`, async () => {
+      const src = this.ctx.catalog.getImage(source);
+      if (!src) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${source}`);
+      if (src.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${source} is still being created`);
+      if (src.encrypted) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `image ${source} is already encrypted; copy its plain source image instead`);
+      if (this.ctx.catalog.getImage(dest)) throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `image ${dest} already exists`);
+      const sectorSize = req.sectorSize ?? 4096;
+      if (sectorSize !== 512 && sectorSize !== 4096) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'sectorSize must be 512 or 4096');
+      const kmsKeyId = req.kmsKeyId ?? DEFAULT_CMK;
+      // Check the CMK now, so an unauthorized or disabled key is refused by this request (as
+      // ECS's CopyImage does), not by a job that fails a moment later.
+      const id = randomUUID();
+      const destPath = join(this.ctx.dirs.images, `${id}.kdisk`);
+      const size = roundUp(Math.max(1, await plainImageSize(src.path)), sectorSize);
+      const { volume, slot } = await createEncryptedVolume(this.ctx, destPath, { size, sectorSize: sectorSize as SectorSize, kmsKeyId, name: dest, lineage: { image: source } });
+      await volume.close();
+      slot.wipe();
+      try {
+        this.ctx.catalog.insertImage({ name: dest, id, path: destPath, format: 'kdisk', encrypted: true, state: 'creating', source, createdAt: new Date().toISOString() });
+      } catch (err) {
+        await fsp.unlink(destPath).catch(() => undefined);
+        throw err;
+      }
+      const params: CopyParams = { source, dest, kmsKeyId, destPath, sectorSize };
+      this.ctx.bumpVersion();
+      return this.jobs.submit(COPY_JOB_KIND, params as unknown as Record<string, unknown>, await plainImageSize(src.path));
+    });
+  }
+
+  private async runCopy(rc: JobRunContext): Promise<Record<string, unknown>> {
+    const p = rc.job.params as unknown as CopyParams;
+    const src = this.ctx.catalog.getImage(p.source);
+    if (!src) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `source image ${p.source} is gone`);
+    const from = Number((rc.job.checkpoint as { bytesDone?: number } | null)?.bytesDone ?? 0);
+    const every = this.opts.checkpointBytes ?? DEFAULT_CHECKPOINT_BYTES;
+    const volume = await Volume.open(p.destPath);
+    const guardName = `image:${p.dest}`;
+    try {
+      // Through the key guard: revoking the CMK stops the copy like any other use of the key.
+      await this.ctx.guard.open(volume, guardName);
+      let lastCheckpoint = from;
+      const total = await copyRawIntoVolume(src.path, volume, {
+        from,
+        signal: rc.signal,
+        ...(this.opts.rateBytesPerSec ? { rateBytesPerSec: this.opts.rateBytesPerSec } : {}),
+        onProgress: async (done, all) => {
+          rc.progress(done, all);
+          this.ctx.metrics.jobProgress.set({ job_id: rc.job.id, kind: rc.job.kind }, all > 0 ? done / all : 1);
+          if (done - lastCheckpoint >= every || done === all) {
+            await volume.flush(); // the checkpoint must never run ahead of durable data
+            rc.checkpoint({ bytesDone: done }, done);
+            lastCheckpoint = done;
+          }
+        },
+      });
+      await volume.flush();
+      rc.progress(total, total);
+    } finally {
+      this.ctx.guard.close(volume);
+      await volume.close();
+    }
+    this.ctx.catalog.setImageState(p.dest, 'available');
+    await this.refresh(this.ctx.catalog.getImage(p.dest)!);
+    this.ctx.bumpVersion();
+    return { image: p.dest, kmsKeyId: this.meta.get(p.dest)?.kmsKeyId ?? p.kmsKeyId, encrypted: true, resumedFromBytes: from };
+  }
+
+  private async cleanupCopy(job: JobRow): Promise<void> {
+    const p = job.params as unknown as CopyParams;
+    const img = this.ctx.catalog.getImage(p.dest);
+    if (img && img.state === 'creating') this.ctx.catalog.deleteImage(p.dest);
+    await fsp.unlink(p.destPath).catch(() => undefined);
+    this.meta.delete(p.dest);
+    this.ctx.bumpVersion();
+  }
+
+  async delete(name: string): Promise<{ deleted: string }> {
+    return this.ctx.locks.run(`image:${name}`, async () => {
+      const i = this.ctx.catalog.getImage(name);
+      if (!i) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${name}`);
+      const busy = this.jobs.activeJobsUsing(name);
+      if (busy.length > 0) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${name} is used by running job ${busy[0]!.id}`);
+      this.ctx.catalog.deleteImage(name);
+      this.meta.delete(name);
+      await fsp.unlink(i.path).catch(() => undefined);
+      this.ctx.bumpVersion();
+      return { deleted: name };
+    });
+  }
+}
+
+async function detectFormat(path: string): Promise<'raw' | 'qcow2'> {
+  const fh = await fsp.open(path, 'r');
+  try {
+    const b = Buffer.alloc(4);
+    await fh.read(b, 0, 4, 0);
+    return b.equals(Buffer.from([0x51, 0x46, 0x49, 0xfb])) ? 'qcow2' : 'raw';
+  } finally {
+    await fh.close();
+  }
+}
+
+function roundUp(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}

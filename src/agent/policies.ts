@@ -1,0 +1,141 @@
+// Automatic snapshot policies (ECS "automatic snapshot" backups): per disk, take a snapshot every
+// `intervalSeconds` and keep the newest `retain` of the policy's snapshots (manual snapshots are
+// never pruned). The schedule lives in the catalog (last run time), so a restarted agent picks
+// up where it left off: an overdue snapshot is taken right after start.
+
+import { KmsdiskError, errorCodeOf } from '../errors.js';
+import type { PolicyRow } from './catalog.js';
+import type { AgentContext } from './context.js';
+import type { DisksService } from './disks.js';
+import type { SnapshotsService } from './snapshots.js';
+
+export interface PolicyView {
+  disk: string;
+  intervalSeconds: number;
+  retain: number;
+  lastRunAt: string | null;
+  nextRunAt: string | null;
+  snapshots: string[];
+  lastError: { code: string; message: string } | null;
+}
+
+export const MIN_INTERVAL_SECONDS = 1;
+export const MAX_RETAIN = 1000;
+
+export class PoliciesService {
+  private readonly timers = new Map<string, { timer: NodeJS.Timeout; at: number }>();
+  private readonly lastErrors = new Map<string, { code: string; message: string }>();
+  private readonly running = new Set<Promise<void>>();
+  private stopped = false;
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly disks: DisksService,
+    private readonly snapshots: SnapshotsService,
+  ) {}
+
+  start(): void {
+    for (const p of this.ctx.catalog.listPolicies()) this.schedule(p);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers.values()) clearTimeout(t.timer);
+    this.timers.clear();
+    await Promise.allSettled([...this.running]);
+  }
+
+  get(disk: string): PolicyView {
+    this.disks.row(disk);
+    const p = this.ctx.catalog.getPolicy(disk);
+    if (!p) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `disk ${disk} has no snapshot policy`);
+    return this.viewOf(p);
+  }
+
+  list(): PolicyView[] {
+    return this.ctx.catalog.listPolicies().map((p) => this.viewOf(p));
+  }
+
+  private viewOf(p: PolicyRow): PolicyView {
+    const t = this.timers.get(p.disk);
+    return {
+      disk: p.disk,
+      intervalSeconds: p.intervalSeconds,
+      retain: p.retain,
+      lastRunAt: p.lastRunAt,
+      nextRunAt: t ? new Date(t.at).toISOString() : null,
+      snapshots: this.ctx.catalog.listSnapshots(p.disk).filter((s) => s.trigger === 'policy').map((s) => s.name),
+      lastError: this.lastErrors.get(p.disk) ?? null,
+    };
+  }
+
+  set(disk: string, intervalSeconds: number, retain: number): PolicyView {
+    this.disks.row(disk);
+    if (!Number.isInteger(intervalSeconds) || intervalSeconds < MIN_INTERVAL_SECONDS) {
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `intervalSeconds must be a whole number >= ${MIN_INTERVAL_SECONDS}`);
+    }
+    if (!Number.isInteger(retain) || retain < 1 || retain > MAX_RETAIN) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `retain must be 1..${MAX_RETAIN}`);
+    const existing = this.ctx.catalog.getPolicy(disk);
+    this.ctx.catalog.upsertPolicy({ disk, intervalSeconds, retain, lastRunAt: existing?.lastRunAt ?? null, createdAt: existing?.createdAt ?? new Date().toISOString() });
+    this.schedule(this.ctx.catalog.getPolicy(disk)!);
+    this.ctx.bumpVersion();
+    return this.get(disk);
+  }
+
+  remove(disk: string): { disk: string; policy: null } {
+    this.disks.row(disk);
+    if (!this.ctx.catalog.getPolicy(disk)) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `disk ${disk} has no snapshot policy`);
+    this.ctx.catalog.deletePolicy(disk);
+    this.unschedule(disk);
+    this.ctx.bumpVersion();
+    return { disk, policy: null };
+  }
+
+  /** The disk is gone (its policy row went with it). */
+  unschedule(disk: string): void {
+    const t = this.timers.get(disk);
+    if (t) clearTimeout(t.timer);
+    this.timers.delete(disk);
+    this.lastErrors.delete(disk);
+  }
+
+  private schedule(p: PolicyRow): void {
+    this.unschedule(p.disk);
+    if (this.stopped) return;
+    const last = p.lastRunAt ? Date.parse(p.lastRunAt) : Date.now();
+    const at = Math.max(Date.now(), last + p.intervalSeconds * 1000);
+    const timer = setTimeout(() => {
+      const run = this.runOnce(p.disk).finally(() => this.running.delete(run));
+      this.running.add(run);
+    }, at - Date.now());
+    timer.unref();
+    this.timers.set(p.disk, { timer, at });
+  }
+
+  private async runOnce(disk: string): Promise<void> {
+    const p = this.ctx.catalog.getPolicy(disk);
+    if (!p || this.stopped) return;
+    const now = new Date();
+    const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'z').toLowerCase();
+    const name = `${disk.slice(0, 40)}.auto.${stamp}.${Math.floor(Math.random() * 1296).toString(36).padStart(2, '0')}`;
+    try {
+      await this.snapshots.create(disk, name, 'policy');
+      this.lastErrors.delete(disk);
+      await this.prune(disk, p.retain);
+    } catch (err) {
+      this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
+      this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, 'automatic snapshot failed');
+    }
+    if (!this.ctx.catalog.getPolicy(disk) || this.stopped) return;
+    this.ctx.catalog.setPolicyLastRun(disk, now.toISOString());
+    this.schedule(this.ctx.catalog.getPolicy(disk)!);
+  }
+
+  private async prune(disk: string, retain: number): Promise<void> {
+    const auto = this.ctx.catalog.listSnapshots(disk).filter((s) => s.trigger === 'policy');
+    for (const s of auto.slice(0, Math.max(0, auto.length - retain))) {
+      await this.snapshots.delete(s.name);
+      this.ctx.logger.info({ disk, snapshot: s.name }, 'automatic snapshot pruned');
+    }
+  }
+}

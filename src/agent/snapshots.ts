@@ -1,0 +1,121 @@
+// Snapshots of encrypted disks. A snapshot is a crash-consistent copy of the volume file
+// (reflink where the filesystem can): writes acknowledged before the call are in it, writes
+// issued after the volume's write barrier was taken are not. It keeps the disk's CMK and wrapped
+// DEK, so it is encrypted exactly like the disk; a disk created from it is another copy.
+
+import { randomUUID } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { KmsdiskError } from '../errors.js';
+import { cloneVolumeFile, inspectVolumeFile, snapshotVolume } from '../volume/index.js';
+import type { SnapshotRow } from './catalog.js';
+import type { AgentContext } from './context.js';
+import type { DisksService } from './disks.js';
+import { checkName } from './names.js';
+
+export interface SnapshotView {
+  name: string;
+  id: string;
+  disk: string;
+  size: number;
+  sectorSize: number;
+  kmsKeyId: string | null;
+  trigger: 'manual' | 'policy';
+  createdAt: string;
+  path: string;
+  /** reflink or sparse-copy (only known for snapshots taken by this agent run). */
+  method: string | null;
+}
+
+export class SnapshotsService {
+  private readonly headers = new Map<string, { size: number; sectorSize: number; kms: { keyId: string } }>();
+  private readonly methods = new Map<string, string>();
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly disks: DisksService,
+  ) {}
+
+  async load(): Promise<void> {
+    for (const s of this.ctx.catalog.listSnapshots()) {
+      try {
+        const i = await inspectVolumeFile(s.path);
+        this.headers.set(s.name, { size: i.size, sectorSize: i.sectorSize, kms: { keyId: i.kms.keyId } });
+      } catch (err) {
+        this.ctx.logger.error({ snapshot: s.name, err: (err as Error).message }, 'snapshot header unreadable');
+      }
+    }
+  }
+
+  list(disk?: string): SnapshotView[] {
+    return this.ctx.catalog.listSnapshots(disk).map((s) => this.viewOf(s));
+  }
+
+  show(name: string): SnapshotView {
+    const s = this.ctx.catalog.getSnapshot(name);
+    if (!s) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
+    return this.viewOf(s);
+  }
+
+  private viewOf(s: SnapshotRow): SnapshotView {
+    const h = this.headers.get(s.name);
+    return {
+      name: s.name,
+      id: s.id,
+      disk: s.disk,
+      size: h?.size ?? 0,
+      sectorSize: h?.sectorSize ?? 0,
+      kmsKeyId: h?.kms.keyId ?? null,
+      trigger: s.trigger,
+      createdAt: s.createdAt,
+      path: s.path,
+      method: this.methods.get(s.name) ?? null,
+    };
+  }
+
+  async create(diskName: string, nameInput: string, trigger: 'manual' | 'policy' = 'manual'): Promise<SnapshotView> {
+    const name = checkName(nameInput, 'snapshot');
+    return this.ctx.locks.run(`snapshot:${name}`, () =>
+      this.ctx.locks.run(`disk:${diskName}`, async () => {
+        const disk = this.disks.row(diskName);
+        if (this.ctx.catalog.getSnapshot(name)) throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `snapshot ${name} already exists`);
+        const id = randomUUID();
+        const path = join(this.ctx.dirs.snapshots, `${id}.kdisk`);
+        const open = this.ctx.open.get(diskName);
+        const result = open
+          ? await snapshotVolume(open.volume, path, { snapshot: name, name })
+          : await cloneVolumeFile(disk.path, path, {
+              name,
+              lineage: { ...this.disks.header(diskName).lineage, snapshotOf: this.disks.header(diskName).uuid, snapshot: name },
+            });
+        try {
+          this.ctx.catalog.insertSnapshot({ name, id, disk: diskName, path, trigger, createdAt: new Date().toISOString() });
+        } catch (err) {
+          await fsp.unlink(path).catch(() => undefined);
+          throw err;
+        }
+        this.headers.set(name, result.header);
+        this.methods.set(name, result.method);
+        this.ctx.metrics.snapshotsTaken.inc({ disk: diskName, trigger });
+        this.ctx.bumpVersion();
+        this.ctx.logger.info({ disk: diskName, snapshot: name, method: result.method, bytesCopied: result.bytesCopied, trigger }, 'snapshot taken');
+        return this.viewOf(this.ctx.catalog.getSnapshot(name)!);
+      }),
+    );
+  }
+
+  async delete(name: string): Promise<{ deleted: string }> {
+    return this.ctx.locks.run(`snapshot:${name}`, async () => {
+      const s = this.ctx.catalog.getSnapshot(name);
+      if (!s) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
+      this.ctx.catalog.deleteSnapshot(name);
+      this.headers.delete(name);
+      this.methods.delete(name);
+      await fsp.unlink(s.path).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') this.ctx.logger.warn({ snapshot: name, err: err.message }, 'could not remove the snapshot file');
+      });
+      this.ctx.bumpVersion();
+      return { deleted: name };
+    });
+  }
+}

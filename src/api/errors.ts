@@ -1,0 +1,60 @@
+// One error shape for every failure: {code, message, requestId[, ecsCode, kmsRequestId, details]}
+// with the status from the error table. Schema violations are KMSDISK_ERR_INVALID_ARGUMENT (400);
+// unknown routes KMSDISK_ERR_NOT_FOUND (404); anything unexpected KMSDISK_ERR_INTERNAL (500,
+// logged with its stack, never echoed).
+
+import type { FastifyError, FastifyInstance } from 'fastify';
+import { ERRORS, KmsdiskError, errorCodeOf, type ErrorCode } from '../errors.js';
+
+interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+  requestId: string;
+  ecsCode?: string;
+  kmsRequestId?: string;
+  details?: Record<string, unknown>;
+}
+
+export function toErrorBody(err: unknown, requestId: string): { status: number; body: ErrorBody } {
+  const fe = err as FastifyError & { validation?: unknown; validationContext?: string };
+  if (fe && fe.validation) {
+    const where = fe.validationContext ?? 'request';
+    return {
+      status: 400,
+      body: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: `invalid ${where}: ${fe.message}`, requestId },
+    };
+  }
+  if (err instanceof KmsdiskError) {
+    return {
+      status: err.httpStatus,
+      body: {
+        code: err.code,
+        message: err.message,
+        requestId,
+        ...(err.ecsCode ? { ecsCode: err.ecsCode } : {}),
+        ...(err.requestId ? { kmsRequestId: err.requestId } : {}),
+        ...(err.details ? { details: err.details } : {}),
+      },
+    };
+  }
+  const code = errorCodeOf(err);
+  if (code) return { status: ERRORS[code].http, body: { code, message: (err as Error).message, requestId } };
+  // Fastify's own client errors (bad JSON, wrong content type, body too large, ...).
+  const status = typeof fe?.statusCode === 'number' ? fe.statusCode : 500;
+  if (status >= 400 && status < 500) {
+    return { status: status === 413 ? 413 : 400, body: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: fe.message, requestId } };
+  }
+  return { status: 500, body: { code: 'KMSDISK_ERR_INTERNAL', message: 'internal error (see the agent log for this requestId)', requestId } };
+}
+
+export function installErrorHandling(app: FastifyInstance): void {
+  app.setErrorHandler((err, req, reply) => {
+    const { status, body } = toErrorBody(err, req.id);
+    if (status >= 500) req.log.error({ err, requestId: req.id, url: req.url }, 'request failed');
+    else req.log.debug({ code: body.code, requestId: req.id, url: req.url }, 'request refused');
+    void reply.status(status).send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ code: 'KMSDISK_ERR_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?', 1)[0]}`, requestId: req.id });
+  });
+}

@@ -1,0 +1,121 @@
+// A restarted agent (same state folder) restores every disk, snapshot, image, attachment (keys
+// unwrapped again through the KMS), policy and job -- including an image copy stopped halfway,
+// which resumes from its checkpoint and produces exactly the image's bytes.
+
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, until, type Stack } from './helpers.js';
+
+const run = promisify(execFile);
+const TOOLS_PATH = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
+
+describe('agent restart', () => {
+  let s: Stack;
+
+  beforeAll(async () => {
+    // Checkpoint every MiB so a stop mid-copy has something to resume from.
+    s = await startStack({ agent: { jobCheckpointBytes: 2 ** 20, jobCopyRateBytesPerSec: 32 * 2 ** 20 } });
+  });
+  afterAll(async () => {
+    await s?.close();
+  });
+
+  it('restores disks, snapshots, attachments and policies', async () => {
+    expect((await s.api('POST', '/v1/disks', { name: 'keep', size: '8M' })).status).toBe(201);
+    expect((await s.api('POST', '/v1/disks', { name: 'idle', size: '4M', sectorSize: 512 })).status).toBe(201);
+    const att = await s.api('POST', '/v1/attachments', { disk: 'keep', export: 'keep-x', readOnly: false });
+    expect(att.status).toBe(201);
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 4096 64k', att.body.uri], { env: TOOLS_PATH });
+    expect((await s.api('POST', '/v1/snapshots', { disk: 'keep', name: 'keep-s1' })).status).toBe(201);
+    expect((await s.api('PUT', '/v1/disks/idle/snapshot-policy', { intervalSeconds: 3600, retain: 3 })).status).toBe(200);
+    const before = {
+      disks: (await s.api('GET', '/v1/disks')).body.disks,
+      snapshots: (await s.api('GET', '/v1/snapshots')).body.snapshots,
+    };
+    const oldToken = s.agent.token;
+
+    await s.restartAgent();
+
+    expect(s.agent.token).toBe(oldToken);
+    const disks = (await s.api('GET', '/v1/disks')).body.disks;
+    expect(disks.map((d: { name: string; size: number; kmsKeyId: string }) => [d.name, d.size, d.kmsKeyId])).toEqual(
+      before.disks.map((d: { name: string; size: number; kmsKeyId: string }) => [d.name, d.size, d.kmsKeyId]),
+    );
+    expect(disks.find((d: { name: string }) => d.name === 'keep')).toMatchObject({ state: 'in-use', attachment: { export: 'keep-x' } });
+    expect((await s.api('GET', '/v1/snapshots')).body.snapshots.map((x: { name: string }) => x.name)).toEqual(before.snapshots.map((x: { name: string }) => x.name));
+    const policy = await s.api('GET', '/v1/disks/idle/snapshot-policy');
+    expect(policy.body).toMatchObject({ intervalSeconds: 3600, retain: 3 });
+    expect(policy.body.nextRunAt).not.toBeNull();
+    // The restored export serves the data written before the restart.
+    const uri = `nbd://127.0.0.1:${s.agent.nbdAddress.port}/keep-x`;
+    const out = join(s.root, 'keep.out');
+    await run('nbdcopy', [uri, out], { env: TOOLS_PATH });
+    const got = readFileSync(out);
+    expect(got.length).toBe(8 * 2 ** 20);
+    expect(got.subarray(4096, 4096 + 65536).every((b) => b === 0x3c)).toBe(true);
+    expect(got.subarray(0, 4096).every((b) => b === 0)).toBe(true);
+  });
+
+  it('resumes an image copy interrupted by a restart; the result equals the image', async () => {
+    const raw = join(s.root, 'os.raw');
+    const size = 48 * 2 ** 20;
+    const data = randomBytes(size);
+    writeFileSync(raw, data);
+    expect((await s.api('POST', '/v1/images', { path: raw, name: 'os' })).status).toBe(201);
+    const job = await s.api('POST', '/v1/images/os/copy', { dest: 'os-enc', encrypt: true });
+    expect(job.status).toBe(202);
+    // Stop the agent once the job has checkpointed some progress but is not done.
+    await until(async () => {
+      const j = (await s.api('GET', `/v1/jobs/${job.body.id}`)).body;
+      return j.bytesDone >= 2 ** 20 && j.state === 'running' ? j : null;
+    }, 'copy progress', 30_000, 20);
+    await s.agent.stop();
+    const { Catalog } = await import('../../src/agent/catalog.js');
+    const cat = Catalog.open(join(s.root, 'catalog.db'));
+    const persisted = cat.getJob(job.body.id)!;
+    cat.close();
+    expect(persisted.state).toBe('running');
+    expect(persisted.bytesDone).toBeGreaterThan(0);
+    expect(persisted.bytesDone).toBeLessThan(size);
+
+    await s.restartAgent();
+    const done = await until(async () => {
+      const j = (await s.api('GET', `/v1/jobs/${job.body.id}`)).body;
+      return ['succeeded', 'failed', 'cancelled'].includes(j.state) ? j : null;
+    }, 'the resumed job', 60_000);
+    expect(done).toMatchObject({ state: 'succeeded', bytesDone: size, progress: 1 });
+    // It went on from the checkpoint, not from the start.
+    expect(done.result.resumedFromBytes).toBe(persisted.bytesDone);
+
+    expect((await s.api('POST', '/v1/disks', { name: 'os-disk', fromImage: 'os-enc' })).status).toBe(201);
+    const a = await s.api('POST', '/v1/attachments', { disk: 'os-disk', readOnly: true });
+    const out = join(s.root, 'os.out');
+    await run('nbdcopy', [a.body.uri, out], { env: TOOLS_PATH });
+    expect(readFileSync(out).equals(data)).toBe(true);
+  });
+
+  it('restores an attachment whose CMK was revoked while the agent was down as key-revoked, and serves it once authorized', async () => {
+    const cmk = (await s.api('POST', '/v1/keys', {})).body.keyId as string;
+    expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+    expect((await s.api('POST', '/v1/disks', { name: 'tenant', size: '4M', kmsKeyId: cmk })).status).toBe(201);
+    expect((await s.api('POST', '/v1/attachments', { disk: 'tenant' })).status).toBe(201);
+    await s.agent.stop();
+    // Revoke the grant while no agent runs (straight at the KMS, as an operator would).
+    const { createKeyService } = await import('../../src/kms/alibaba.js');
+    const admin = createKeyService({ endpoint: `127.0.0.1:${s.kms.port}`, protocol: 'http', credentials: s.kms.credentials.admin });
+    for (const g of await admin.listGrants(cmk)) await admin.revokeGrant(cmk, g.grantId);
+
+    await s.restartAgent();
+    const d = (await s.api('GET', '/v1/disks/tenant')).body;
+    expect(d).toMatchObject({ state: 'key-revoked', attachment: { export: 'tenant' } });
+    expect(d.stateReason).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
+    // Other disks came back normally.
+    expect((await s.api('GET', '/v1/disks/keep')).body.state).toBe('in-use');
+    expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+    await until(async () => (await s.api('GET', '/v1/disks/tenant')).body.state === 'in-use', 'the retry to load the key', 30_000, 200);
+  });
+});

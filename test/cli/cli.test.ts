@@ -1,0 +1,166 @@
+// The whole lifecycle through the CLI as a subprocess, against a real `kmsdisk kms` emulator
+// process and a real `kmsdisk serve` agent process, with a real NBD client (nbdinfo, nbdcopy).
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cli, daemon, freePort, httpOk, stop, waitFor } from './helpers.js';
+
+let dir: string;
+let kms: ReturnType<typeof daemon>;
+let agent: ReturnType<typeof daemon>;
+let env: NodeJS.ProcessEnv;
+let nbdPort: number;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'kmsdisk-cli-'));
+  const [kmsPort, apiPort, nbd] = [await freePort(), await freePort(), await freePort()];
+  nbdPort = nbd;
+  env = {
+    KMSDISK_STATE: join(dir, 'state'),
+    KMSDISK_KMS: `127.0.0.1:${kmsPort}`,
+    KMSDISK_API: `127.0.0.1:${apiPort}`,
+    KMSDISK_NBD: `127.0.0.1:${nbdPort}`,
+    KMSDISK_LOG_LEVEL: 'warn',
+  };
+  kms = daemon(['kms'], env);
+  await waitFor('the KMS emulator', async () => {
+    try {
+      statSync(join(dir, 'state', 'kms', 'credentials.json'));
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  agent = daemon(['serve'], env);
+  await waitFor('the agent API', () => httpOk(`http://127.0.0.1:${apiPort}/healthz`), 60_000).catch((e) => {
+    throw new Error(`${(e as Error).message}\nagent output:\n${agent.output()}\nkms output:\n${kms.output()}`);
+  });
+});
+
+afterAll(async () => {
+  if (agent) await stop(agent);
+  if (kms) await stop(kms);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+function ok(args: string[]) {
+  const r = cli([...args, '--json'], env);
+  if (r.status !== 0) throw new Error(`kmsdisk ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.json as Record<string, any>;
+}
+
+function refused(args: string[], exit: number, code: string, ecsCode?: string) {
+  const r = cli([...args, '--json'], env);
+  expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(exit);
+  const err = (r.json as { error: { code: string; ecsCode?: string; message: string } }).error;
+  expect(err.code).toBe(code);
+  if (ecsCode) expect(err.ecsCode).toBe(ecsCode);
+  expect(r.stderr).toContain(code);
+  return err;
+}
+
+describe('kmsdisk CLI against a real emulator and agent', () => {
+  it('version names the active crypto kernel and CPU features', () => {
+    const v = ok(['version']);
+    expect(v.version).toMatch(/^\d+\.\d+\.\d+/);
+    expect(['aesni', 'vaes', 'portable']).toContain(v.cryptoKernel);
+    expect(typeof v.cpuFeatures.aesni).toBe('boolean');
+    const text = cli(['version'], env);
+    expect(text.status).toBe(0);
+    expect(text.stdout).toMatch(/crypto kernel\s+(aesni|vaes|portable)/);
+  });
+
+  it('usage errors exit 2 with a code; unknown names exit 3', () => {
+    refused(['disk', 'create', 'x1', '--size', 'lots'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    refused(['disk', 'show', 'no-such-disk'], 3, 'KMSDISK_ERR_NOT_FOUND');
+    const r = cli(['disk', 'frobnicate'], env);
+    expect(r.status).toBe(2);
+  });
+
+  it('the service CMK needs no authorization; a disk on it is created, listed, shown and inspected', () => {
+    const keys = ok(['key', 'list']).keys as Array<{ keyId: string; aliases: string[]; service: boolean }>;
+    expect(keys.some((k) => k.service && k.aliases.includes('alias/acs/ecs'))).toBe(true);
+    const d = ok(['disk', 'create', 'sys', '--size', '64M']);
+    expect(d).toMatchObject({ name: 'sys', size: 64 * 2 ** 20, sectorSize: 4096, state: 'available' });
+    expect(ok(['disk', 'list']).disks.map((x: { name: string }) => x.name)).toContain('sys');
+    expect(ok(['disk', 'show', 'sys']).name).toBe('sys');
+    const h = ok(['disk', 'inspect', 'sys']);
+    for (const f of ['path', 'size', 'sectorSize', 'dataOffset', 'cipher', 'state']) expect(h).toHaveProperty(f);
+    expect(h.cipher).toBe('aes-xts-plain64');
+    expect(h.dataOffset).toBe(1048576);
+    expect(h.kms.keyId).toBeTruthy();
+    expect(typeof h.kms.ciphertextBlob).toBe('string');
+    expect(h.kms.encryptionContext).toBeTruthy();
+    expect(JSON.stringify(h)).not.toMatch(/"dek"|plaintext/i);
+    const table = cli(['disk', 'list'], env);
+    expect(table.stdout).toMatch(/NAME\s+SIZE/);
+    expect(table.stdout).toContain('64 MiB');
+  });
+
+  it('a customer CMK must be authorized (ECS KMSUnauthorized), and a disabled one is refused (CMKNotEnabled)', () => {
+    const k = ok(['key', 'create', '--description', 'cli test', '--alias', 'alias/cli-test']);
+    refused(['disk', 'create', 'data', '--size', '32M', '--kms-key-id', k.keyId], 5, 'KMSDISK_ERR_CMK_UNAUTHORIZED', 'InvalidParameter.KMSKeyId.KMSUnauthorized');
+    ok(['key', 'authorize', k.keyId]);
+    const d = ok(['disk', 'create', 'data', '--size', '32M', '--kms-key-id', 'alias/cli-test', '--sector-size', '512']);
+    expect(d.sectorSize).toBe(512);
+    ok(['key', 'disable', k.keyId]);
+    refused(['disk', 'create', 'data2', '--size', '32M', '--kms-key-id', k.keyId], 5, 'KMSDISK_ERR_CMK_NOT_ENABLED', 'InvalidParameter.KMSKeyId.CMKNotEnabled');
+    ok(['key', 'enable', k.keyId]);
+    refused(['disk', 'create', 'data', '--size', '32M'], 4, 'KMSDISK_ERR_ALREADY_EXISTS');
+  });
+
+  it('attach exports the disk to a real NBD client; delete is refused while attached; detach', () => {
+    const a = ok(['attach', 'sys']);
+    expect(a.export).toBe('sys');
+    expect(a.uri).toBe(`nbd://127.0.0.1:${nbdPort}/sys`);
+    const info = execFileSync('nbdinfo', ['--json', a.uri], { encoding: 'utf8' });
+    expect(JSON.parse(info).exports[0]['export-size']).toBe(64 * 2 ** 20);
+    // Write through NBD, read back through NBD.
+    const src = join(dir, 'payload.bin');
+    const payload = randomBytes(4 * 2 ** 20);
+    writeFileSync(src, payload);
+    execFileSync('nbdcopy', [src, a.uri]);
+    const back = join(dir, 'back.bin');
+    execFileSync('nbdcopy', [a.uri, back]);
+    expect(readFileSync(back).subarray(0, payload.length).equals(payload)).toBe(true);
+    refused(['disk', 'delete', 'sys'], 4, 'KMSDISK_ERR_CONFLICT');
+    expect(ok(['attachments']).attachments.map((x: { disk: string }) => x.disk)).toContain('sys');
+    expect(ok(['disk', 'show', 'sys']).state).toBe('in-use');
+    ok(['detach', 'sys']);
+    expect(() => execFileSync('nbdinfo', [a.uri], { stdio: 'pipe' })).toThrow();
+  });
+
+  it('snapshots, disks from snapshots, images copied with encryption, disks from images', () => {
+    ok(['snapshot', 'create', 'sys', 'sys-snap1']);
+    expect(ok(['snapshot', 'list', '--disk', 'sys']).snapshots.map((s: { name: string }) => s.name)).toContain('sys-snap1');
+    const fromSnap = ok(['disk', 'create', 'sys-clone', '--from-snapshot', 'sys-snap1']);
+    expect(fromSnap.size).toBe(64 * 2 ** 20);
+    const img = join(dir, 'image.raw');
+    const imgData = randomBytes(8 * 2 ** 20);
+    writeFileSync(img, imgData);
+    expect(ok(['image', 'import', img, 'base']).size).toBe(imgData.length);
+    const job = ok(['image', 'copy', 'base', 'base-enc', '--encrypt']);
+    expect(job.state).toBe('succeeded');
+    const images = ok(['image', 'list']).images as Array<{ name: string; encrypted: boolean }>;
+    expect(images.find((i) => i.name === 'base-enc')?.encrypted).toBe(true);
+    ok(['disk', 'create', 'from-img', '--from-image', 'base-enc']);
+    const a = ok(['attach', 'from-img', '--read-only']);
+    const out = join(dir, 'img-back.bin');
+    execFileSync('nbdcopy', [a.uri, out]);
+    expect(readFileSync(out).subarray(0, imgData.length).equals(imgData)).toBe(true);
+    ok(['detach', 'from-img']);
+    ok(['snapshot', 'delete', 'sys-snap1']);
+    ok(['disk', 'delete', 'sys-clone']);
+    refused(['snapshot', 'delete', 'sys-snap1'], 3, 'KMSDISK_ERR_NOT_FOUND');
+  });
+
+  it('resize grows a disk and refuses to shrink it', () => {
+    expect(ok(['disk', 'resize', 'sys', '--size', '128M']).size).toBe(128 * 2 ** 20);
+    const e = cli(['disk', 'resize', 'sys', '--size', '16M', '--json'], env);
+    expect(e.status).not.toBe(0);
+  });
+});

@@ -1,0 +1,62 @@
+// `npm start` in a temporary state folder reaches a served demo disk that nbdinfo reads; Ctrl-C
+// (SIGINT to the process group) stops the agent and the emulator; a second start reuses the state.
+
+import { afterAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT, freePort, waitFor } from './helpers.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'kmsdisk-demo-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function startDemo(env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; out: () => string }> {
+  // detached: its own process group, so a SIGINT reaches npm, node and the emulator like Ctrl-C does.
+  const child = spawn('npm', ['start', '--silent'], { cwd: ROOT, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  await waitFor('the demo banner', () => out.includes('kmsdisk demo is running') || child.exitCode !== null, 120_000);
+  if (child.exitCode !== null) throw new Error(`npm start exited ${child.exitCode}:\n${out}`);
+  return { child, out: () => out };
+}
+
+async function ctrlC(child: ChildProcess): Promise<void> {
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  process.kill(-child.pid!, 'SIGINT');
+  const t = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), 20_000);
+  await exited;
+  clearTimeout(t);
+}
+
+describe('npm start', () => {
+  it('serves an encrypted demo disk that nbdinfo reads, stops on Ctrl-C, and reuses its state', async () => {
+    const [kms, api, nbd] = [await freePort(), await freePort(), await freePort()];
+    const env = {
+      KMSDISK_STATE: join(dir, 'state'),
+      KMSDISK_KMS: `127.0.0.1:${kms}`,
+      KMSDISK_API: `127.0.0.1:${api}`,
+      KMSDISK_NBD: `127.0.0.1:${nbd}`,
+      KMSDISK_LOG_LEVEL: 'warn',
+    };
+    const first = await startDemo(env);
+    expect(first.out()).toContain(`nbdinfo nbd://127.0.0.1:${nbd}/demo`);
+    expect(first.out()).toContain(`http://127.0.0.1:${api}/metrics`);
+    const info = JSON.parse(execFileSync('nbdinfo', ['--json', `nbd://127.0.0.1:${nbd}/demo`], { encoding: 'utf8' }));
+    expect(info.exports[0]['export-size']).toBe(2 ** 30);
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 4096 64k', `nbd://127.0.0.1:${nbd}/demo`]);
+    await ctrlC(first.child);
+    expect(existsSync(join(dir, 'state', 'kms', 'credentials.json'))).toBe(true);
+    // Nothing is left listening.
+    expect(() => execFileSync('nbdinfo', [`nbd://127.0.0.1:${nbd}/demo`], { stdio: 'pipe' })).toThrow();
+
+    const second = await startDemo(env);
+    // Same disk, same data: the pattern written before the restart reads back.
+    const read = execFileSync('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 4096 64k', `nbd://127.0.0.1:${nbd}/demo`], { encoding: 'utf8' });
+    // qemu-io exits 0 even when a pattern check fails: read its report.
+    expect(read).toContain('read 65536/65536 bytes at offset 4096');
+    expect(read).not.toContain('Pattern verification failed');
+    await ctrlC(second.child);
+  });
+});
