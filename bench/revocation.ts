@@ -152,7 +152,7 @@ async function runMode(mode: Mode, base: string, count: number): Promise<Cell[]>
               timeoutMs: mode === 'lease' ? 5000 : 3000,
               warmupMs: 50,
               settleMs: 30,
-              patternWritten,
+              content: patternWritten ? 'pattern-written' : 'pattern',
               wipeTime: agent.wipeTime,
               audit: agent.audit,
             });

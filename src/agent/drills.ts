@@ -1,7 +1,9 @@
 // Revocation drills from the API (same engine as `kmsdisk drill`): a real NBD client reads and
 // writes the attached disk while the agent, with the CMK owner's credentials, takes access away
 // through the KMS API and (optionally) gives it back. The wipe time comes from the key guard's
-// own revocation record. NOTE: a drill writes a test pattern over the first blocks of the disk.
+// own revocation record. The drill reads the first MiB first and only ever writes those same
+// bytes back, so the disk's data is unchanged; it runs only while no other client is connected,
+// since another writer's update could otherwise be overwritten by the drill's rewrite.
 
 import { KmsdiskError } from '../errors.js';
 import { formatHostPort, type HostPort } from '../config.js';
@@ -42,7 +44,10 @@ export class DrillsService {
     const header = this.deps.disks.header(req.disk);
     const att = this.deps.attachments.show(req.disk);
     if (att.requireTls) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} requires TLS; drills use a plain NBD connection (attach it without TLS for the drill)`);
-    if (att.readOnly) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} is attached read-only; the drill writes a test pattern`);
+    if (att.readOnly) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} is attached read-only; the drill writes (the same bytes back)`);
+    if (att.clients.length > 0) {
+      throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} has ${att.clients.length} connected NBD client(s); run drills while no one else uses the disk (the drill rewrites blocks it read)`);
+    }
     this.running = true;
     try {
       return await runDrill({

@@ -17,7 +17,7 @@ import { KmsdiskError } from '../errors.js';
 import { nowMs } from '../keys/clock.js';
 import type { GrantInfo, KeyService } from '../kms/key-service.js';
 import { NbdClient, parseNbdUri, type NbdTarget } from './nbd-client.js';
-import { ReadLoop, sleep, writePattern, type OpRecord } from './read-loop.js';
+import { ReadLoop, readBaseline, sleep, writePattern, type OpRecord } from './read-loop.js';
 import { renderTimelineSvg } from './svg.js';
 
 export const DRILL_ACTIONS = ['disable-key', 'revoke-grant', 'schedule-deletion', 'disable-accesskey'] as const;
@@ -55,8 +55,13 @@ export interface DrillOptions {
   /** When the agent wiped the CMK's slots (epoch ms), or null if it did not say within timeoutMs. */
   wipeTime?: (q: { keyId: string; sinceMs: number; timeoutMs: number }) => Promise<number | null>;
   audit?: DataSendAudit;
-  /** Skip writing the pattern (it is already there: repeated drills on one disk). */
-  patternWritten?: boolean;
+  /**
+   * How the workload knows what the blocks hold. 'preserve' (default): read them first, verify
+   * reads against that and write the same bytes back, so a drill never changes the disk's data.
+   * 'pattern': write a synthetic pattern first (scratch disks in tests and benchmarks).
+   * 'pattern-written': the pattern is already there (repeated drills on one scratch disk).
+   */
+  content?: 'preserve' | 'pattern' | 'pattern-written';
 }
 
 export interface DrillTimeline {
@@ -161,8 +166,10 @@ export async function runDrill(o: DrillOptions): Promise<DrillReport> {
   const client = await NbdClient.connect(target, { exportName, structuredReplies: true });
   try {
     if (client.size < blocks * 4096) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `export ${exportName} is smaller than the drill's ${blocks} blocks`);
-    if (!o.patternWritten) await writePattern(client, blocks);
-    const loop = new ReadLoop(client, { inFlight, blocks, writeEvery: o.writeEvery ?? 8, refusedPauseMs: 2 });
+    const content = o.content ?? 'preserve';
+    if (content === 'pattern') await writePattern(client, blocks);
+    const contents = content === 'preserve' ? await readBaseline(client, blocks) : undefined;
+    const loop = new ReadLoop(client, { inFlight, blocks, writeEvery: o.writeEvery ?? 8, refusedPauseMs: 2, ...(contents ? { contents } : {}) });
     loop.start();
     try {
       // Serving before the call: wait for a verified read, then the warm-up.

@@ -1,7 +1,8 @@
 // The drill's workload: a client keeping N requests in flight against an NBD export, mostly
 // reads with a write now and then, recording when each one was issued and answered and whether
-// it carried data. Reads are verified against a pattern the drill wrote first, so "served" means
-// the agent really decrypted the sector, not just that bytes came back.
+// it carried data. Reads are verified against known block contents (the drill reads them before it
+// starts, so it never changes a user's data; tests and benchmarks may write a pattern instead), so
+// "served" means the agent really decrypted the sector, not just that bytes came back.
 
 import { nowMs } from '../keys/clock.js';
 import type { NbdClient } from './nbd-client.js';
@@ -28,6 +29,27 @@ export interface ReadLoopOptions {
   refusedPauseMs: number;
   /** Hard cap on recorded operations (bounded memory). */
   maxRecords?: number;
+  /**
+   * What block i holds; reads are verified against it and writes write it back unchanged.
+   * Default: the synthetic pattern of writePattern().
+   */
+  contents?: Buffer[];
+}
+
+/** Reads blocks [0, blocks): the baseline a non-destructive drill verifies against and rewrites. */
+export async function readBaseline(client: NbdClient, blocks: number): Promise<Buffer[]> {
+  const out: Buffer[] = new Array(blocks);
+  for (let start = 0; start < blocks; start += 32) {
+    await Promise.all(
+      Array.from({ length: Math.min(32, blocks - start) }, async (_, k) => {
+        const i = start + k;
+        const r = await client.read(i * DRILL_BLOCK, DRILL_BLOCK);
+        if (r.errno !== 0 || !r.data) throw new Error(`reading block ${i} before the drill failed with NBD error ${r.errno}`);
+        out[i] = Buffer.from(r.data);
+      }),
+    );
+  }
+  return out;
 }
 
 /** Deterministic content of pattern block i: its index and a marker, repeated. */
@@ -63,14 +85,15 @@ export class ReadLoop {
   private seq = 0;
   private workers: Promise<void>[] = [];
   private readonly listeners = new Set<(r: OpRecord) => void>();
-  /** The pattern, built once: the client should spend its CPU on I/O, not on making patterns. */
+  /** Block contents, built once: the client should spend its CPU on I/O, not on making patterns. */
   private readonly pattern: Buffer[];
 
   constructor(
     private readonly client: NbdClient,
     private readonly opts: ReadLoopOptions,
   ) {
-    this.pattern = Array.from({ length: opts.blocks }, (_, i) => patternBlock(i));
+    this.pattern = opts.contents ?? Array.from({ length: opts.blocks }, (_, i) => patternBlock(i));
+    if (this.pattern.length < opts.blocks) throw new Error(`contents for ${this.pattern.length} blocks, the loop needs ${opts.blocks}`);
   }
 
   start(): void {

@@ -1,6 +1,7 @@
 // kmsdisk drill: the report (text, JSON, SVG) of real drills against the harness, the lease-only
 // variant (what a remote KMS gives), and the drill's own NBD client against the real server.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
 import { startDrillHarness, type DrillHarness } from '../../src/drill/harness.js';
 import { runDrill, formatDrillText, drillSvg, pollWipeTime, type DrillReport } from '../../src/drill/drill.js';
 import { NbdClient, parseNbdUri } from '../../src/drill/nbd-client.js';
@@ -13,9 +14,15 @@ function agentOf(h: DrillHarness): { accessKeyId: string; principal: string } {
 describe('drill with the event stream (emulator)', () => {
   let h: DrillHarness;
   let report: DrillReport;
+  // What a user had on the disk before the drill: the drill must leave it exactly as it was.
+  const userData = randomBytes(1 << 20);
   beforeAll(async () => {
     h = await startDrillHarness({});
     const addr = h.agent.nbdAddress as { port: number };
+    const c = await NbdClient.connect(h.agent.nbdAddress, { exportName: 'drill', structuredReplies: true });
+    expect((await c.write(0, userData)).errno).toBe(0);
+    expect((await c.flush()).errno).toBe(0);
+    await c.disconnect();
     report = await runDrill({
       nbdUri: `nbd://127.0.0.1:${addr.port}/drill`,
       kms: h.kms.admin,
@@ -47,6 +54,19 @@ describe('drill with the event stream (emulator)', () => {
     expect(report.readsServed).toBeGreaterThan(0);
     expect(report.readsRefused).toBeGreaterThan(0);
     expect(report.readsServedAfterWipe).toBe(0);
+  });
+
+  it('reads and writes the disk without changing its data (writes put back what was there)', async () => {
+    expect(report.writesServed).toBeGreaterThan(0);
+    expect(report.verifyFailures).toBe(0);
+    const c = await NbdClient.connect(h.agent.nbdAddress, { exportName: 'drill', structuredReplies: true });
+    try {
+      const r = await c.read(0, userData.length);
+      expect(r.errno).toBe(0);
+      expect(r.data!.equals(userData)).toBe(true);
+    } finally {
+      await c.disconnect();
+    }
   });
 
   it('formats as text, JSON and a self-contained SVG', () => {
