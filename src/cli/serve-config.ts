@@ -3,11 +3,13 @@
 // Cloud endpoint, KMSDISK_KMS_ACCESS_KEY_ID / KMSDISK_KMS_ACCESS_KEY_SECRET (and optionally
 // KMSDISK_KMS_SECURITY_TOKEN for STS) -- never flags, so secrets stay out of `ps`.
 
-import { readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { apiAddress, kmsAddress, nbdAddress, formatHostPort, setting, statePaths } from '../config.js';
 import { KmsdiskError } from '../errors.js';
 import { createLogger } from '../util/logger.js';
 import { createMetrics } from '../metrics/registry.js';
+import { readKmsCredentials } from '../kms/credentials.js';
+import type { KmsCredentials } from '../kms/key-service.js';
 
 export interface ServeFlags {
   state?: string;
@@ -25,26 +27,6 @@ export interface ServeFlags {
   protectMetrics?: boolean;
 }
 
-export interface Credentials {
-  accessKeyId: string;
-  accessKeySecret: string;
-  securityToken?: string;
-}
-
-export function readEmulatorCredentials(path: string): { admin?: Credentials; agent: Credentials } | undefined {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const parsed = JSON.parse(text) as { admin?: Credentials; agent?: Credentials };
-  if (!parsed.agent?.accessKeyId || !parsed.agent.accessKeySecret) {
-    throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${path} has no "agent" AccessKey pair`);
-  }
-  return { admin: parsed.admin, agent: parsed.agent };
-}
-
 function intSetting(flag: string | undefined, env: string, fallback: number, what: string): number {
   const v = Number(setting(flag, env, String(fallback)));
   if (!Number.isInteger(v) || v < 0) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what} must be a whole number of milliseconds`);
@@ -59,14 +41,14 @@ function oneOf<T extends string>(value: string, allowed: readonly T[], what: str
 export function loadAgentConfig(flags: ServeFlags) {
   const paths = statePaths(flags.state);
   const kms = kmsAddress(flags.kms);
-  const envCreds: Credentials | undefined = process.env.KMSDISK_KMS_ACCESS_KEY_ID
+  const envCreds: KmsCredentials | undefined = process.env.KMSDISK_KMS_ACCESS_KEY_ID
     ? {
         accessKeyId: process.env.KMSDISK_KMS_ACCESS_KEY_ID,
         accessKeySecret: process.env.KMSDISK_KMS_ACCESS_KEY_SECRET ?? '',
         ...(process.env.KMSDISK_KMS_SECURITY_TOKEN ? { securityToken: process.env.KMSDISK_KMS_SECURITY_TOKEN } : {}),
       }
     : undefined;
-  const fileCreds = readEmulatorCredentials(paths.kmsCredentials);
+  const fileCreds = existsSync(paths.kmsCredentials) ? readKmsCredentials(paths.kmsCredentials) : undefined;
   const agentCreds = envCreds ?? fileCreds?.agent;
   if (!agentCreds) {
     throw new KmsdiskError(

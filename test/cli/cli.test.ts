@@ -158,6 +158,39 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     refused(['snapshot', 'delete', 'sys-snap1'], 3, 'KMSDISK_ERR_NOT_FOUND');
   });
 
+  it('drills through the CLI on a customer CMK: JSON, SVG timeline and text, data unchanged', () => {
+    ok(['attach', 'data']);
+    const svg = join(dir, 'drill.svg');
+    const r = ok(['drill', '--disk', 'data', '--action', 'revoke-grant', '--restore', '--svg', svg]);
+    expect(r.ok).toBe(true);
+    expect(r.refusedErrno).toBe(1);
+    expect(r.readsServedAfterWipe).toBe(0);
+    expect(r.restored).toBe(true);
+    expect(readFileSync(svg, 'utf8')).toMatch(/^<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+    const text = cli(['drill', '--disk', 'data', '--action', 'disable-key', '--restore'], env);
+    expect(text.status, text.stderr).toBe(0);
+    expect(text.stdout).toContain('result: OK');
+    expect(ok(['disk', 'show', 'data']).state).toBe('in-use');
+    refused(['drill', '--disk', 'data', '--action', 'explode'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    ok(['detach', 'data']);
+  });
+
+  it('BYOK: an EXTERNAL CMK gets material imported by the CLI (never the agent), is authorized and encrypts a disk', () => {
+    const k = ok(['key', 'create', '--external', '--description', 'byok']);
+    expect(k.state).toBe('PendingImport');
+    const material = join(dir, 'material.bin');
+    writeFileSync(material, randomBytes(32), { mode: 0o600 });
+    const bad = join(dir, 'short.bin');
+    writeFileSync(bad, randomBytes(16));
+    refused(['key', 'import', k.keyId, '--material', bad], 2, 'KMSDISK_ERR_BAD_KEY');
+    const imp = ok(['key', 'import', k.keyId, '--material', material]);
+    expect(imp.state).toBe('Enabled');
+    ok(['key', 'authorize', k.keyId]);
+    const d = ok(['disk', 'create', 'byok-disk', '--size', '16M', '--kms-key-id', k.keyId]);
+    expect(d.kmsKeyId).toBe(k.keyId);
+    ok(['disk', 'delete', 'byok-disk']);
+  });
+
   it('resize grows a disk and refuses to shrink it', () => {
     expect(ok(['disk', 'resize', 'sys', '--size', '128M']).size).toBe(128 * 2 ** 20);
     const e = cli(['disk', 'resize', 'sys', '--size', '16M', '--json'], env);

@@ -1,0 +1,35 @@
+import type { Command } from 'commander';
+import { writeFileSync } from 'node:fs';
+import { ApiClient } from '../api-client.js';
+import { clientOptions, type ClientOpts } from '../common.js';
+import { printJson } from '../output.js';
+import { KmsdiskError } from '../../errors.js';
+import { DRILL_ACTIONS, drillSvg, formatDrillText, type DrillReport } from '../../drill/drill.js';
+
+export function registerDrill(program: Command): void {
+  clientOptions(program.command('drill'))
+    .description('revocation drill: a real NBD client reads and writes the disk while access to its CMK is taken away through the KMS API; reports how fast serving stopped (and resumed)')
+    .requiredOption('--disk <name>', 'an attached disk on a customer CMK')
+    .requiredOption('--action <action>', DRILL_ACTIONS.join(' | '))
+    .option('--restore', 'give access back afterwards and measure the first read served again')
+    .option('--in-flight <n>', 'requests the client keeps in flight', '32')
+    .option('--timeout <ms>', 'longest wait for each phase', '5000')
+    .option('--svg <file>', 'also write the timeline as an SVG file')
+    .action(async (opts: ClientOpts) => {
+      const action = String(opts.action);
+      if (!(DRILL_ACTIONS as readonly string[]).includes(action)) {
+        throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `--action must be one of ${DRILL_ACTIONS.join(', ')}`);
+      }
+      const report = await new ApiClient(opts).post<DrillReport>('/v1/drills', {
+        disk: opts.disk,
+        action,
+        restore: Boolean(opts.restore),
+        inFlight: Number(opts.inFlight),
+        timeoutMs: Number(opts.timeout),
+      });
+      if (opts.svg) writeFileSync(String(opts.svg), drillSvg(report));
+      if (opts.json) printJson(report);
+      else process.stdout.write(formatDrillText(report) + (opts.svg ? `\ntimeline written to ${opts.svg}\n` : '\n'));
+      if (!report.ok) process.exitCode = 7;
+    });
+}
