@@ -1,0 +1,137 @@
+// Data-plane actions: Encrypt, Decrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext,
+// ExportDataKey, GenerateAndExportDataKey, ReEncrypt.
+//
+// A blob's payload is the exact string Decrypt returns as Plaintext (for data keys: the base64
+// of the key bytes, as the real service's blob sizes suggest, kms-api.md §3.4). The export
+// actions decode that base64 and RSA-wrap the raw bytes for the caller's public key.
+
+import { randomBytes } from 'node:crypto';
+import { E } from '../api-error.js';
+import { openBlob, parseBlob, parsePublicKeyBlob, parseWrappingAlgorithm, rsaWrap, sealBlob } from '../crypto-ops.js';
+import type { GrantOperation, KeyRecord } from '../model.js';
+import { type ActionContext, type ActionHandler, authorizeUse, contextAad, int, req, requireUsable, str } from './context.js';
+
+interface Sealed {
+  blob: string;
+  key: KeyRecord;
+  keyVersionId: string;
+}
+
+function sealWith(ctx: ActionContext, keyRef: string, op: GrantOperation, payload: Buffer, aad: Buffer): Sealed {
+  const k = ctx.store.resolveKey(keyRef);
+  authorizeUse(ctx, k, op);
+  requireUsable(k);
+  const m = ctx.store.primaryMaterial(k);
+  if (!m) throw E.keyState('PendingImport');
+  return { blob: sealBlob(m.keyVersionId, m.material, payload, aad), key: k, keyVersionId: m.keyVersionId };
+}
+
+interface Opened {
+  payload: Buffer;
+  key: KeyRecord;
+  keyVersionId: string;
+}
+
+function openWith(ctx: ActionContext, blob: string, op: GrantOperation, aad: Buffer): Opened {
+  const parsed = parseBlob(blob);
+  const { key, material } = ctx.store.versionMaterial(parsed.keyVersionId);
+  if (!key) throw E.keyNotFound(parsed.keyVersionId);
+  authorizeUse(ctx, key, op);
+  requireUsable(key);
+  if (!material) throw E.keyState('PendingImport');
+  return { payload: openBlob(parsed, material, aad), key, keyVersionId: parsed.keyVersionId };
+}
+
+function dataKeyLength(ctx: ActionContext): number {
+  const n = int(ctx, 'NumberOfBytes', 1, 1024, 0);
+  if (n > 0) return n;
+  const spec = str(ctx, 'KeySpec');
+  if (spec === undefined || spec === 'AES_256') return 32;
+  if (spec === 'AES_128') return 16;
+  throw E.invalid('KeySpec', 'It must be AES_256 or AES_128.');
+}
+
+/** Base64 text of a data key inside a blob, decoded; anything else is not a data key. */
+function dataKeyBytes(payload: Buffer): Buffer {
+  const text = payload.toString('latin1');
+  const bytes = Buffer.from(text, 'base64');
+  if (bytes.length === 0 || bytes.toString('base64') !== text) {
+    throw E.invalid('CiphertextBlob', 'It does not hold a data key.');
+  }
+  return bytes;
+}
+
+function wrappingFor(ctx: ActionContext) {
+  const pub = parsePublicKeyBlob(req(ctx, 'PublicKeyBlob'), str(ctx, 'WrappingKeySpec') ?? 'RSA_2048');
+  const alg = parseWrappingAlgorithm(str(ctx, 'WrappingAlgorithm'));
+  return (plain: Buffer) => rsaWrap(pub, alg, plain).toString('base64');
+}
+
+const encrypt: ActionHandler = (ctx) => {
+  const plaintext = req(ctx, 'Plaintext');
+  const s = sealWith(ctx, req(ctx, 'KeyId'), 'Encrypt', Buffer.from(plaintext, 'utf8'), contextAad(ctx));
+  return { body: { CiphertextBlob: s.blob, KeyId: s.key.keyId, KeyVersionId: s.keyVersionId } };
+};
+
+const decrypt: ActionHandler = (ctx) => {
+  const o = openWith(ctx, req(ctx, 'CiphertextBlob'), 'Decrypt', contextAad(ctx));
+  return { body: { Plaintext: o.payload.toString('utf8'), KeyId: o.key.keyId, KeyVersionId: o.keyVersionId } };
+};
+
+function generate(ctx: ActionContext, op: GrantOperation): { s: Sealed; dk: Buffer; b64: string } {
+  const dk = randomBytes(dataKeyLength(ctx));
+  const b64 = dk.toString('base64');
+  const s = sealWith(ctx, req(ctx, 'KeyId'), op, Buffer.from(b64, 'latin1'), contextAad(ctx));
+  return { s, dk, b64 };
+}
+
+const generateDataKey: ActionHandler = (ctx) => {
+  const { s, b64 } = generate(ctx, 'GenerateDataKey');
+  return { body: { CiphertextBlob: s.blob, KeyId: s.key.keyId, Plaintext: b64, KeyVersionId: s.keyVersionId } };
+};
+
+const generateDataKeyWithoutPlaintext: ActionHandler = (ctx) => {
+  const { s } = generate(ctx, 'GenerateDataKeyWithoutPlaintext');
+  return { body: { CiphertextBlob: s.blob, KeyId: s.key.keyId, KeyVersionId: s.keyVersionId } };
+};
+
+const exportDataKey: ActionHandler = (ctx) => {
+  const wrap = wrappingFor(ctx);
+  const o = openWith(ctx, req(ctx, 'CiphertextBlob'), 'ExportDataKey', contextAad(ctx));
+  const dk = dataKeyBytes(o.payload);
+  const exported = wrap(dk);
+  dk.fill(0);
+  return { body: { ExportedDataKey: exported, KeyId: o.key.keyId, KeyVersionId: o.keyVersionId } };
+};
+
+const generateAndExportDataKey: ActionHandler = (ctx) => {
+  const wrap = wrappingFor(ctx);
+  const { s, dk } = generate(ctx, 'GenerateAndExportDataKey');
+  const exported = wrap(dk);
+  dk.fill(0);
+  return { body: { CiphertextBlob: s.blob, ExportedDataKey: exported, KeyId: s.key.keyId, KeyVersionId: s.keyVersionId } };
+};
+
+const reEncrypt: ActionHandler = (ctx) => {
+  const o = openWith(ctx, req(ctx, 'CiphertextBlob'), 'ReEncrypt', contextAad(ctx, 'SourceEncryptionContext'));
+  const s = sealWith(ctx, req(ctx, 'DestinationKeyId'), 'ReEncrypt', o.payload, contextAad(ctx, 'DestinationEncryptionContext'));
+  return {
+    body: {
+      CiphertextBlob: s.blob,
+      KeyId: s.key.keyId,
+      KeyVersionId: s.keyVersionId,
+      SourceKeyId: o.key.keyId,
+      SourceKeyVersionId: o.keyVersionId,
+    },
+  };
+};
+
+export const cryptoActions: Record<string, ActionHandler> = {
+  Encrypt: encrypt,
+  Decrypt: decrypt,
+  GenerateDataKey: generateDataKey,
+  GenerateDataKeyWithoutPlaintext: generateDataKeyWithoutPlaintext,
+  ExportDataKey: exportDataKey,
+  GenerateAndExportDataKey: generateAndExportDataKey,
+  ReEncrypt: reEncrypt,
+};

@@ -1,0 +1,94 @@
+// KMS failures -> the project's error codes (src/errors.ts).
+//
+// The SDK throws for HTTP 4xx/5xx an Error with code "<Code>Error", message
+// "code: <status>, <Message> requestid: <id>" and data = the JSON body (kms-api.md §2.4).
+// Transport errors are Node errors whose message ends with the full signed URL: that URL
+// (AccessKeyId, Signature, nonce) must never reach a log, so it is stripped and the original
+// error is not attached as `cause`.
+
+import { KmsdiskError, type ErrorCode } from '../errors.js';
+
+export interface KmsFailureInfo {
+  /** KMS error Code (e.g. Rejected.Disabled), or the transport error code. */
+  kmsCode: string | undefined;
+  httpStatus: number | undefined;
+  requestId: string | undefined;
+  /** True for failures worth retrying: throttling, 5xx, transport. */
+  retryable: boolean;
+  transport: boolean;
+  message: string;
+}
+
+const URL_RE = /\b(?:https?:\/\/|\/\?)\S*/gi;
+
+/** Remove any URL or query string from a message (signed URLs carry AccessKeyId + Signature). */
+export function stripUrls(message: string): string {
+  return message.replace(URL_RE, '<url>');
+}
+
+export function describeKmsFailure(err: unknown): KmsFailureInfo {
+  const e = err as { code?: unknown; message?: unknown; data?: unknown; name?: unknown } | null;
+  const data = (e?.data ?? undefined) as { Code?: unknown; Message?: unknown; RequestId?: unknown } | undefined;
+  const rawMessage = typeof e?.message === 'string' ? e.message : String(err);
+  if (data && typeof data === 'object' && typeof data.Code === 'string') {
+    const m = /code: (\d{3})/.exec(rawMessage);
+    const status = m ? Number(m[1]) : undefined;
+    const code = data.Code;
+    const retryable = code === 'Throttling' || code === 'Rejected.Throttling' || code === 'ServiceUnavailableTemporary' || (status !== undefined && status >= 500);
+    return {
+      kmsCode: code,
+      httpStatus: status,
+      requestId: typeof data.RequestId === 'string' ? data.RequestId : undefined,
+      retryable,
+      transport: false,
+      message: stripUrls(typeof data.Message === 'string' ? data.Message : rawMessage),
+    };
+  }
+  // No JSON error body: a transport failure (refused, reset, timeout) or an unparsable reply.
+  const code = typeof e?.code === 'string' ? e.code : typeof e?.name === 'string' ? e.name : undefined;
+  return { kmsCode: code, httpStatus: undefined, requestId: undefined, retryable: true, transport: true, message: stripUrls(rawMessage) };
+}
+
+const BY_KMS_CODE: Record<string, ErrorCode> = {
+  'Rejected.Disabled': 'KMSDISK_ERR_KEY_DISABLED',
+  'Rejected.PendingDeletion': 'KMSDISK_ERR_KEY_PENDING_DELETION',
+  'Rejected.PendingImport': 'KMSDISK_ERR_KEY_PENDING_IMPORT',
+  'Forbidden.NoPermission': 'KMSDISK_ERR_KMS_NO_PERMISSION',
+  'Forbidden.KeyNotFound': 'KMSDISK_ERR_KEY_NOT_FOUND',
+  'Forbidden.AliasNotFound': 'KMSDISK_ERR_KEY_NOT_FOUND',
+  'Forbidden.KeyVersionNotFound': 'KMSDISK_ERR_KEY_NOT_FOUND',
+  'Forbidden.GrantNotFound': 'KMSDISK_ERR_NOT_FOUND',
+  'Forbidden.AccessKey': 'KMSDISK_ERR_KMS_ACCESS_KEY',
+  'InvalidAccessKeyId.NotFound': 'KMSDISK_ERR_KMS_ACCESS_KEY',
+  'InvalidAccessKeyId': 'KMSDISK_ERR_KMS_ACCESS_KEY',
+  IncompleteSignature: 'KMSDISK_ERR_KMS_SIGNATURE',
+  SignatureDoesNotMatch: 'KMSDISK_ERR_KMS_SIGNATURE',
+  SignatureNonceUsed: 'KMSDISK_ERR_KMS_SIGNATURE',
+  IllegalTimestamp: 'KMSDISK_ERR_KMS_SIGNATURE',
+  Throttling: 'KMSDISK_ERR_KMS_THROTTLED',
+  'Rejected.Throttling': 'KMSDISK_ERR_KMS_THROTTLED',
+  ServiceUnavailableTemporary: 'KMSDISK_ERR_KMS_UNAVAILABLE',
+  InternalFailure: 'KMSDISK_ERR_KMS_UNAVAILABLE',
+  'Rejected.StateModifiedFailed': 'KMSDISK_ERR_CONFLICT',
+  AliasAlreadyExists: 'KMSDISK_ERR_ALREADY_EXISTS',
+};
+
+const BLOB_ACTIONS = new Set(['Decrypt', 'ExportDataKey', 'ReEncrypt']);
+
+/** Map any failure of a KMS call to a KmsdiskError (ecsCode = KMS Code, requestId kept). */
+export function toKmsdiskError(err: unknown, action: string): KmsdiskError {
+  if (err instanceof KmsdiskError) return err;
+  const info = describeKmsFailure(err);
+  let code: ErrorCode;
+  if (info.transport) code = 'KMSDISK_ERR_KMS_UNAVAILABLE';
+  else if (info.kmsCode && BY_KMS_CODE[info.kmsCode]) code = BY_KMS_CODE[info.kmsCode]!;
+  else if (info.httpStatus !== undefined && info.httpStatus >= 500) code = 'KMSDISK_ERR_KMS_UNAVAILABLE';
+  else if (info.kmsCode === 'InvalidParameter' && BLOB_ACTIONS.has(action) && /CiphertextBlob/.test(info.message)) code = 'KMSDISK_ERR_KMS_INVALID_CIPHERTEXT';
+  else code = 'KMSDISK_ERR_KMS_REQUEST';
+  const what = info.transport ? `KMS ${action} failed: ${info.kmsCode ?? 'transport error'}: ${info.message}` : `KMS ${action} refused: ${info.kmsCode}: ${info.message}`;
+  return new KmsdiskError(code, what, {
+    ...(info.kmsCode && !info.transport ? { ecsCode: info.kmsCode } : {}),
+    ...(info.requestId ? { requestId: info.requestId } : {}),
+    details: { action, ...(info.httpStatus ? { httpStatus: info.httpStatus } : {}), ...(info.transport && info.kmsCode ? { transportCode: info.kmsCode } : {}) },
+  });
+}
