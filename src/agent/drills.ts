@@ -30,6 +30,8 @@ export interface DrillsDeps {
 
 export { DRILL_ACTIONS };
 
+const CLIENTS_GONE_WAIT_MS = 2000;
+
 export class DrillsService {
   private running = false;
 
@@ -45,8 +47,15 @@ export class DrillsService {
     const att = this.deps.attachments.show(req.disk);
     if (att.requireTls) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} requires TLS; drills use a plain NBD connection (attach it without TLS for the drill)`);
     if (att.readOnly) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} is attached read-only; the drill writes (the same bytes back)`);
-    if (att.clients.length > 0) {
-      throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} has ${att.clients.length} connected NBD client(s); run drills while no one else uses the disk (the drill rewrites blocks it read)`);
+    // A client that just sent NBD_CMD_DISC is still listed until its in-flight requests finish
+    // and the socket closes: give departing clients a moment before calling the disk busy.
+    let clients = att.clients.length;
+    for (let waited = 0; clients > 0 && waited < CLIENTS_GONE_WAIT_MS; waited += 20) {
+      await new Promise((r) => setTimeout(r, 20));
+      clients = this.deps.attachments.show(req.disk).clients.length;
+    }
+    if (clients > 0) {
+      throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} has ${clients} connected NBD client(s); run drills while no one else uses the disk (the drill rewrites blocks it read)`);
     }
     this.running = true;
     try {

@@ -4,6 +4,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, type Stack } from './helpers.js';
+import { NbdClient } from '../../src/drill/nbd-client.js';
 
 describe('drills through the API', () => {
   let s: Stack;
@@ -41,6 +42,21 @@ describe('drills through the API', () => {
       expect((await s.api('GET', '/v1/disks/drilled')).body.state).toBe('in-use');
     });
   }
+
+  it('refuses to drill while another client is connected (the drill rewrites the blocks it read)', async () => {
+    if ((await s.api('GET', '/v1/attachments/drilled')).status === 404) {
+      expect((await s.api('POST', '/v1/attachments', { disk: 'drilled' })).status).toBe(201);
+    }
+    const other = await NbdClient.connect(s.agent.nbdAddress, { exportName: 'drilled', structuredReplies: true });
+    try {
+      const r = await s.api('POST', '/v1/drills', { disk: 'drilled', action: 'disable-key', restore: true });
+      expect(r.status).toBe(409);
+      expect(r.body.code).toBe('KMSDISK_ERR_CONFLICT');
+      expect(r.body.message).toMatch(/1 connected NBD client/);
+    } finally {
+      await other.disconnect();
+    }
+  });
 
   it('shows the key guard leases, and resume is a no-op on an active CMK', async () => {
     const l = await s.api('GET', '/v1/key-leases');
