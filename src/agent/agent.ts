@@ -31,7 +31,7 @@ import { PoliciesService } from './policies.js';
 import { PskStore } from './psk.js';
 import { SnapshotsService } from './snapshots.js';
 import { loadOrCreateApiToken } from './token.js';
-import { acquireStateLock } from './state-lock.js';
+import { acquirePidLock } from '../util/pid-lock.js';
 import { DrillsService } from './drills.js';
 
 export interface AgentConfig {
@@ -166,7 +166,7 @@ export function createAgent(config: AgentConfig): Agent {
   async function startInner(): Promise<void> {
     if (config.setNonDumpable !== false) setDumpable(false);
     for (const d of [dirs.root, dirs.volumes, dirs.snapshots, dirs.images, dirs.tmp, dirs.tls]) mkdirSync(d, { recursive: true, mode: 0o700 });
-    releaseLock = acquireStateLock(join(dirs.root, 'agent.lock'));
+    releaseLock = acquirePidLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
     // Scratch files of an earlier run (an interrupted qcow2 conversion) are garbage now.
     for (const f of readdirSync(dirs.tmp)) rmSync(join(dirs.tmp, f), { force: true, recursive: true });
     token = loadOrCreateApiToken(dirs.apiToken);

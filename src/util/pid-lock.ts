@@ -1,10 +1,11 @@
-// One agent per state folder: two agents serving the same volume files would corrupt them.
-// <state>/agent.lock holds the owner's pid; a lock whose process is gone is stale and taken over.
+// One owner process per folder (the agent's state folder, the emulator's): two processes writing
+// the same volume files or state.json would silently corrupt them. The lock file holds the
+// owner's pid; a lock whose process is gone (crash, kill -9) is stale and taken over.
 
 import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { KmsdiskError } from '../errors.js';
 
-/** Locks held by this process (a second agent in the same process must be refused too). */
+/** Locks held by this process: a second owner in the same process must be refused too. */
 const heldHere = new Set<string>();
 
 function alive(pid: number): boolean {
@@ -16,8 +17,9 @@ function alive(pid: number): boolean {
   }
 }
 
-export function acquireStateLock(path: string): () => void {
-  if (heldHere.has(path)) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `another agent in this process already serves this state folder (${path})`);
+/** Takes the lock at `path` for `what` (e.g. "kmsdisk agent"); returns its release function. */
+export function acquirePidLock(path: string, what: string): () => void {
+  if (heldHere.has(path)) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `another ${what} in this process already holds ${path}`);
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       writeFileSync(path, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
@@ -38,14 +40,14 @@ export function acquireStateLock(path: string): () => void {
     }
     const pid = Number.parseInt(readFileSync(path, 'utf8'), 10);
     if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
-      throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `the state folder is in use by another kmsdisk agent (pid ${pid}, lock ${path})`);
+      throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `the folder is in use by another ${what} (pid ${pid}, lock ${path})`);
     }
-    // Stale (its process is gone, or it is ours from an agent that did not stop): take it over.
+    // Stale: its process is gone, or it is ours from an owner that did not release it.
     try {
       unlinkSync(path);
     } catch {
       /* raced with another taker: retry */
     }
   }
-  throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `could not take the state lock ${path}`);
+  throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `could not take the lock ${path}`);
 }
