@@ -32,7 +32,6 @@ export function registerDaemons(program: Command): void {
         syncRevocationTimeoutMs: Number(opts.syncRevocationTimeout),
         logger,
       });
-      logger.info({ url: kms.url, stateDir }, 'KMS emulator listening');
       process.stderr.write(`kmsdisk kms: listening on ${kms.url} (credentials in ${join(stateDir, 'credentials.json')})\n`);
       await untilSignal();
       await kms.close();
@@ -107,6 +106,9 @@ async function waitForPort(hp: HostPort, child: ChildProcess, timeoutMs: number)
 }
 
 async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
+  // The demo talks to a person: the banner matters, routine JSON log lines do not (both
+  // processes still log warnings and errors; KMSDISK_LOG_LEVEL=info brings the rest back).
+  process.env.KMSDISK_LOG_LEVEL ??= 'warn';
   const paths = statePaths(opts.state);
   mkdirSync(paths.root, { recursive: true, mode: 0o700 });
   const kmsHp = kmsAddress(opts.kms);
@@ -147,6 +149,13 @@ async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
 
     const nbd = formatHostPort(config.nbd);
     const apiUrl = `http://${formatHostPort(config.api)}`;
+    // Flags only where the demo runs off its defaults, so the printed commands work as shown.
+    const cliFlags = [
+      process.env.KMSDISK_STATE || opts.state ? `--state ${paths.root}` : '',
+      process.env.KMSDISK_API || opts.api ? `--api ${formatHostPort(config.api)}` : '',
+    ]
+      .filter(Boolean)
+      .join(' ');
     process.stdout.write(
       [
         '',
@@ -159,8 +168,13 @@ async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
         '',
         `  admin API  ${apiUrl}  (token: ${paths.apiToken}; docs at ${apiUrl}/docs)`,
         `  metrics    ${apiUrl}/metrics`,
-        `  CLI        node bin/kmsdisk.js disk list --state ${paths.root}`,
-        `  drill      node bin/kmsdisk.js drill --state ${paths.root} --disk demo --action revoke-grant --restore`,
+        `  CLI        node bin/kmsdisk.js disk list ${cliFlags}`,
+        '  drill      (drills need a customer CMK: the service key alias/acs/ecs cannot be disabled)',
+        `             node bin/kmsdisk.js key create --alias alias/drill ${cliFlags}`,
+        `             node bin/kmsdisk.js key authorize alias/drill ${cliFlags}`,
+        `             node bin/kmsdisk.js disk create drill --size 64M --kms-key-id alias/drill ${cliFlags}`,
+        `             node bin/kmsdisk.js attach drill ${cliFlags}`,
+        `             node bin/kmsdisk.js drill --disk drill --action disable-key --restore --svg drill.svg ${cliFlags}`,
         '',
         'Ctrl-C stops the agent and the emulator.',
         '',
