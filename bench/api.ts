@@ -7,7 +7,7 @@
 // BENCHMARKS.md, and prints one JSON object as the last line.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,7 @@ import { createInterface } from 'node:readline';
 import autocannon from 'autocannon';
 import { pino } from 'pino';
 import { statePaths } from '../src/config.js';
+import { writeBenchmarksSection } from './lib/benchmarks-md.js';
 
 const DISKS = 100;
 const DURATION_S = Number(process.env.KMSDISK_BENCH_SECONDS ?? 4);
@@ -90,21 +91,6 @@ function cannon(opts: autocannon.Options): Promise<autocannon.Result> {
   return new Promise((resolve, reject) => {
     autocannon(opts, (err, res) => (err ? reject(err) : resolve(res)));
   });
-}
-
-function updateBenchmarksMd(section: string): void {
-  const file = join(fileURLToPath(new URL('../..', import.meta.url)), 'BENCHMARKS.md');
-  const path = existsSync(file) ? file : join(process.cwd(), 'BENCHMARKS.md');
-  let text = existsSync(path) ? readFileSync(path, 'utf8') : '# kmsdisk benchmarks\n';
-  const heading = '## API (npm run bench:api)';
-  const start = text.indexOf(heading);
-  if (start === -1) {
-    text = text.trimEnd() + '\n\n' + section;
-  } else {
-    const next = text.indexOf('\n## ', start + heading.length);
-    text = text.slice(0, start) + section + (next === -1 ? '' : text.slice(next + 1));
-  }
-  writeFileSync(path, text.endsWith('\n') ? text : text + '\n');
 }
 
 async function main(): Promise<void> {
@@ -254,7 +240,7 @@ async function main(): Promise<void> {
       '',
     ].join('\n');
     process.stdout.write(section + '\n');
-    updateBenchmarksMd(section);
+    writeBenchmarksSection('## API (npm run bench:api)', section);
     process.stdout.write(
       JSON.stringify({
         bench: 'api',

@@ -6,13 +6,11 @@
 //   "Crypto" section of BENCHMARKS.md, and prints one JSON object as the last line.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createCipheriv, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { KeySlot, cpuFeatures, encryptSectors, encryptSectorsAsync, setKernel, type KernelName } from '../src/crypto/index.js';
-import { packageRoot } from '../src/crypto/native.js';
+import { writeBenchmarksSection } from './lib/benchmarks-md.js';
 
 const MiB = 1 << 20;
 const TOTAL = 64 * MiB; // bytes per measurement
@@ -151,20 +149,6 @@ function ratio(a: number | null | undefined, b: number | null | undefined): numb
   return a && b ? a / b : null;
 }
 
-function updateBenchmarksMd(section: string): void {
-  const path = join(packageRoot(), 'BENCHMARKS.md');
-  const heading = '## Crypto (npm run bench:crypto)';
-  let text = existsSync(path) ? readFileSync(path, 'utf8') : '# kmsdisk benchmarks\n';
-  const start = text.indexOf(heading);
-  if (start === -1) {
-    text = text.trimEnd() + '\n\n' + section;
-  } else {
-    const next = text.indexOf('\n## ', start + heading.length);
-    text = text.slice(0, start) + section + (next === -1 ? '' : text.slice(next + 1));
-  }
-  writeFileSync(path, text.endsWith('\n') ? text : text + '\n');
-}
-
 async function main(): Promise<void> {
   if (process.argv.includes('--async-child')) return asyncChild();
 
@@ -263,7 +247,7 @@ async function main(): Promise<void> {
       `best >= 10x node per-sector at 4096 B: ${targets.best_vs_node_4096_ge_10 ? 'met' : 'MISSED'}.`,
     '',
   ].join('\n');
-  updateBenchmarksMd(section);
+  writeBenchmarksSection('## Crypto (npm run bench:crypto)', section);
 
   process.stdout.write(`\nAES-256-XTS encrypt throughput (${figures.cpu as string})\n\n${table}\n\n`);
   process.stdout.write(`targets: ${JSON.stringify(targets)}\nBENCHMARKS.md updated.\n`);
