@@ -1,16 +1,28 @@
 // Runs our NBD server in its own process for `npm run bench:nbd`, so its CPU time and RSS are
 // measured like nbdkit's and qemu-nbd's and the clients do not share its event loop.
 // Usage: node dist/bench/nbd-server-child.js PATH SIZE_BYTES PORT
-// Prints "LISTENING <port>" when ready; exits on SIGTERM after a graceful close.
-import { NbdServer } from '../src/nbd/server.js';
-import { createBenchDevice } from './nbd-device.js';
+// KMS settings (endpoint + agent AccessKey) come as JSON in $KMSDISK_BENCH_NBD_KMS; without them
+// the volume gets a random DEK. Prints "LISTENING <port>" when ready; exits on SIGTERM after a
+// graceful close.
+//
+// The libuv threadpool size is read once, when the pool first starts: it is set here, before any
+// import can queue work (static imports would run first, hence the dynamic imports below).
+// The default (4) oversubscribes a 2-core machine shared with the clients; see BENCHMARKS.md.
+process.env.UV_THREADPOOL_SIZE ??= '4';
+
+const { NbdServer } = await import('../src/nbd/server.js');
+const { createBenchDevice, BENCH_KMS_ENV } = await import('./nbd-device.js');
+type Settings = import('./nbd-device.js').BenchKmsSettings;
 
 const [path, sizeArg, portArg] = process.argv.slice(2);
 if (!path || !sizeArg || !portArg) {
   process.stderr.write('usage: nbd-server-child.js PATH SIZE_BYTES PORT\n');
   process.exit(2);
 }
-const bench = await createBenchDevice(path, Number(sizeArg));
+const kmsJson = process.env[BENCH_KMS_ENV];
+const kms = kmsJson ? (JSON.parse(kmsJson) as Settings) : undefined;
+delete process.env[BENCH_KMS_ENV];
+const bench = await createBenchDevice(path, Number(sizeArg), kms);
 const server = new NbdServer();
 server.addExport('bench', { device: bench.device, description: bench.label });
 const addr = await server.listen({ host: '127.0.0.1', port: Number(portArg) });

@@ -56,7 +56,7 @@ export class KeySlot {
   }
 
   get wiped(): boolean {
-    return native.slotInfo(this.#handle).wiped;
+    return native.slotWiped(this.#handle);
   }
 
   /** Whether mlock succeeded (it can fail under a low RLIMIT_MEMLOCK; the slot still works). */
@@ -87,7 +87,7 @@ export class KeySlot {
   }
 
   #usable(): void {
-    if (native.slotInfo(this.#handle).wiped) throw new KmsdiskError('KMSDISK_ERR_KEY_WIPED', 'the key slot was wiped');
+    if (native.slotWiped(this.#handle)) throw new KmsdiskError('KMSDISK_ERR_KEY_WIPED', 'the key slot was wiped');
   }
 }
 
@@ -254,6 +254,74 @@ export function encryptPwrite(
     checkRegion(s, off, len, 'src');
     KeySlot.usableHandleOf(slot);
     return native.encryptPwrite(f, handle, s, off, len, pos, ss, first, step, inPlace, datasync);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/**
+ * preadDecrypt on the calling thread, only if it cannot block: preadv2(RWF_NOWAIT) from the page
+ * cache, then decrypt in place (holes stay zeros). Returns `length` on success, or -1 when the
+ * data is not all cached (or the read came back short, e.g. at EOF): then nothing usable is in
+ * dst and the caller uses preadDecrypt. For small requests, where the threadpool handoff costs
+ * more than the work. Throws KMSDISK_ERR_KEY_WIPED for a wiped slot.
+ */
+export function preadDecryptNowait(
+  fd: number,
+  slot: KeySlot,
+  dst: ArrayBufferView,
+  dstOffset: number,
+  length: number,
+  fileOffset: number,
+  sectorSize: number,
+  firstTweak: bigint,
+): number {
+  const f = checkFd(fd);
+  const handle = KeySlot.usableHandleOf(slot);
+  const d = checkView(dst, 'dst');
+  const off = checkIndex(dstOffset, 'dstOffset');
+  const len = checkIndex(length, 'length');
+  const pos = checkIndex(fileOffset, 'fileOffset');
+  const ss = checkSectorSize(sectorSize);
+  const first = checkU64(firstTweak, 'firstTweak');
+  const step = BigInt(ss / 512);
+  checkBatch(len, ss, first, step);
+  checkRegion(d, off, len, 'dst');
+  return native.preadDecryptNowait(f, handle, d, off, len, pos, ss, first, step);
+}
+
+/** One whole-sector write of an encryptPwriteBatch: src[srcOffset..+length] to fileOffset. */
+export interface BatchWrite {
+  src: ArrayBufferView;
+  srcOffset: number;
+  length: number;
+  fileOffset: number;
+  firstTweak: bigint;
+}
+
+/**
+ * Several encryptPwrite calls (in place, no datasync) in ONE threadpool job, in order: the
+ * threadpool handoff is paid once for a burst of small writes. Resolves to one errno per item
+ * (0 = written). Rejects KMSDISK_ERR_KEY_WIPED if the slot is wiped before or during the job.
+ */
+export function encryptPwriteBatch(fd: number, slot: KeySlot, sectorSize: number, items: readonly BatchWrite[]): Promise<number[]> {
+  try {
+    const f = checkFd(fd);
+    const handle = KeySlot.handleOf(slot);
+    const ss = checkSectorSize(sectorSize);
+    const step = BigInt(ss / 512);
+    const raw: Array<[ArrayBufferView, number, number, number, bigint]> = [];
+    for (const it of items) {
+      const s = checkView(it.src, 'src');
+      const off = checkIndex(it.srcOffset, 'srcOffset');
+      const len = checkIndex(it.length, 'length');
+      const first = checkU64(it.firstTweak, 'firstTweak');
+      checkBatch(len, ss, first, step);
+      checkRegion(s, off, len, 'src');
+      raw.push([s, off, len, checkIndex(it.fileOffset, 'fileOffset'), first]);
+    }
+    KeySlot.usableHandleOf(slot);
+    return native.encryptPwriteBatch(f, handle, ss, raw);
   } catch (err) {
     return Promise.reject(err);
   }

@@ -30,6 +30,7 @@ export interface NativeAddon {
   importKey(dek: ArrayBufferView): NativeSlot;
   wipe(slot: NativeSlot): void;
   slotInfo(slot: NativeSlot): NativeSlotInfo;
+  slotWiped(slot: NativeSlot): boolean;
   _debugReadSlotKeyBytesForTests(slot: NativeSlot): Buffer;
   keyCheckValue(slot: NativeSlot): Buffer;
   encryptSectors(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, sectorSize: number, firstTweak: bigint, tweakStep: bigint): void;
@@ -40,6 +41,8 @@ export interface NativeAddon {
   decryptBlocksRawTweak(slot: NativeSlot, src: ArrayBufferView, dst: ArrayBufferView, tweak: ArrayBufferView): void;
   preadDecrypt(fd: number, slot: NativeSlot, dst: ArrayBufferView, dstOffset: number, length: number, fileOffset: number, sectorSize: number, firstTweak: bigint, tweakStep: bigint): Promise<number>;
   encryptPwrite(fd: number, slot: NativeSlot, src: ArrayBufferView, srcOffset: number, length: number, fileOffset: number, sectorSize: number, firstTweak: bigint, tweakStep: bigint, inPlace: boolean, datasync: boolean): Promise<number>;
+  preadDecryptNowait(fd: number, slot: NativeSlot, dst: ArrayBufferView, dstOffset: number, length: number, fileOffset: number, sectorSize: number, firstTweak: bigint, tweakStep: bigint): number;
+  encryptPwriteBatch(fd: number, slot: NativeSlot, sectorSize: number, items: Array<[ArrayBufferView, number, number, number, bigint]>): Promise<number[]>;
   punchHole(fd: number, offset: number, length: number): Promise<void>;
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;

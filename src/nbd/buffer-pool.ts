@@ -5,7 +5,9 @@
 // buffers are fully owned by the server (the device fills them, the socket sends them), so once
 // the socket has flushed one it can serve the next read of the same size.
 
-const MIN_POOLED = 64 * 1024;
+// Down to 4 KiB: a 4 KiB read's reply (4 KiB + header) is just over Buffer's slab size, so
+// without recycling every small read costs a malloc and adds external-memory GC pressure.
+const MIN_POOLED = 4096;
 
 export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
@@ -13,7 +15,7 @@ export class BufferPool {
 
   constructor(
     private readonly maxPooledBytes = 32 * 1024 * 1024,
-    private readonly maxPerSize = 16,
+    private readonly maxPerSize = 64,
   ) {}
 
   /** A buffer of exactly `size` bytes with unspecified contents. */

@@ -14,6 +14,12 @@ export class ByteQueue {
     return this.total;
   }
 
+  /** Bytes available contiguously at the read position (take() of up to this many copies nothing). */
+  get firstChunkLength(): number {
+    const first = this.chunks[0];
+    return first === undefined ? 0 : first.length - this.head;
+  }
+
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);

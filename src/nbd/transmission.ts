@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import { NBD_ERR, nbdErrnoOf, type NbdErrno } from '../errors.js';
 import type { Extent } from '../volume/block-device.js';
 import { ByteQueue } from './byte-queue.js';
+import { enableDirectReads } from './direct-read.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { ExportEntry } from './export-registry.js';
 import type { Negotiated } from './handshake.js';
@@ -54,6 +55,8 @@ const MAX_EXTENTS = 16384;
 const U32_MAX = 0xffffffff;
 
 const TWO32 = 2 ** 32;
+/** Receive buffer for direct reads (user-buffer mode) outside WRITE payloads. */
+const RECV_BUFFER_BYTES = 64 * 1024;
 /** Replies below this size are not tracked individually for backpressure. */
 const SMALL_REPLY = 64 * 1024;
 
@@ -130,9 +133,44 @@ export class TransmissionSession {
   }
 
   start(): void {
-    this.stream.resume();
+    // Bytes Node buffered after the handshake stopped consuming: read() hands each to the 'data'
+    // listener above, so they are queued before any direct read can land.
+    while (!this.stream.destroyed && this.stream.read() !== null) {
+      /* delivered through 'data' */
+    }
     this.parse();
+    if (this.state === 'running') {
+      this.recvBuf = Buffer.allocUnsafe(RECV_BUFFER_BYTES);
+      if (!enableDirectReads(this.stream, this.nextReadTarget, this.onDirectRead)) this.recvBuf = null;
+    }
+    if (!this.readingPaused) this.stream.resume();
   }
+
+  /** The reused receive buffer in direct-read mode (null: 'data' events). */
+  private recvBuf: Buffer | null = null;
+
+  /** Where the kernel puts the next bytes: the rest of the WRITE payload being received, if any. */
+  private readonly nextReadTarget = (): Buffer => {
+    const p = this.pending;
+    if (p && p.filled < p.buf.length && this.queue.length === 0) return p.buf.subarray(p.filled);
+    return this.recvBuf!;
+  };
+
+  private readonly onDirectRead = (n: number, buf: Buffer): void => {
+    if (buf === this.recvBuf) {
+      // Copied out: the receive buffer is reused by the next read.
+      this.queue.push(Buffer.from(buf.subarray(0, n)));
+    } else {
+      // Straight into the payload (nextReadTarget handed out p.buf.subarray(p.filled)).
+      const p = this.pending;
+      if (p === null || buf.buffer !== p.buf.buffer || buf.byteOffset !== p.buf.byteOffset + p.filled) {
+        this.protocolError('internal: direct read landed outside the pending payload');
+        return;
+      }
+      p.filled += n;
+    }
+    this.parse();
+  };
 
   get isClosed(): boolean {
     return this.state === 'closed';
@@ -167,7 +205,7 @@ export class TransmissionSession {
         }
         if (p.filled < p.buf.length) return;
         this.pending = null;
-        this.dispatch(p.req, p.buf);
+        this.dispatch(p.req, p.buf, true);
         continue;
       }
       if (this.skipLeft > 0) {
@@ -218,11 +256,15 @@ export class TransmissionSession {
         this.skipReq = req;
         continue;
       }
-      if (this.queue.length >= req.length) {
+      if (this.queue.firstChunkLength >= req.length) {
+        // Inside one received chunk: no copy, no allocation.
         this.dispatch(req, this.queue.take(req.length));
         continue;
       }
-      const buf = Buffer.allocUnsafe(req.length);
+      // Spans chunks (every large WRITE): collect it in a recycled buffer. A fresh 1 MiB
+      // Buffer per write was the main source of external-memory pressure, which made V8 run a
+      // full mark-compact many times a second under sequential writes (profiled).
+      const buf = this.limits.pool.get(req.length);
       this.pending = { req, buf, filled: 0 };
     }
     // Not running: a DISC or a close arrived; anything else the client sends is dropped.
@@ -271,6 +313,9 @@ export class TransmissionSession {
   private endSocket(): void {
     if (this.stream.destroyed) return;
     this.stream.end();
+    // Reading was paused at DISC; the socket closes only once the client's EOF is read too
+    // (whatever else arrives now is dropped, see onData).
+    this.stream.resume();
     // A client that never closes its side must not hold the socket forever.
     setTimeout(() => this.stream.destroy(), 5000).unref();
   }
@@ -328,7 +373,8 @@ export class TransmissionSession {
     return 0;
   }
 
-  private dispatch(req: RequestHeader, payload: Buffer | null): void {
+  /** `pooled`: the payload came from the pool and goes back to it once the request is done. */
+  private dispatch(req: RequestHeader, payload: Buffer | null, pooled = false): void {
     const command = CMD_NAMES[req.type] ?? 'unknown';
     const dataBytes = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
     this.count(command, req.type === CMD.FLUSH ? 0 : req.length === Infinity ? 0 : req.length);
@@ -336,6 +382,7 @@ export class TransmissionSession {
     if (errno !== 0) {
       this.sendError(req, errno, 'request refused');
       this.emitRequest(command, req, errno, 0);
+      if (pooled) this.recyclePayload(payload!, true);
       return;
     }
     this.inflight++;
@@ -348,6 +395,7 @@ export class TransmissionSession {
       this.inflightBytes -= dataBytes;
       this.stats.inflightRequests--;
       this.stats.inflightBytes -= dataBytes;
+      if (pooled) this.recyclePayload(payload!, sentErrno !== 0 || req.offset % this.entry.device.sectorSize !== 0 || req.length % this.entry.device.sectorSize !== 0);
       this.emitRequest(command, req, sentErrno, performance.now() - started);
       if (this.inflight === 0 && this.idleWaiters.length > 0) {
         const waiters = this.idleWaiters;
@@ -356,6 +404,16 @@ export class TransmissionSession {
       }
       this.maybeResume();
     });
+  }
+
+  /**
+   * Returns a WRITE payload buffer to the pool. An encrypting device turned a whole-sector write
+   * into ciphertext in place; a failed or partial-sector one may still hold plaintext, so those
+   * are zeroed first.
+   */
+  private recyclePayload(buf: Buffer, mayHoldPlaintext: boolean): void {
+    if (mayHoldPlaintext) buf.fill(0);
+    this.limits.pool.release(buf);
   }
 
   private emitRequest(command: string, req: RequestHeader, errno: number, durationMs: number): void {

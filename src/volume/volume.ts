@@ -20,7 +20,18 @@ import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { encryptPwrite, preadDecrypt, punchHole, seekData, seekHole, type KeySlot } from '../crypto/index.js';
+import { getSystemErrorName } from 'node:util';
+import {
+  encryptPwrite,
+  encryptPwriteBatch,
+  preadDecrypt,
+  preadDecryptNowait,
+  punchHole,
+  seekData,
+  seekHole,
+  type BatchWrite,
+  type KeySlot,
+} from '../crypto/index.js';
 import { errorCodeOf, KmsdiskError } from '../errors.js';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './block-device.js';
 import {
@@ -47,6 +58,21 @@ const WHOLE_VOLUME = Number.POSITIVE_INFINITY;
 const SECTOR_POOL_MAX = 16;
 /** Unaligned reads and writes whose covering sectors fit in this go through one scratch buffer. */
 const SMALL_RMW_BYTES = 64 * 1024;
+/**
+ * Aligned I/O up to this size takes the small-request paths: reads are first tried on the JS
+ * thread from the page cache (preadv2 RWF_NOWAIT + decrypt: a few microseconds, where the
+ * threadpool round trip costs tens), and non-FUA writes issued in the same tick share ONE
+ * threadpool job (encryptPwriteBatch). Larger requests keep one job each, so they run in
+ * parallel on the pool and never stall the event loop.
+ */
+const SMALL_IO_BYTES = 64 * 1024;
+/** Most writes in one batch job (the rest start the next batch). */
+const WRITE_BATCH_MAX = 256;
+
+interface PendingWrite extends BatchWrite {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
 
 export interface CreateVolumeOptions {
   /** Bytes; a positive multiple of sectorSize. */
@@ -128,6 +154,10 @@ export class Volume implements BlockDevice {
   private slot: KeySlot | null = null;
   private closing: Promise<void> | null = null;
   private readonly sectorPool: Buffer[] = [];
+  /** Small writes waiting for the end of the tick to be submitted as one batch job. */
+  private writeBatch: PendingWrite[] = [];
+  private writeBatchSlot: KeySlot | null = null;
+  private readonly flushWriteBatch = (): void => this.submitWriteBatch();
 
   private constructor(path: string, fh: FileHandle, fileId: string, readOnly: boolean, header: VolumeHeader, seq: number, copies: HeaderCopyInfo[]) {
     this.path = path;
@@ -389,6 +419,7 @@ export class Volume implements BlockDevice {
     }
     if (length === 0) return;
     const ss = this.sectorSize;
+    if (length <= SMALL_IO_BYTES && offset % ss === 0 && length % ss === 0 && this.readCached(offset, length, target, targetOffset)) return;
     const lockStart = offset - (offset % ss);
     const lockEnd = roundUp(offset + length, ss);
     const held = this.lock.tryAcquire(lockStart, lockEnd, false) ?? (await this.lock.acquire(lockStart, lockEnd, false));
@@ -400,6 +431,29 @@ export class Volume implements BlockDevice {
     } catch (err) {
       target.fill(0, targetOffset, targetOffset + length);
       throw ioError(err, `read at ${offset}`);
+    } finally {
+      this.lock.release(held);
+    }
+  }
+
+  /**
+   * The synchronous small-read path: true when [offset, offset+length) was decrypted into target
+   * straight from the page cache; false (target holds nothing usable) when the range is locked by
+   * a writer, the key is gone (the async path reports that), or the data is not all cached.
+   */
+  private readCached(offset: number, length: number, target: Buffer, targetOffset: number): boolean {
+    const slot = this.slot;
+    if (slot === null || slot.wiped) return false;
+    if (!Number.isSafeInteger(targetOffset) || targetOffset < 0 || targetOffset + length > target.length) return false;
+    // A shared lock taken and released around a synchronous call: it only checks that no write
+    // holds or waits for these sectors (a waiting writer keeps its FIFO turn).
+    const held = this.lock.tryAcquire(offset, offset + length, false);
+    if (held === null) return false;
+    try {
+      const got = preadDecryptNowait(this.fd, slot, target, targetOffset, length, DATA_OFFSET + offset, this.sectorSize, BigInt(offset / TWEAK_UNIT));
+      return got === length;
+    } catch {
+      return false;
     } finally {
       this.lock.release(held);
     }
@@ -554,6 +608,7 @@ export class Volume implements BlockDevice {
   /** Encrypts (in place: src is consumed) and writes whole sectors. */
   private async writeSectors(slot: KeySlot, src: Buffer, srcOffset: number, dataOff: number, len: number, datasyncAtEnd: boolean): Promise<void> {
     const ss = this.sectorSize;
+    if (len <= SMALL_IO_BYTES && !datasyncAtEnd) return this.enqueueWrite(slot, src, srcOffset, dataOff, len);
     let done = 0;
     while (done < len) {
       const n = Math.min(IO_CHUNK_BYTES, len - done);
@@ -565,6 +620,38 @@ export class Volume implements BlockDevice {
       });
       done += n;
     }
+  }
+
+  /** Queues a small whole-sector write for this tick's batch job (see SMALL_IO_BYTES). */
+  private enqueueWrite(slot: KeySlot, src: Buffer, srcOffset: number, dataOff: number, len: number): Promise<void> {
+    if (this.writeBatch.length > 0 && (this.writeBatchSlot !== slot || this.writeBatch.length >= WRITE_BATCH_MAX)) this.submitWriteBatch();
+    return new Promise<void>((resolve, reject) => {
+      if (this.writeBatch.length === 0) {
+        this.writeBatchSlot = slot;
+        process.nextTick(this.flushWriteBatch);
+      }
+      this.writeBatch.push({ src, srcOffset, length: len, fileOffset: DATA_OFFSET + dataOff, firstTweak: BigInt(dataOff / TWEAK_UNIT), resolve, reject });
+    });
+  }
+
+  private submitWriteBatch(): void {
+    const batch = this.writeBatch;
+    const slot = this.writeBatchSlot;
+    if (batch.length === 0 || slot === null) return;
+    this.writeBatch = [];
+    this.writeBatchSlot = null;
+    encryptPwriteBatch(this.fd, slot, this.sectorSize, batch).then(
+      (errnos) => {
+        for (let i = 0; i < batch.length; i++) {
+          const e = errnos[i] ?? 0;
+          if (e === 0) batch[i]!.resolve();
+          else batch[i]!.reject(Object.assign(new Error(`pwrite failed: ${getSystemErrorName(-e)}`), { code: getSystemErrorName(-e), errno: e }));
+        }
+      },
+      (err: unknown) => {
+        for (const w of batch) w.reject(err);
+      },
+    );
   }
 
   private async readLocked(slot: KeySlot, offset: number, length: number, target: Buffer, targetOffset: number): Promise<void> {
