@@ -48,6 +48,7 @@ export const ERRORS = {
   KMSDISK_ERR_NO_SPACE: { http: 507, nbd: NBD_ERR.ENOSPC, exit: EXIT.conflict, summary: 'write past the end or no space left' },
   KMSDISK_ERR_IO: { http: 500, nbd: NBD_ERR.EIO, exit: EXIT.internal, summary: 'I/O error on the backing file' },
   KMSDISK_ERR_INTERNAL: { http: 500, nbd: NBD_ERR.EIO, exit: EXIT.internal, summary: 'internal error' },
+  KMSDISK_ERR_AGENT_UNREACHABLE: { http: 503, nbd: NBD_ERR.EIO, exit: EXIT.unavailable, summary: 'the CLI cannot reach the kmsdisk agent' },
   KMSDISK_ERR_SHUTTING_DOWN: { http: 503, nbd: NBD_ERR.ESHUTDOWN, exit: EXIT.unavailable, summary: 'the agent is shutting down' },
   KMSDISK_ERR_NOT_SUPPORTED: { http: 501, nbd: NBD_ERR.ENOTSUP, exit: EXIT.usage, summary: 'the operation is not supported here (e.g. NBD FAST_ZERO with NO_HOLE)' },
   KMSDISK_ERR_CANCELLED: { http: 409, nbd: NBD_ERR.EIO, exit: EXIT.conflict, summary: 'the job was cancelled' },

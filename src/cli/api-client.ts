@@ -35,7 +35,7 @@ export class ApiClient {
         signal: AbortSignal.timeout(120_000),
       });
     } catch (err) {
-      throw new KmsdiskError('KMSDISK_ERR_SHUTTING_DOWN', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${(err as Error).message}`);
+      throw new KmsdiskError('KMSDISK_ERR_AGENT_UNREACHABLE', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${(err as Error).message}`);
     }
     const text = await res.text();
     let data: unknown = undefined;

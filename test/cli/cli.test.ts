@@ -79,6 +79,11 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     refused(['disk', 'show', 'no-such-disk'], 3, 'KMSDISK_ERR_NOT_FOUND');
     const r = cli(['disk', 'frobnicate'], env);
     expect(r.status).toBe(2);
+    // No agent at that address: exit 6 (unavailable) with a hint.
+    const gone = cli(['disk', 'list', '--json', '--api', '127.0.0.1:1'], env);
+    expect(gone.status).toBe(6);
+    expect((gone.json as { error: { code: string } }).error.code).toBe('KMSDISK_ERR_AGENT_UNREACHABLE');
+    expect(gone.stderr).toContain('is `kmsdisk serve` or `npm start` running?');
   });
 
   it('the service CMK needs no authorization; a disk on it is created, listed, shown and inspected', () => {
@@ -189,6 +194,18 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     const d = ok(['disk', 'create', 'byok-disk', '--size', '16M', '--kms-key-id', k.keyId]);
     expect(d.kmsKeyId).toBe(k.keyId);
     ok(['disk', 'delete', 'byok-disk']);
+  });
+
+  it('automatic snapshot policy: takes snapshots on schedule, keeps the newest N, can be cleared', async () => {
+    const p = ok(['snapshot', 'policy', 'sys', '--interval', '1', '--retain', '2']);
+    expect(p).toMatchObject({ disk: 'sys', intervalSeconds: 1, retain: 2 });
+    const auto = () => (ok(['snapshot', 'list', '--disk', 'sys']).snapshots as Array<{ trigger: string }>).filter((x) => x.trigger === 'policy');
+    const deadline = Date.now() + 30_000;
+    while (auto().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(auto().length).toBe(2); // retention pruned the older ones
+    ok(['snapshot', 'policy', 'sys', '--clear']);
+    refused(['snapshot', 'policy', 'sys', '--interval', '5'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
   });
 
   it('resize grows a disk and refuses to shrink it', () => {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
 import { clientOptions, type ClientOpts } from '../common.js';
-import { printJson, printTable, printFields } from '../output.js';
+import { printJson, printTable, printFields, usageError } from '../output.js';
 import { formatSize } from '../../util/size.js';
 
 interface SnapshotView {
@@ -61,7 +61,7 @@ export function registerSnapshots(program: Command): void {
         else process.stdout.write(`removed the snapshot policy of ${disk}\n`);
         return;
       }
-      if (opts.interval === undefined || opts.retain === undefined) throw Object.assign(new Error('--interval and --retain are required (or --clear)'), { code: 'KMSDISK_ERR_INVALID_ARGUMENT' });
+      if (opts.interval === undefined || opts.retain === undefined) throw usageError('--interval and --retain are required (or --clear)');
       const r = await api.put<Record<string, unknown>>(`/v1/disks/${enc(disk)}/snapshot-policy`, {
         intervalSeconds: Number(opts.interval),
         retain: Number(opts.retain),
