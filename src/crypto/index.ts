@@ -310,8 +310,11 @@ export function encryptPwriteBatch(fd: number, slot: KeySlot, sectorSize: number
     const handle = KeySlot.handleOf(slot);
     const ss = checkSectorSize(sectorSize);
     const step = BigInt(ss / 512);
+    // Checked here so non-arrays and non-object items get a coded error, not for-of's bare TypeError.
+    if (!Array.isArray(items)) throw typeError('items must be an array of BatchWrite');
     const raw: Array<[ArrayBufferView, number, number, number, bigint]> = [];
     for (const it of items) {
+      if ((it as unknown) === null || typeof it !== 'object') throw typeError('each item must be a BatchWrite object');
       const s = checkView(it.src, 'src');
       const off = checkIndex(it.srcOffset, 'srcOffset');
       const len = checkIndex(it.length, 'length');
