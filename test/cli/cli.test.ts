@@ -3,48 +3,23 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync } from 'node:fs';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cli, daemon, freePort, httpOk, stop, waitFor } from './helpers.js';
+import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
 
+let stack: DaemonStack;
 let dir: string;
-let kms: ReturnType<typeof daemon>;
-let agent: ReturnType<typeof daemon>;
 let env: NodeJS.ProcessEnv;
 let nbdPort: number;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'kmsdisk-cli-'));
-  const [kmsPort, apiPort, nbd] = [await freePort(), await freePort(), await freePort()];
-  nbdPort = nbd;
-  env = {
-    KMSDISK_STATE: join(dir, 'state'),
-    KMSDISK_KMS: `127.0.0.1:${kmsPort}`,
-    KMSDISK_API: `127.0.0.1:${apiPort}`,
-    KMSDISK_NBD: `127.0.0.1:${nbdPort}`,
-    KMSDISK_LOG_LEVEL: 'warn',
-  };
-  kms = daemon(['kms'], env);
-  await waitFor('the KMS emulator', async () => {
-    try {
-      statSync(join(dir, 'state', 'kms', 'credentials.json'));
-      return true;
-    } catch {
-      return false;
-    }
-  });
-  agent = daemon(['serve'], env);
-  await waitFor('the agent API', () => httpOk(`http://127.0.0.1:${apiPort}/healthz`), 60_000).catch((e) => {
-    throw new Error(`${(e as Error).message}\nagent output:\n${agent.output()}\nkms output:\n${kms.output()}`);
-  });
+  stack = await startDaemonStack('kmsdisk-cli-');
+  ({ dir, env, nbdPort } = stack);
 });
 
 afterAll(async () => {
-  if (agent) await stop(agent);
-  if (kms) await stop(kms);
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await stack?.close();
 });
 
 function ok(args: string[]) {

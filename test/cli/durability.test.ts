@@ -3,63 +3,28 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { cli, daemon, freePort, httpOk, stop, waitFor } from './helpers.js';
+import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
 
 const NBDSH_ENV = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
 
-let dir: string;
-let env: NodeJS.ProcessEnv;
-let kms: ReturnType<typeof daemon>;
-let agent: ReturnType<typeof daemon>;
-let apiUrl: string;
+let stack: DaemonStack;
 let uri: string;
-
-async function startAgent(): Promise<void> {
-  agent = daemon(['serve'], env);
-  await waitFor('the agent API', () => httpOk(`${apiUrl}/healthz`), 60_000).catch((e) => {
-    throw new Error(`${(e as Error).message}\n${agent.output()}`);
-  });
-}
 
 function nbdsh(script: string): string {
   return execFileSync('nbdsh', ['-u', uri, '-c', script], { env: NBDSH_ENV, encoding: 'utf8' });
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'kmsdisk-durable-'));
-  const [kmsPort, apiPort, nbdPort] = [await freePort(), await freePort(), await freePort()];
-  apiUrl = `http://127.0.0.1:${apiPort}`;
-  uri = `nbd://127.0.0.1:${nbdPort}/durable`;
-  env = {
-    KMSDISK_STATE: join(dir, 'state'),
-    KMSDISK_KMS: `127.0.0.1:${kmsPort}`,
-    KMSDISK_API: `127.0.0.1:${apiPort}`,
-    KMSDISK_NBD: `127.0.0.1:${nbdPort}`,
-    KMSDISK_LOG_LEVEL: 'warn',
-  };
-  kms = daemon(['kms'], env);
-  await waitFor('the KMS credentials', () => {
-    try {
-      execFileSync('test', ['-s', join(dir, 'state', 'kms', 'credentials.json')]);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-  await startAgent();
+  stack = await startDaemonStack('kmsdisk-durable-');
+  uri = `nbd://127.0.0.1:${stack.nbdPort}/durable`;
   for (const args of [['disk', 'create', 'durable', '--size', '32M'], ['attach', 'durable']]) {
-    const r = cli([...args, '--json'], env);
+    const r = cli([...args, '--json'], stack.env);
     expect(r.status, r.stderr).toBe(0);
   }
 });
 
 afterAll(async () => {
-  if (agent) await stop(agent);
-  if (kms) await stop(kms);
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await stack?.close();
 });
 
 describe('durability across kill -9 of the agent', () => {
@@ -74,9 +39,10 @@ describe('durability across kill -9 of the agent', () => {
       ].join('\n'),
     );
     // SIGKILL: no drain, no close, no shutdown hooks.
-    agent.kill('SIGKILL');
-    await new Promise((r) => agent.once('exit', r));
-    await startAgent();
+    const exited = new Promise((r) => stack.agent.once('exit', r));
+    stack.agent.kill('SIGKILL');
+    await exited;
+    await stack.startAgent();
     const out = nbdsh(
       [
         'a = h.pread(1048576, 1048576)',
@@ -88,7 +54,7 @@ describe('durability across kill -9 of the agent', () => {
     expect(out).toContain('flushed-ok');
     expect(out).toContain('fua-ok');
     // The restarted agent restored the attachment by itself.
-    const shown = cli(['disk', 'show', 'durable', '--json'], env);
+    const shown = cli(['disk', 'show', 'durable', '--json'], stack.env);
     expect((shown.json as { state: string }).state).toBe('in-use');
   });
 });

@@ -2,6 +2,8 @@
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -71,4 +73,54 @@ export async function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTER
   const code = await exited;
   clearTimeout(t);
   return code;
+}
+
+/** A state folder with `kmsdisk kms` and `kmsdisk serve` running as real processes on free ports. */
+export interface DaemonStack {
+  dir: string;
+  env: NodeJS.ProcessEnv;
+  apiUrl: string;
+  nbdPort: number;
+  kms: ReturnType<typeof daemon>;
+  agent: ReturnType<typeof daemon>;
+  /** Starts `kmsdisk serve` again (after a stop or a kill -9). */
+  startAgent(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startDaemonStack(prefix: string): Promise<DaemonStack> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const [kmsPort, apiPort, nbdPort] = [await freePort(), await freePort(), await freePort()];
+  const env: NodeJS.ProcessEnv = {
+    KMSDISK_STATE: join(dir, 'state'),
+    KMSDISK_KMS: `127.0.0.1:${kmsPort}`,
+    KMSDISK_API: `127.0.0.1:${apiPort}`,
+    KMSDISK_NBD: `127.0.0.1:${nbdPort}`,
+    KMSDISK_LOG_LEVEL: 'warn',
+  };
+  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  const kms = daemon(['kms'], env);
+  await waitFor('the KMS emulator credentials', () => existsSync(join(dir, 'state', 'kms', 'credentials.json')));
+  const stack: DaemonStack = {
+    dir,
+    env,
+    apiUrl,
+    nbdPort,
+    kms,
+    agent: undefined as unknown as ReturnType<typeof daemon>,
+    async startAgent() {
+      const agent = daemon(['serve'], env);
+      stack.agent = agent;
+      await waitFor('the agent API', () => httpOk(`${apiUrl}/healthz`), 60_000).catch((e) => {
+        throw new Error(`${(e as Error).message}\nagent output:\n${agent.output()}\nkms output:\n${kms.output()}`);
+      });
+    },
+    async close() {
+      if (stack.agent) await stop(stack.agent);
+      await stop(kms);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  await stack.startAgent();
+  return stack;
 }
