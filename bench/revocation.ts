@@ -67,6 +67,35 @@ interface Sample {
   acksTimedOut: boolean;
   /** Synchronous revocation had no subscriber to wait for (the agent's stream was not connected). */
   noSubscriber: boolean;
+  /** Emulator-side steps (sync mode: from RevocationAcks.Timeline), ms from the KMS call issued. */
+  steps: StepTimes | null;
+}
+
+/** Where a synchronous revocation's time goes, each in ms from the KMS call issued. */
+interface StepTimes {
+  received: number;
+  eventWritten: number | null;
+  wipe: number | null;
+  acked: number | null;
+  persisted: number | null;
+  answered: number;
+  returned: number;
+}
+
+interface TimelineLike {
+  receivedAt?: number;
+  eventWrittenMs?: number | null;
+  ackedMs?: number | null;
+  persistedMs?: number | null;
+  answeredMs?: number;
+}
+
+function stepsOf(acks: unknown, issuedAt: number, wipe: number | null, returned: number): StepTimes | null {
+  const t = (acks as { timeline?: TimelineLike } | undefined)?.timeline;
+  if (!t || typeof t.receivedAt !== 'number' || t.receivedAt <= 0) return null;
+  const rec = t.receivedAt - issuedAt;
+  const plus = (v: number | null | undefined): number | null => (typeof v === 'number' ? rec + v : null);
+  return { received: rec, eventWritten: plus(t.eventWrittenMs), wipe, acked: plus(t.ackedMs), persisted: plus(t.persistedMs), answered: plus(t.answeredMs) ?? rec, returned };
 }
 
 interface Cell {
@@ -96,7 +125,49 @@ function summarize(samples: Sample[]) {
     readsServedAfterWipe: { total: samples.reduce((n, s) => n + (s.servedAfterWipe ?? 0), 0), unknown: samples.filter((s) => s.servedAfterWipe === null).length },
     ackTimeouts: samples.filter((s) => s.acksTimedOut).length,
     noSubscriber: samples.filter((s) => s.noSubscriber).length,
+    steps: stepStats(samples),
+    stepDurations: stepDeltaStats(samples),
   };
+}
+
+const STEP_NAMES: Array<[keyof StepTimes, string]> = [
+  ['received', 'emulator handler got the request'],
+  ['eventWritten', 'revoking event written to the agent\'s stream'],
+  ['wipe', 'agent wiped the key slots'],
+  ['acked', 'agent\'s ack received'],
+  ['persisted', 'state.json durable (write + fsync + rename)'],
+  ['answered', 'emulator answered'],
+  ['returned', 'SDK call returned to the operator'],
+];
+
+const STEP_DELTAS: Array<[keyof StepTimes, keyof StepTimes, string]> = [
+  ['received', 'received', 'operator SDK call -> emulator handler (SDK, HTTP, scheduling)'],
+  ['received', 'eventWritten', 'handler -> revoking event written (auth, state change)'],
+  ['eventWritten', 'wipe', 'event written -> agent wiped (delivery, agent event loop)'],
+  ['wipe', 'acked', 'agent wiped -> ack received (signed AckEvent request)'],
+  ['received', 'persisted', 'handler -> state.json durable (write + fsync)'],
+  ['answered', 'returned', 'emulator answered -> SDK call returned'],
+];
+
+/** Per-drill step durations (ms), p50 / p99 / max. */
+function stepDeltaStats(samples: Sample[]): Array<{ what: string; p50: number | null; p99: number | null; max: number | null }> {
+  const withSteps = samples.map((s) => s.steps).filter((s): s is StepTimes => s !== null);
+  if (withSteps.length === 0) return [];
+  return STEP_DELTAS.map(([from, to, what]) => {
+    const vals = withSteps
+      .map((s) => (from === to ? s[to] : s[to] !== null && s[from] !== null ? s[to]! - s[from]! : null))
+      .filter((v): v is number => v !== null);
+    return { what, p50: r2(pct(vals, 50)), p99: r2(pct(vals, 99)), max: r2(vals.length ? Math.max(...vals) : null) };
+  });
+}
+
+function stepStats(samples: Sample[]): Array<{ step: string; what: string; p50: number | null; p99: number | null; max: number | null; n: number }> {
+  const withSteps = samples.map((s) => s.steps).filter((s): s is StepTimes => s !== null);
+  if (withSteps.length === 0) return [];
+  return STEP_NAMES.map(([k, what]) => {
+    const vals = withSteps.map((s) => s[k]).filter((v): v is number => v !== null);
+    return { step: k, what, p50: r2(pct(vals, 50)), p99: r2(pct(vals, 99)), max: r2(vals.length ? Math.max(...vals) : null), n: vals.length };
+  });
 }
 
 /** Puts access back whatever a failed drill left behind. */
@@ -172,6 +243,7 @@ async function runMode(mode: Mode, base: string, count: number): Promise<Cell[]>
             servedAgainAfterRestore: t.firstReadServedAgain != null && t.restoreCallIssued !== undefined ? t.firstReadServedAgain - t.restoreCallIssued : null,
             acksTimedOut: (rep.revocationAcks as { timedOut?: boolean } | undefined)?.timedOut === true,
             noSubscriber: (rep.revocationAcks as { expected?: number } | undefined)?.expected === 0,
+            steps: stepsOf(rep.revocationAcks, rep.kmsCallIssuedAt, t.wipe, t.kmsCallReturned),
           });
           if (!rep.restored) await heal(admin, keyId, kms.agent.accessKeyId);
           process.stderr.write(`\r${mode} ${action} ${i + 1}/${count}   `);
@@ -212,6 +284,24 @@ async function main(): Promise<void> {
   const line = (r: (typeof rows)[number] | ((typeof perMode)[number] & { action: string })): string =>
     `| ${r.mode} | ${r.action} | ${r.drills} | ${f(r.firstRefusedMs.p50)} / ${f(r.firstRefusedMs.p99)} / ${f(r.firstRefusedMs.max)} | ${f(r.wipeMs.p50)} / ${f(r.wipeMs.p99)} / ${f(r.wipeMs.max)} | ${f(r.callReturnedMs.p50)} / ${f(r.callReturnedMs.p99)} | ${r.readsServedAfterCallReturned.total} (${r.readsServedAfterCallReturned.drillsWithAny}) | ${r.readsServedAfterWipe.total}${r.readsServedAfterWipe.unknown ? ` (+${r.readsServedAfterWipe.unknown} unknown)` : ''} | ${f(r.servedAgainAfterRestoreMs.p50)} | ${r.failures} |`;
   const table = [header, sep, ...rows.map(line), ...perMode.map((m) => line({ ...m, action: '**all**' }))].join('\n');
+  // Breakdown of the synchronous revocations (emulator RevocationAcks.Timeline + the agent's wipe
+  // time), all on one host clock, ms from the KMS call issued.
+  const syncSteps = perMode.find((m) => m.mode === 'sync')?.steps ?? [];
+  const stepsTable = syncSteps.length
+    ? [
+        `Where the time goes in the sync mode (all actions, ${syncSteps[0]!.n} drills; ms from the KMS call issued, one host clock):`,
+        '',
+        '| step | p50 | p99 | max |',
+        '|---|---:|---:|---:|',
+        ...syncSteps.map((st) => `| ${st.what} | ${f(st.p50)} | ${f(st.p99)} | ${f(st.max)} |`),
+        '',
+        'The same drills as durations of each step (per drill, then p50 / p99 / max):',
+        '',
+        '| step | p50 | p99 | max |',
+        '|---|---:|---:|---:|',
+        ...(perMode.find((m) => m.mode === 'sync')?.stepDurations ?? []).map((st) => `| ${st.what} | ${f(st.p50)} | ${f(st.p99)} | ${f(st.max)} |`),
+      ].join('\n')
+    : '';
 
   const sync = perMode.find((m) => m.mode === 'sync');
   const events = perMode.find((m) => m.mode === 'events');
@@ -243,7 +333,7 @@ async function main(): Promise<void> {
     '',
     `Three processes: the bench (an NBD client keeping ${inFlight} 4 KiB requests in flight, one write per 8, reads verified against a`,
     'pattern; and the operator\'s KMS calls through the official SDK), the KMS emulator, and the agent (KeyGuard + volume +',
-    `NBD server). State folders on ${flags.tmpfs ? 'tmpfs (/dev/shm)' : `the disk (${base})`}: the emulator fsyncs its state before it publishes an event.`,
+    `NBD server). State folders on ${flags.tmpfs ? 'tmpfs (/dev/shm)' : `the disk (${base})`}: the emulator publishes a revoking event as soon as its in-memory state changed and answers once the state is durable (write + fsync) and, in the sync mode, acknowledged.`,
     'Each drill: serve, revoke (DisableKey / RevokeGrant of the agent\'s grant / ScheduleKeyDeletion / DisableAccessKey), observe,',
     'restore (EnableKey / CreateGrant / CancelKeyDeletion + EnableKey / EnableAccessKey), observe serving again. Times in ms from the',
     'moment the KMS call was issued; the wipe time is the agent\'s (same host clock). "data sent after wipe" is the agent\'s own count',
@@ -253,17 +343,18 @@ async function main(): Promise<void> {
     '',
     table,
     '',
+    ...(stepsTable ? [stepsTable, ''] : []),
     'Targets:',
     '',
     ...targetText.map((t) => `- ${t}`),
     '',
     'Notes:',
     '',
-    '- The "wipe" figure is dominated by the path before the agent: the SDK call, the emulator\'s commit (state file write +',
-    '  fsync) and the event delivery; the agent wipes within about 0.1 ms of the event\'s arrival (its revoke-to-wipe metric).',
-    '  The tails (p99, max) are CPU scheduling on a shared 2-core machine running the three processes of the drill next to',
-    '  other work (see the load average above); on a tmpfs state folder with no client load the event reached the agent',
-    '  about 3 ms after the call was issued.',
+    '- Breakdown (table above): the SDK call reaches the emulator in ~1-2 ms, the revoking event is on the agent\'s socket',
+    '  ~0.3 ms later (before the state file is written; the fsync of state.json is no longer on the wipe path), and the agent',
+    '  wipes ~0.1 ms after it reads the event. The tails (p99, max) are in "event written -> agent wiped": the agent process',
+    '  (NBD server + key guard, serving the 32 reads in flight) not getting a core on a shared 2-core machine running the three',
+    '  processes of the drill next to other work (see the load average above). The KMS call itself returns after the fsync.',
     '- DisableAccessKey: the emulator accepts the ack signed with the AccessKey just disabled, then ends that principal\'s',
     '  event streams; the agent reconnects once the key is enabled again, and the bench waits for that before the next drill.',
     '- "reads after call returned" is counted where the client sees it. In the sync mode the agent wiped before the KMS',
@@ -277,7 +368,7 @@ async function main(): Promise<void> {
     '',
   ].join('\n');
 
-  process.stdout.write(`\nkmsdisk revocation benchmark (${seconds.toFixed(0)} s, load ${load0.toFixed(1)} -> ${load1.toFixed(1)})\n\n${table}\n\n${targetText.join('\n')}\n`);
+  process.stdout.write(`\nkmsdisk revocation benchmark (${seconds.toFixed(0)} s, load ${load0.toFixed(1)} -> ${load1.toFixed(1)})\n\n${table}\n\n${stepsTable ? stepsTable + '\n\n' : ''}${targetText.join('\n')}\n`);
   if (failures.length) process.stdout.write(`\nfailed drills:\n${failures.slice(0, 10).join('\n')}\n`);
 
   if (!flags['no-write']) {

@@ -143,7 +143,7 @@ export class KeyGuard extends EventEmitter {
   private readonly leases = new Map<string, Lease>();
   private readonly byVolume = new Map<GuardedVolume, OpenEntry>();
   private unsubscribe: (() => void | Promise<void>) | null = null;
-  private subscription: { readonly connected: boolean } | null = null;
+  private subscription: { readonly connected: boolean; reconnectNow(): void } | null = null;
   private stopped = false;
 
   constructor(opts: KeyGuardOptions) {
@@ -468,6 +468,9 @@ export class KeyGuard extends EventEmitter {
     }
     this.metrics?.leaseRenewals.inc({ key_id: lease.keyId, outcome: 'ok' });
     lease.failingSince = null;
+    // The KMS takes our credentials again (e.g. after EnableAccessKey): bring the event stream
+    // back now rather than after its backoff, so the next revocation reaches us by event.
+    this.subscription?.reconnectNow();
     if (lease.generation !== generation) return 0; // a deny arrived meanwhile: renew again at once
     if (lease.state === 'revoked-pending-detach') this.setActive(lease);
     else if (lease.state === 'revoked') {

@@ -97,7 +97,13 @@ function metadataFrom(md: Record<string, unknown> | undefined): KeyMetadata {
 function acksFrom(raw: RawResponse): RevocationAcks | undefined {
   const a = raw.RevocationAcks as Record<string, unknown> | undefined;
   if (!a || typeof a !== 'object') return undefined;
-  return { acked: Number(a.Acked ?? 0), expected: Number(a.Expected ?? 0), waitedMs: Number(a.WaitedMs ?? 0), timedOut: a.TimedOut === true };
+  const out: RevocationAcks = { acked: Number(a.Acked ?? 0), expected: Number(a.Expected ?? 0), waitedMs: Number(a.WaitedMs ?? 0), timedOut: a.TimedOut === true };
+  const t = a.Timeline as Record<string, unknown> | undefined;
+  if (t && typeof t === 'object') {
+    const n = (v: unknown): number | null => (typeof v === 'number' ? v : null);
+    out.timeline = { receivedAt: n(t.ReceivedAt) ?? 0, stateChangedMs: n(t.StateChangedMs) ?? 0, eventWrittenMs: n(t.EventWrittenMs), ackedMs: n(t.AckedMs), persistedMs: n(t.PersistedMs), answeredMs: n(t.AnsweredMs) ?? 0 };
+  }
+  return out;
 }
 
 function mutation(raw: RawResponse): MutationResult {

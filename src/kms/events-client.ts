@@ -1,7 +1,8 @@
 // Client of the emulator's GET /events stream (see src/kms/emulator/events.ts for the protocol).
 //
 // For each event: await onEvent(ev) (for revocation: resolves once the key slots are wiped),
-// then acknowledge it with a signed AckEvent, so an emulator running synchronous revocation
+// then acknowledge it with a signed AckEvent (sent without holding up the next event), so an
+// emulator running synchronous revocation
 // answers DisableKey / RevokeGrant only after the wipe. Events are handled one at a time in
 // order. The stream reconnects with exponential backoff (jittered) and resumes with Since=<last
 // seq> so events committed while disconnected are replayed. A silent stream (no heartbeat for
@@ -36,6 +37,12 @@ export interface KmsEventsOptions {
   logger?: Logger;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /**
+   * Backoff cap while the KMS refuses the stream's AccessKey (Forbidden.AccessKey; default
+   * 1000): access usually comes back by an operator's EnableAccessKey, and until the stream is
+   * back synchronous revocation has no subscriber to wait for.
+   */
+  authRetryMaxMs?: number;
   /** Reconnect when nothing (not even a heartbeat) arrived for this long (default 15000). */
   idleTimeoutMs?: number;
   /** Resume after this seq on the first connection (default: only new events). */
@@ -47,6 +54,11 @@ export interface KmsEventsSubscription {
   readonly connected: boolean;
   /** Highest seq handled and acknowledged. */
   readonly lastSeq: number | undefined;
+  /**
+   * Skip the pending backoff and reconnect now (no-op while connected or connecting). For a
+   * caller that just learned the KMS accepts its credentials again (a lease renewal succeeded).
+   */
+  reconnectNow(): void;
 }
 
 interface SseFrame {
@@ -64,6 +76,7 @@ export function subscribeKmsEvents(
   const minBackoff = opts.minBackoffMs ?? 100;
   const maxBackoff = opts.maxBackoffMs ?? 5000;
   const idleTimeout = opts.idleTimeoutMs ?? 15000;
+  const authRetryMax = opts.authRetryMaxMs ?? 1000;
   const base = `${config.protocol ?? 'http'}://${config.endpoint}`;
 
   let closed = false;
@@ -135,7 +148,10 @@ export function subscribeKmsEvents(
         return;
       }
       lastSeq = ev.seq;
-      if (!closed) await ack(ev.seq, thisSub);
+      // Not awaited: the next event (possibly a revocation) must not wait behind this ack's
+      // round trip. Acks are cumulative (acking N covers everything up to N), so their order of
+      // arrival does not matter.
+      if (!closed) void ack(ev.seq, thisSub);
     });
   };
 
@@ -151,9 +167,13 @@ export function subscribeKmsEvents(
     if (was || reason !== lastReason) opts.onDisconnected?.(err);
     lastReason = reason;
     failures += 1;
-    const cap = Math.min(maxBackoff, minBackoff * 2 ** Math.min(failures - 1, 16));
+    const capMax = err.ecsCode === 'Forbidden.AccessKey' ? Math.min(maxBackoff, authRetryMax) : maxBackoff;
+    const cap = Math.min(capMax, minBackoff * 2 ** Math.min(failures - 1, 16));
     const delay = cap / 2 + (Math.random() * cap) / 2;
-    retryTimer = setTimeout(connect, delay);
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      connect();
+    }, delay);
   };
 
   const transportError = (code: string): KmsdiskError => toKmsdiskError(Object.assign(new Error(`event stream ${code}`), { code }), 'SubscribeEvents');
@@ -244,6 +264,13 @@ export function subscribeKmsEvents(
     },
     get lastSeq() {
       return lastSeq;
+    },
+    reconnectNow() {
+      // Only while waiting out a backoff: a connection attempt in progress finishes on its own.
+      if (closed || connected || retryTimer === undefined) return;
+      clearTimeout(retryTimer);
+      retryTimer = undefined;
+      connect();
     },
   };
 }

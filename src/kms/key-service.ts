@@ -115,6 +115,19 @@ export interface RevocationAcks {
   expected: number;
   waitedMs: number;
   timedOut: boolean;
+  /**
+   * Debug breakdown from the emulator: ms from the request reaching its handler to each step
+   * (null = the step did not happen).
+   */
+  timeline?: {
+    /** Epoch ms (sub-ms) when the emulator's handler got the request. */
+    receivedAt: number;
+    stateChangedMs: number;
+    eventWrittenMs: number | null;
+    ackedMs: number | null;
+    persistedMs: number | null;
+    answeredMs: number;
+  };
 }
 
 export interface MutationResult {

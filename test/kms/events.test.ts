@@ -51,29 +51,41 @@ describe('event stream with synchronous revocation', () => {
     removeDir(dir);
   });
 
-  it('delivers a DisableKey after it is persisted; DisableKey returns only after the agent acked its wipe', async () => {
+  it('delivers a DisableKey at once; DisableKey returns only after the agent acked its wipe and the change is durable', async () => {
     const admin = keyService(emu, emu.credentials.admin);
     const k = (await admin.createKey()).keyId;
     await admin.createGrant({ keyId: k, granteePrincipal: 'agent', operations: ['ExportDataKey'] });
     const seen: KmsEvent[] = [];
     let wiped = false;
-    let persistedState = '';
+    let enabledStateWhenAnnounced = '';
+    const persisted = (): string => {
+      const state = decodeStateFile('state.json', readFileSync(join(dir, 'state.json'))) as { keys: Array<{ keyId: string; state: string }> };
+      return state.keys.find((x) => x.keyId === k)!.state;
+    };
     const { connections } = subscribe(emu, 'agent', async (ev) => {
       seen.push(ev);
       if (ev.type === 'KeyStateChanged' && ev.state === 'Disabled') {
-        // The event is sent only after the change is durable.
-        const state = decodeStateFile('state.json', readFileSync(join(dir, 'state.json'))) as { keys: Array<{ keyId: string; state: string }> };
-        persistedState = state.keys.find((x) => x.keyId === k)!.state;
+        // A revoking event goes out as soon as the state changed in memory (it may precede the
+        // fsync: announcing a revocation early only errs toward safety).
         await new Promise((r) => setTimeout(r, 30)); // the "wipe"
         wiped = true;
       }
+      // A change that gives access back is announced only once it is durable.
+      if (ev.type === 'KeyStateChanged' && ev.state === 'Enabled') enabledStateWhenAnnounced = persisted();
     });
     await waitFor(() => connections() === 1, 'subscription');
     const res = await admin.disableKey(k);
     expect(wiped).toBe(true);
-    expect(persistedState).toBe('Disabled');
+    expect(persisted()).toBe('Disabled');
     expect(res.revocationAcks).toMatchObject({ acked: 1, expected: 1, timedOut: false });
     expect(res.revocationAcks!.waitedMs).toBeGreaterThan(0);
+    // The debug breakdown: the event was written, acked and persisted before the answer.
+    const t = res.revocationAcks!.timeline!;
+    expect(t.receivedAt).toBeGreaterThan(0);
+    expect(t.eventWrittenMs).not.toBeNull();
+    expect(t.ackedMs!).toBeGreaterThanOrEqual(t.eventWrittenMs!);
+    expect(t.persistedMs).not.toBeNull();
+    expect(t.answeredMs).toBeGreaterThanOrEqual(Math.max(t.ackedMs!, t.persistedMs!));
     const ev = seen.find((e) => e.type === 'KeyStateChanged')!;
     expect(ev).toMatchObject({ type: 'KeyStateChanged', keyId: k, state: 'Disabled' });
     expect(typeof ev.seq).toBe('number');
@@ -82,6 +94,7 @@ describe('event stream with synchronous revocation', () => {
     const en = await admin.enableKey(k);
     expect(en.revocationAcks).toBeUndefined();
     await waitFor(() => seen.some((e) => e.type === 'KeyStateChanged' && e.state === 'Enabled'), 'EnableKey event');
+    expect(enabledStateWhenAnnounced).toBe('Enabled');
   });
 
   it('times out when a subscriber does not ack, and reports it', async () => {

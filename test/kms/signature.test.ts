@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requestParams } from '../../src/kms/emulator/auth.js';
 import type { KmsEmulator } from '../../src/kms/emulator/index.js';
-import { buildSignedQuery, signV1, percentEncode } from '../../src/kms/signature.js';
+import { buildSignedQuery, signV1, signV1Pieces, percentEncode } from '../../src/kms/signature.js';
 import { KMS, codeOf, raw, removeDir, sdkClient, startEmulator, statusOf, tempDir } from './helpers.js';
 
 interface Vector {
@@ -29,6 +29,28 @@ describe('signature v1 verifier on the captured SDK requests', () => {
       const secret = vectors.secrets[params.get('AccessKeyId')!]!;
       expect(signV1(v.method, params, secret)).toBe(v.query.Signature);
       expect(signV1(v.method, params, secret + 'x')).not.toBe(v.query.Signature);
+    }
+  });
+
+  it('signs the pre-encoded wire pieces exactly like the decoded parameters', () => {
+    for (const v of vectors.requests) {
+      const params = requestParams(v.rawUrl, undefined);
+      const secret = vectors.secrets[params.get('AccessKeyId')!]!;
+      expect(signV1Pieces(v.method, params.signedPieces, secret)).toBe(v.query.Signature);
+    }
+    // Wire forms that are not canonical (lowercase hex, '+', bare sub-delims, escaped unreserved,
+    // malformed or non-UTF-8 escapes, duplicates) must still give the decoded parameters' string.
+    const odd = [
+      'a=%7b%22k%22%3a1%7d',
+      'a=x+y&b=%41%62c',
+      "a=!'()*&b=%21%27%28%29%2A",
+      'a=%ZZ&b=%FF&c=%E4%BD%A0%E5%A5%BD',
+      'a=1&a=2&%41b=3&c',
+      'a=%ED%A0%80&b=~-_.',
+    ];
+    for (const q of odd) {
+      const params = requestParams('/?' + q, 'z=%2b+1');
+      expect(signV1Pieces('POST', params.signedPieces, 's')).toBe(signV1('POST', params, 's'));
     }
   });
 

@@ -21,6 +21,22 @@ export interface RevocationAcks {
   Expected: number;
   WaitedMs: number;
   TimedOut: boolean;
+  /** Where the time went, ms since the request reached the handler (debug figures). */
+  Timeline?: RevocationTimeline;
+}
+
+/** ms from the request's arrival in the RPC handler; null = that step did not happen. */
+export interface RevocationTimeline {
+  /** Epoch ms (sub-ms; performance.timeOrigin + now) when the request reached the handler. */
+  ReceivedAt: number;
+  StateChangedMs: number;
+  /** The (first) revoking event written to the subscribers' sockets. */
+  EventWrittenMs: number | null;
+  /** Every expected ack received (or the wait ended). */
+  AckedMs: number | null;
+  /** state.json durable. */
+  PersistedMs: number | null;
+  AnsweredMs: number;
 }
 
 interface Stream {
@@ -63,6 +79,9 @@ export class EventHub {
 
   subscribe(principal: Principal, res: ServerResponse, lastSeq: number, since: number | undefined): string {
     const s: Stream = { id: randomUUID(), principal, res, ackedSeq: since ?? lastSeq, closed: false };
+    // Frames must leave at once: no Nagle delay behind a previous small write (each frame is
+    // one write; there is no compression on this stream).
+    res.socket?.setNoDelay(true);
     res.writeHead(200, {
       'content-type': 'text/event-stream',
       'cache-control': 'no-cache',

@@ -18,7 +18,7 @@ import { sweepExpired } from './sweep.js';
 
 export type { KmsCredentialsFile } from './principals.js';
 export type { KmsEvent, KmsEventType } from './model.js';
-export type { RevocationAcks } from './events.js';
+export type { RevocationAcks, RevocationTimeline } from './events.js';
 
 export interface KmsEmulatorOptions {
   stateDir: string;

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { E, KmsApiError } from './api-error.js';
 import { RequestAuthenticator, requestParams } from './auth.js';
-import { EventHub, type RevocationAcks } from './events.js';
+import { EventHub, type RevocationAcks, type RevocationTimeline } from './events.js';
 import type { KeyStore } from './keystore.js';
 import { isRevokingEvent, type KmsEvent } from './model.js';
 import type { Principal, PrincipalDirectory } from './principals.js';
@@ -53,6 +53,28 @@ export interface EmulatorServer {
   commit(result: ActionResult): Promise<void>;
 }
 
+/** performance.now() marks of one committing request (for RevocationAcks.Timeline). */
+interface CommitTimeline {
+  received: number;
+  stateChanged: number;
+  eventWritten?: number;
+  acked?: number;
+  persisted?: number;
+}
+
+const msSince = (from: number, at: number | undefined): number | null => (at === undefined ? null : Math.round((at - from) * 1000) / 1000);
+
+function timelineOf(t: CommitTimeline, answering: number): RevocationTimeline {
+  return {
+    ReceivedAt: Math.round((performance.timeOrigin + t.received) * 1000) / 1000,
+    StateChangedMs: msSince(t.received, t.stateChanged)!,
+    EventWrittenMs: msSince(t.received, t.eventWritten),
+    AckedMs: msSince(t.received, t.acked),
+    PersistedMs: msSince(t.received, t.persisted),
+    AnsweredMs: msSince(t.received, answering)!,
+  };
+}
+
 function requestId(): string {
   return randomUUID().toUpperCase();
 }
@@ -81,23 +103,55 @@ export function createServer(deps: ServerDeps): EmulatorServer {
     ...(deps.nonceCapacity ? { nonceCapacity: deps.nonceCapacity } : {}),
   });
 
-  /** Persist, publish, wait for revocation acks; returns the acks of the last revoking event. */
-  async function commit(result: ActionResult, action = 'sweep'): Promise<RevocationAcks | undefined> {
+  /**
+   * Publish, persist, wait for revocation acks; returns the acks of the last revoking event.
+   *
+   * Order (README "Event stream"): a *revoking* event is published as soon as the in-memory
+   * state changed -- new requests are already refused at that moment, and announcing a
+   * revocation before it is durable can only err toward safety (if the emulator died before
+   * persisting, agents simply unwrap again) -- so the subscribers' wipe does not wait for the
+   * fsync. The state is then persisted while their acks come in, and the API answers once both
+   * are done. Non-revoking events (EnableKey, CreateGrant, ...) grant access back, so they are
+   * published only after the change is durable.
+   */
+  async function commit(result: ActionResult, action = 'sweep', t?: CommitTimeline): Promise<RevocationAcks | undefined> {
+    const events = result.events ?? [];
+    const early = events.filter(isRevokingEvent);
+    const waits: Array<{ ev: KmsEvent; wait: Promise<RevocationAcks> }> = [];
+    for (const ev of early) {
+      const delivered = hub.publish(ev);
+      if (t) t.eventWritten ??= performance.now();
+      logger.debug({ event: ev, subscribers: delivered.length }, 'kms: revoking event published');
+      if (deps.syncRevocation) waits.push({ ev, wait: hub.waitForAcks(ev.seq, delivered, deps.syncRevocationTimeoutMs) });
+    }
+    const acked = waits.length > 0
+      ? Promise.all(waits.map((w) => w.wait)).then((all) => {
+          if (t) t.acked = performance.now();
+          return all;
+        })
+      : Promise.resolve([]);
     if (result.mutated) {
       try {
         await writer.persist();
+        if (t) t.persisted = performance.now();
       } catch (err) {
         logger.error({ err, action }, 'kms: persisting state failed');
+        // Wait for the acks anyway: agents that wiped already stay wiped, which is the safe side.
+        await acked;
         throw E.internal();
       }
     }
+    const allAcks = await acked;
     let acks: RevocationAcks | undefined;
-    for (const ev of result.events ?? []) {
-      const delivered = hub.publish(ev);
-      logger.info({ event: ev, subscribers: delivered.length }, 'kms: event committed');
-      if (isRevokingEvent(ev) && deps.syncRevocation) {
-        acks = await hub.waitForAcks(ev.seq, delivered, deps.syncRevocationTimeoutMs);
-        logger.info({ action, seq: ev.seq, keyId: ev.keyId, grantId: ev.grantId, revocationAcks: acks }, 'kms: synchronous revocation');
+    allAcks.forEach((a, n) => {
+      const ev = waits[n]!.ev;
+      logger.info({ action, seq: ev.seq, keyId: ev.keyId, grantId: ev.grantId, revocationAcks: a }, 'kms: synchronous revocation');
+      acks = a;
+    });
+    for (const ev of events) {
+      if (!isRevokingEvent(ev)) {
+        const delivered = hub.publish(ev);
+        logger.debug({ event: ev, subscribers: delivered.length }, 'kms: event published');
       }
       if (ev.type === 'AccessKeyChanged' && ev.state === 'Inactive' && ev.principal) {
         const p = deps.principals.resolve(ev.principal);
@@ -116,6 +170,7 @@ export function createServer(deps: ServerDeps): EmulatorServer {
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => done(null, body));
 
   const rpc = async (method: string, rawUrl: string, body: unknown, reply: FastifyReply): Promise<FastifyReply> => {
+    const received = performance.now();
     const rid = requestId();
     let action = '';
     try {
@@ -126,11 +181,19 @@ export function createServer(deps: ServerDeps): EmulatorServer {
       const handler = Object.prototype.hasOwnProperty.call(ACTIONS, action) ? ACTIONS[action] : undefined;
       if (!handler) throw E.unknownAction(action);
       const ctx: ActionContext = { params, principal, store, principals: deps.principals, root: deps.root, events: hub, now: deps.now() };
-      const result = await handler(ctx);
-      const acks = await commit(result, action);
+      // The data-plane handlers are synchronous and change nothing: skip the awaits for them.
+      const pending = handler(ctx);
+      const result = pending instanceof Promise ? await pending : pending;
+      let acks: RevocationAcks | undefined;
+      if (result.mutated || result.events?.length) {
+        const t: CommitTimeline = { received, stateChanged: performance.now() };
+        acks = await commit(result, action, t);
+        if (acks) acks = { ...acks, Timeline: timelineOf(t, performance.now()) };
+      }
       const out: Record<string, unknown> = { RequestId: rid, ...result.body };
       if (acks) out.RevocationAcks = acks;
-      return reply.code(200).header('content-type', 'application/json; charset=utf-8').send(out);
+      // A prebuilt string: Fastify sends it as is (no serializer lookup for an object payload).
+      return reply.code(200).header('content-type', 'application/json; charset=utf-8').send(JSON.stringify(out));
     } catch (err) {
       if (err instanceof KmsApiError) return sendError(reply, err, rid);
       logger.error({ err, action }, 'kms: request failed');

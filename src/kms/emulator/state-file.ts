@@ -9,7 +9,7 @@
 // the moment it starts, so every waiter is resolved by a write containing its change.
 
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
@@ -82,11 +82,14 @@ export async function writeFileAtomic(file: string, data: Buffer): Promise<void>
     await fh.close();
   }
   await rename(tmp, file);
-  const dfd = openSync(dirname(file), 'r');
+  // The directory fsync makes the rename durable. Asynchronous (thread pool) like the file's: a
+  // synchronous fsync here stalled the event loop for the disk's flush time (tens of ms on a
+  // busy disk), delaying the acks and answers the emulator was waiting to process.
+  const dh = await open(dirname(file), 'r');
   try {
-    fsyncSync(dfd);
+    await dh.sync();
   } finally {
-    closeSync(dfd);
+    await dh.close();
   }
 }
 
