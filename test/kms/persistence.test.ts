@@ -141,7 +141,7 @@ describe('persistence', () => {
   it('refuses a second emulator on the same folder, and takes over a dead owner\'s lock', async () => {
     const dir = newDir();
     const emu = await startEmulator(dir);
-    await expect(startEmulator(dir)).rejects.toThrow(/already served|in use/);
+    await expect(startEmulator(dir)).rejects.toMatchObject({ code: 'KMSDISK_ERR_CONFLICT', message: expect.stringMatching(/already holds|in use/) });
     await emu.close();
     writeFileSync(join(dir, 'emulator.lock'), '999999999');
     const again = await startEmulator(dir);

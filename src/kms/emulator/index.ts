@@ -8,7 +8,8 @@
 
 import { mkdirSync, existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
-import { lockStateDir } from './dir-lock.js';
+import { join as joinPath } from 'node:path';
+import { acquirePidLock } from '../../util/pid-lock.js';
 import { KeyStore } from './keystore.js';
 import { loadOrCreateCredentials, loadPrincipals, PrincipalDirectory, type KmsCredentialsFile } from './principals.js';
 import { RootKey } from './root-key.js';
@@ -51,7 +52,7 @@ export async function startKmsEmulator(opts: KmsEmulatorOptions): Promise<KmsEmu
   const now = opts.now ?? Date.now;
   const dir = opts.stateDir;
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const unlock = lockStateDir(dir);
+  const unlock = acquirePidLock(joinPath(dir, 'emulator.lock'), 'kmsdisk KMS emulator');
   try {
     return await startLocked(opts, logger, now, dir, unlock);
   } catch (err) {
