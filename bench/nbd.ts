@@ -178,6 +178,31 @@ async function measureAll(dir: string, source: string): Promise<Record<ServerNam
   return figures;
 }
 
+/**
+ * Full runs of this benchmark made before the latest one (kept with the table: the machine is
+ * shared and noisy, so one run's ratios say little on their own).
+ */
+const EARLIER_RUNS = [
+  'Earlier full runs of `npm run bench:nbd` (same machine, ratios vs the peers measured in the same run), after the',
+  'small-request and payload-buffer changes above. The random-write ratio swings with the',
+  'load of the other work on the machine: in a profile of both servers under the same 4 KiB random-write job, ext4\'s',
+  '`ext4_block_write_begin` is 38% (ours) and 42% (nbdkit) of the server\'s samples, and the two did 20.3k / 19.4k IOPS.',
+  '',
+  '| run (UTC) | 1-min load | seq write / nbdkit | seq read / nbdkit | rand write / nbdkit | rand read / nbdkit | seq write / LUKS | seq read / LUKS | peak RSS |',
+  '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  '| 23:00 | 2.9 | 0.33x (860 MiB/s) | 0.44x (993 MiB/s) | 1.07x (37.9k) | 1.08x (30.1k) | 3.54x | 3.91x | 184.8 MiB |',
+  '| 23:10 | 5.7 | 0.29x (839 MiB/s) | 0.40x (671 MiB/s) | 0.86x (22.5k) | 1.30x (27.8k) | 4.01x | 2.64x | 178.3 MiB |',
+  '| 23:17 | 6.3 | 0.55x (761 MiB/s) | 0.49x (926 MiB/s) | 0.57x (19.6k) | 1.19x (34.3k) | 3.73x | 4.11x | 177.9 MiB |',
+  '| before (plain file device, 22:38) | 8.4 | 0.38x | 0.98x | 0.89x | 0.57x | 3.48x | 8.04x | 189.0 MiB |',
+  '',
+  'Where the 1 MiB sequential target (0.8x an unencrypted server) is lost: in the profile of a 1 MiB write the server',
+  'spent 22% of its samples encrypting, 20% in the socket receive copy and 20% copying into the page cache; nbdkit',
+  'does the two copies only, and both share 2 cores with fio. A 1 MiB read is likewise pread copy + decrypt + send',
+  'copy (server CPU per GiB read, by hand: about 0.7 s ours, 0.36 s nbdkit; of ours, decryption is about 0.13 s, the',
+  'pread copy 0.15 s and the socket send copy 0.13 s).',
+  '',
+];
+
 /** What the server does per request and why (from profiles of this benchmark; kept with the table). */
 const NOTES = [
   'How the server gets there (each step measured with `perf record` / `--trace-gc` on the server child under this',
@@ -195,9 +220,18 @@ const NOTES = [
   '  buffer pool, and on plain TCP / Unix sockets the kernel reads straight into the payload buffer (Node\'s user',
   '  buffer `onread` mode, src/nbd/direct-read.ts; TLS keeps \'data\' events). What is left is the work itself: the',
   '  receive copy, the encryption and the copy into the page cache, against nbdkit\'s two copies.',
+  '- Tried and not kept (23:30-23:55, fio 1 MiB QD 8 run by hand, old and new build interleaved back to back,',
+  '  server CPU per GiB from /proc/<pid>/stat): encrypting + pwriting a 1 MiB job in 128 KiB slices so the copy into',
+  '  the page cache reads each slice from L2 (512 KiB per core) instead of L3/DRAM. In a write profile that copy',
+  '  (`copy_folio_from_iter_atomic`) cost about 0.38 s per GiB in our server against 0.13 s in nbdkit\'s. Under the',
+  '  other work\'s load (1-min load 5-9) slicing lowered CPU per GiB written in 8 of 10 pairs (median 1.54 -> 1.19',
+  '  s/GiB), but on the quiet machine (load 1-3) it made no difference (6 pairs: about 1.0-1.1 s/GiB either way),',
+  '  and a full run with it did not move the ratio; the same slicing of `preadDecrypt` made no difference to reads.',
+  '  For reference, `nbdkit file` measured the same way: 0.43 s/GiB written, 0.36 s/GiB read.',
   '- FLUSH/FUA are the only fdatasync calls; reads never call SEEK_DATA; the range lock is taken without a promise',
   '  when nothing overlaps.',
   '',
+  ...EARLIER_RUNS,
 ];
 
 function metric(w: NbdBenchWorkload, f: { mibPerSec: number; iops: number }): number {
