@@ -1,7 +1,7 @@
 // Bearer-token auth for the admin API. Every route needs `Authorization: Bearer <token>` except
 // /healthz and /metrics (unless protectMetrics) and the docs page (the OpenAPI description holds
-// no secrets, and a browser cannot add the header). The comparison is constant-time over
-// SHA-256 digests, so neither the token's bytes nor its length leak through timing.
+// no secrets, and a browser cannot add the header). The comparison is constant-time; only the
+// length could leak, and every token is 64 hex characters (token.ts), so it says nothing.
 
 import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
