@@ -150,12 +150,11 @@ async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
     const nbd = formatHostPort(config.nbd);
     const apiUrl = `http://${formatHostPort(config.api)}`;
     // Flags only where the demo runs off its defaults, so the printed commands work as shown.
-    const cliFlags = [
+    const flags = [
       process.env.KMSDISK_STATE || opts.state ? `--state ${paths.root}` : '',
       process.env.KMSDISK_API || opts.api ? `--api ${formatHostPort(config.api)}` : '',
-    ]
-      .filter(Boolean)
-      .join(' ');
+    ].filter(Boolean);
+    const cliFlags = flags.length > 0 ? ` ${flags.join(' ')}` : '';
     process.stdout.write(
       [
         '',
@@ -168,13 +167,13 @@ async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
         '',
         `  admin API  ${apiUrl}  (token: ${paths.apiToken}; docs at ${apiUrl}/docs)`,
         `  metrics    ${apiUrl}/metrics`,
-        `  CLI        node bin/kmsdisk.js disk list ${cliFlags}`,
+        `  CLI        node bin/kmsdisk.js disk list${cliFlags}`,
         '  drill      (drills need a customer CMK: the service key alias/acs/ecs cannot be disabled)',
-        `             node bin/kmsdisk.js key create --alias alias/drill ${cliFlags}`,
-        `             node bin/kmsdisk.js key authorize alias/drill ${cliFlags}`,
-        `             node bin/kmsdisk.js disk create drill --size 64M --kms-key-id alias/drill ${cliFlags}`,
-        `             node bin/kmsdisk.js attach drill ${cliFlags}`,
-        `             node bin/kmsdisk.js drill --disk drill --action disable-key --restore --svg drill.svg ${cliFlags}`,
+        `             node bin/kmsdisk.js key create --alias alias/drill${cliFlags}`,
+        `             node bin/kmsdisk.js key authorize alias/drill${cliFlags}`,
+        `             node bin/kmsdisk.js disk create drill --size 64M --kms-key-id alias/drill${cliFlags}`,
+        `             node bin/kmsdisk.js attach drill${cliFlags}`,
+        `             node bin/kmsdisk.js drill --disk drill --action disable-key --restore --svg drill.svg${cliFlags}`,
         '',
         'Ctrl-C stops the agent and the emulator.',
         '',
