@@ -7,6 +7,7 @@
 import { promises as fsp } from 'node:fs';
 import { KmsdiskError } from '../errors.js';
 import type { Volume } from '../volume/index.js';
+import { isAllZero } from '../util/zero.js';
 
 export const COPY_CHUNK_BYTES = 1024 * 1024;
 
@@ -16,17 +17,6 @@ export async function plainImageSize(path: string): Promise<number> {
   } catch (err) {
     throw new KmsdiskError('KMSDISK_ERR_IO', `cannot read image file ${path}: ${(err as Error).message}`, { cause: err });
   }
-}
-
-function isAllZero(buf: Buffer, n: number): boolean {
-  let i = 0;
-  if (buf.byteOffset % 8 === 0) {
-    const words = new BigUint64Array(buf.buffer, buf.byteOffset, Math.floor(n / 8));
-    for (const w of words) if (w !== 0n) return false;
-    i = words.length * 8;
-  }
-  for (; i < n; i++) if (buf[i] !== 0) return false;
-  return true;
 }
 
 export interface CopyIntoOptions {

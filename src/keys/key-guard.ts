@@ -19,7 +19,7 @@ import { KmsdiskError, errorCodeOf } from '../errors.js';
 import { KeySlot } from '../crypto/index.js';
 import type { KeyService } from '../kms/key-service.js';
 import { subscribeKmsEvents, type KmsEventsConfig, type KmsEventsOptions } from '../kms/events-client.js';
-import type { KmsEvent } from '../kms/emulator/model.js';
+import { isRevokingEvent, type KmsEvent } from '../kms/emulator/model.js';
 import type { Metrics } from '../metrics/registry.js';
 import type { Logger } from '../util/logger.js';
 import { classifyKmsFailure, type DenyCause } from './deny-causes.js';
@@ -352,7 +352,7 @@ export class KeyGuard extends EventEmitter {
     const at = nowMs();
     const targets = this.leasesFor(ev);
     if (targets.length === 0) return;
-    const revoking = isRevoking(ev);
+    const revoking = isRevokingEvent(ev);
     const aboutUs = this.namesUs(ev.principal);
     const needsPrincipal = ev.type === 'GrantRevoked' || ev.type === 'GrantRetired' || ev.type === 'GrantCreated' || ev.type === 'AccessKeyChanged';
 
@@ -624,21 +624,6 @@ export class KeyGuard extends EventEmitter {
     }
     for (const e of lease.entries) this.metrics?.diskKeyState.set({ disk: e.diskName, key_id: lease.keyId }, e.slot ? 1 : 0);
     this.setActive(lease);
-  }
-}
-
-function isRevoking(ev: KmsEvent): boolean {
-  switch (ev.type) {
-    case 'KeyStateChanged':
-      return ev.state === 'Disabled' || ev.state === 'PendingDeletion' || ev.state === 'PendingImport';
-    case 'KeyMaterialDeleted':
-    case 'GrantRevoked':
-    case 'GrantRetired':
-      return true;
-    case 'AccessKeyChanged':
-      return ev.state === 'Inactive' || ev.state === 'Disabled';
-    default:
-      return false;
   }
 }
 

@@ -29,6 +29,7 @@ import { errorCodeOf, KmsdiskError } from '../errors.js';
 import { fsyncDir, linkNoClobber } from './files.js';
 import { readVolumeHeader, writeVolumeHeader, type VolumeHeader, type VolumeLineage } from './header.js';
 import type { Volume } from './volume.js';
+import { isAllZero } from '../util/zero.js';
 
 const COPY_CHUNK_BYTES = 1024 * 1024;
 
@@ -169,18 +170,6 @@ async function copyFileData(src: string, dest: string, opts: VolumeCopyOptions):
     await fsp.unlink(dest).catch(() => undefined);
   }
   return { method: 'sparse-copy', bytesCopied: await sparseCopy(src, dest, opts) };
-}
-
-function isAllZero(buf: Buffer, n: number): boolean {
-  // Compare 8 bytes at a time through a BigInt64 view when aligned; fall back to bytes.
-  let i = 0;
-  if (buf.byteOffset % 8 === 0) {
-    const words = new BigUint64Array(buf.buffer, buf.byteOffset, Math.floor(n / 8));
-    for (const w of words) if (w !== 0n) return false;
-    i = words.length * 8;
-  }
-  for (; i < n; i++) if (buf[i] !== 0) return false;
-  return true;
 }
 
 async function sparseCopy(src: string, dest: string, opts: VolumeCopyOptions): Promise<number> {

@@ -95,7 +95,10 @@ export interface KmsEvent {
   at: string;
 }
 
-/** Events that take access away: with synchronous revocation the API waits for subscriber acks. */
+/**
+ * Events that take access away: with synchronous revocation the emulator waits for subscriber
+ * acks, and the agent's key guard wipes at once. One predicate for both sides of the stream.
+ */
 export function isRevokingEvent(ev: KmsEvent): boolean {
   switch (ev.type) {
     case 'KeyStateChanged':
@@ -105,7 +108,9 @@ export function isRevokingEvent(ev: KmsEvent): boolean {
     case 'GrantRetired':
       return true;
     case 'AccessKeyChanged':
-      return ev.state === 'Inactive';
+      // The emulator says Inactive; 'Disabled' is accepted too, so the agent's reading of a
+      // stream stays safe if a producer uses the console's wording.
+      return ev.state === 'Inactive' || ev.state === 'Disabled';
     default:
       return false;
   }
