@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { formatHostPort, kmsAddress, nbdAddress, apiAddress, statePaths, type HostPort, setting } from '../../config.js';
+import { formatHostPort, kmsAddress, statePaths, type HostPort } from '../../config.js';
 import { KmsdiskError } from '../../errors.js';
 import { createLogger } from '../../util/logger.js';
 import { projectRoot } from '../version-info.js';
@@ -184,5 +184,3 @@ async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
     await stopAll();
   }
 }
-
-export { setting, nbdAddress, apiAddress };
