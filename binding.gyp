@@ -2,7 +2,7 @@
   # Each SIMD kernel is its own static library so that only its translation unit is compiled
   # with the ISA flags it needs; the addon itself is plain x86-64 and picks a kernel by CPUID.
   "target_defaults": {
-    "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fexceptions", "-Wall", "-Wextra", "-fvisibility=hidden"],
+    "cflags_cc": ["-std=c++17", "-O3", "-pthread", "-fPIC", "-fexceptions", "-Wall", "-Wextra", "-fvisibility=hidden"],
     "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++1y", "-O2"],
     "cflags!": ["-O2"],
     "include_dirs": ["native"]
@@ -28,7 +28,10 @@
         "native/keyslot.cc",
         "native/dispatch.cc",
         "native/io.cc",
-        "native/xts_portable.cc"
+        "native/xts_portable.cc",
+        "native/range_lock.cc",
+        "native/nbd_lane.cc",
+        "native/lane_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"]

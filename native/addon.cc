@@ -17,6 +17,7 @@
 
 #include "io.h"
 #include "keyslot.h"
+#include "lane_binding.h"
 #include "napi.h"
 #include "xts.h"
 
@@ -286,21 +287,7 @@ class PreadDecryptWorker : public PromiseWorker {
       return;
     }
     std::memset(out_ + got_, 0, len_ - got_);  // past EOF reads as zeros (sparse volumes)
-    // An all-zero ciphertext sector is a hole (never written): it stays zero instead of
-    // becoming decrypt(0). Real ciphertext is all-zero with probability 2^-4096 per sector.
-    size_t n = len_ / sectorSize_;
-    size_t i = 0;
-    while (i < n) {
-      if (all_zero(out_ + i * sectorSize_, sectorSize_)) {
-        i++;
-        continue;
-      }
-      size_t j = i + 1;
-      while (j < n && !all_zero(out_ + j * sectorSize_, sectorSize_)) j++;
-      uint8_t* p = out_ + i * sectorSize_;
-      xts_units(kernel_, slot_->schedule(), p, p, sectorSize_, j - i, first_ + i * step_, step_, false);
-      i = j;
-    }
+    decrypt_skipping_holes(kernel_, slot_->schedule(), out_, len_, sectorSize_, first_, step_);
     if (slot_->wiped()) {
       explicit_bzero(out_, len_);
       Fail(ErrKind::Plain, kWiped, "the key slot was wiped while the job ran");
@@ -596,20 +583,7 @@ Napi::Value PreadDecryptNowait(const Napi::CallbackInfo& info) {
   do r = preadv2(fd, &iov, 1, static_cast<off_t>(fileOffset), RWF_NOWAIT);
   while (r < 0 && errno == EINTR);
   if (r != static_cast<ssize_t>(length)) return Napi::Number::New(env, -1);
-  size_t n = length / sectorSize;
-  size_t i = 0;
-  Kernel kernel = active_kernel();
-  while (i < n) {
-    if (all_zero(out + i * sectorSize, sectorSize)) {  // a hole stays zeros (see PreadDecryptWorker)
-      i++;
-      continue;
-    }
-    size_t j = i + 1;
-    while (j < n && !all_zero(out + j * sectorSize, sectorSize)) j++;
-    uint8_t* p = out + i * sectorSize;
-    xts_units(kernel, slot->schedule(), p, p, sectorSize, j - i, first + i * step, step, false);
-    i = j;
-  }
+  decrypt_skipping_holes(active_kernel(), slot->schedule(), out, length, sectorSize, first, step);
   return Napi::Number::New(env, static_cast<double>(length));
 }
 
@@ -810,6 +784,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"isDumpable", IsDumpable},
   };
   for (const Fn& f : fns) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
+  InitLaneBindings(env, exports);
   return exports;
 }
 

@@ -61,4 +61,21 @@ bool CRYPTO_memeq(const uint8_t* a, const uint8_t* b, size_t n) {
   return d == 0;
 }
 
+void decrypt_skipping_holes(Kernel k, const XtsKeySchedule* ks, uint8_t* p, size_t len, size_t sectorSize,
+                            uint64_t firstTweak, uint64_t step) {
+  size_t n = len / sectorSize;
+  size_t i = 0;
+  while (i < n) {
+    if (all_zero(p + i * sectorSize, sectorSize)) {
+      i++;
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < n && !all_zero(p + j * sectorSize, sectorSize)) j++;
+    uint8_t* q = p + i * sectorSize;
+    xts_units(k, ks, q, q, sectorSize, j - i, firstTweak + i * step, step, false);
+    i = j;
+  }
+}
+
 }  // namespace kmsdisk

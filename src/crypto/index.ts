@@ -8,7 +8,17 @@
 // KMSDISK_XTS_KERNEL=aesni|vaes|portable (read by the addon when it loads; an unsupported one
 // makes the load throw KMSDISK_ERR_NO_AESNI) or setKernel() forces one.
 import { KmsdiskError } from '../errors.js';
-import { native, type CpuFeatures, type KernelName, type NativeSlot } from './native.js';
+import {
+  native,
+  type CpuFeatures,
+  type KernelName,
+  type NativeLane,
+  type NativeLaneEvent,
+  type NativeLaneOptions,
+  type NativeRangeLock,
+  type NativeSlot,
+  type NativeVolumeCore,
+} from './native.js';
 import {
   checkBatch,
   checkBool,
@@ -376,4 +386,29 @@ export function setDumpable(dumpable: boolean): void {
 
 export function isDumpable(): boolean {
   return native.isDumpable();
+}
+
+// ------------------------------------------------------------------------------------------
+// Native range lock, volume core and NBD lanes (native/range_lock.h, volume_core.h, nbd_lane.h).
+
+export type { NativeRangeLock, NativeVolumeCore, NativeLane, NativeLaneOptions, NativeLaneStats, NativeLaneEvent } from './native.js';
+
+/** A byte-range lock usable from JS and from native lanes; `onGrant` runs when a lane's release grants queued JS requests. */
+export function newNativeRangeLock(onGrant: () => void): NativeRangeLock {
+  return new native.NativeRangeLock(onGrant);
+}
+
+/** The native view of an open volume, for lanes; the Volume keeps it in step. */
+export function newVolumeCore(fd: number, dataOffset: number, size: number, sectorSize: number, readOnly: boolean, lock: NativeRangeLock): NativeVolumeCore {
+  return new native.NativeVolumeCore(checkFd(fd), dataOffset, size, checkSectorSize(sectorSize), readOnly, lock);
+}
+
+/** Attaches `slot` (or nothing) to a volume core; the core holds its own reference to the slot. */
+export function setVolumeCoreSlot(core: NativeVolumeCore, slot: KeySlot | null): void {
+  core.setSlot(slot === null ? null : KeySlot.handleOf(slot));
+}
+
+/** Starts a native lane on a connected socket's descriptor (dup'd; the caller keeps its own). */
+export function startNativeLane(socketFd: number, core: NativeVolumeCore, opts: NativeLaneOptions, leftover: Buffer | null, onEvent: NativeLaneEvent): NativeLane {
+  return new native.NativeLane(checkFd(socketFd), core, opts, leftover, onEvent);
 }

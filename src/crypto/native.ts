@@ -25,6 +25,67 @@ export interface NativeSlotInfo {
   lockError: string | null;
 }
 
+/** The volume's byte-range lock, shared by JS and the native NBD lanes (native/range_lock.h). */
+export interface NativeRangeLock {
+  /** Lock id (> 0) if granted now, else 0. `end` may be Infinity (end of the volume). */
+  tryAcquire(start: number, end: number, exclusive: boolean): number;
+  /** > 0: granted now; < 0: queued as -id, delivered later through takeGrants(). */
+  acquire(start: number, end: number, exclusive: boolean): number;
+  release(id: number): boolean;
+  /** Ids of queued JS requests granted since the last call. */
+  takeGrants(): number[];
+  /** [held, waiting] */
+  counts(): [number, number];
+}
+
+/** What native lanes see of an open volume (native/volume_core.h). */
+export interface NativeVolumeCore {
+  setSlot(slot: NativeSlot | null): void;
+  setSize(size: number): void;
+  markClosed(): void;
+}
+
+export interface NativeLaneOptions {
+  structured: boolean;
+  extended: boolean;
+  /** The export is read-only: writes go to JS, which refuses them. */
+  readOnly: boolean;
+  maxPayload: number;
+  maxInflightRequests: number;
+  maxInflightBytes: number;
+  record: boolean;
+  workers: number;
+}
+
+export interface NativeLaneStats {
+  readRequests: number;
+  readBytes: number;
+  writeRequests: number;
+  writeBytes: number;
+  /** NBD errno -> count */
+  errors: Record<string, number>;
+  /** 5 numbers per request: type, errno, offset, length, ms */
+  records: Float64Array;
+  droppedRecords: number;
+  inflight: number;
+  inflightBytes: number;
+}
+
+/** One NBD connection's native transmission phase (native/nbd_lane.h). */
+export interface NativeLane {
+  reply(frame: Buffer): void;
+  finish(acct: number): void;
+  stop(): void;
+  kill(): void;
+  takeStats(): NativeLaneStats;
+}
+
+/**
+ * Lane events: (0, flags, type, cookie, offset, length, payload, skipped, acct) a request for JS;
+ * (1, reason, protocolError) the receiver ended; (2) stopped and idle; (3) every thread exited.
+ */
+export type NativeLaneEvent = (kind: number, ...args: unknown[]) => void;
+
 /** The addon's raw surface; arguments are validated again natively. */
 export interface NativeAddon {
   importKey(dek: ArrayBufferView): NativeSlot;
@@ -52,6 +113,9 @@ export interface NativeAddon {
   kernelSupported(name: KernelName): boolean;
   setDumpable(dumpable: boolean): void;
   isDumpable(): boolean;
+  NativeRangeLock: new (onGrant: () => void) => NativeRangeLock;
+  NativeVolumeCore: new (fd: number, dataOffset: number, size: number, sectorSize: number, readOnly: boolean, lock: NativeRangeLock) => NativeVolumeCore;
+  NativeLane: new (socketFd: number, core: NativeVolumeCore, opts: NativeLaneOptions, leftover: Buffer | null, onEvent: NativeLaneEvent) => NativeLane;
 }
 
 /** Walks up from this module (src/crypto/ under vitest, dist/src/crypto/ after tsc) to the package root. */

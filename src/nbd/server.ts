@@ -181,6 +181,7 @@ export class NbdServer extends EventEmitter {
       pskIdentity: c.pskIdentity,
       since: c.since,
       inflight: c.session?.inflight ?? 0,
+      native: c.session?.native ?? false,
       state: c.closing ? 'closing' : c.session ? 'transmission' : 'handshake',
     };
   }

@@ -58,5 +58,7 @@ export interface NbdConnectionInfo {
   pskIdentity: string | undefined;
   since: Date;
   inflight: number;
+  /** A native lane serves this connection's aligned reads and writes (src/nbd/native-lane.ts). */
+  native: boolean;
   state: 'handshake' | 'transmission' | 'closing';
 }

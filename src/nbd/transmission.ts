@@ -5,6 +5,11 @@
 // -> validate -> device call (many in flight, any order) -> one socket.write() per reply frame, so
 // frames never interleave. Backpressure: reading stops while the connection has too many requests
 // or bytes in flight, or the socket's write buffer is full; it resumes when they drop.
+//
+// Native lane mode (native-lane.ts): on a plain socket to a device with a native core (a Volume),
+// a native lane owns the socket instead. It serves aligned READ/WRITE on its own threads and hands
+// every other request here (onLaneRequest -> the same dispatch/execute as above); replies go back
+// through the lane, the only writer on the socket then.
 
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
@@ -14,6 +19,8 @@ import { NBD_ERR, nbdErrnoOf, type NbdErrno } from '../errors.js';
 import type { Extent } from '../volume/block-device.js';
 import { ByteQueue } from './byte-queue.js';
 import { enableDirectReads } from './direct-read.js';
+import { NbdLane, laneSocketFd, nativeLanesEnabled, type LaneRequest } from './native-lane.js';
+import type { NativeVolumeCore } from '../crypto/index.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { ExportEntry } from './export-registry.js';
 import type { Negotiated } from './handshake.js';
@@ -105,6 +112,9 @@ export class TransmissionSession {
   };
   private idleWaiters: Array<() => void> = [];
   private readonly closed: Promise<void>;
+  /** Lane mode: the device's native core and the socket's descriptor, until start() hands them over. */
+  private laneStart: { core: NativeVolumeCore; fd: number } | null = null;
+  private lane: NbdLane | null = null;
 
   constructor(
     neg: Negotiated,
@@ -125,6 +135,12 @@ export class TransmissionSession {
     if (this.stream.destroyed) this.state = 'closed';
     this.stream.on('close', () => this.onClose());
     this.stream.on('error', (err: Error) => this.log.debug({ err: err.message }, 'nbd connection error'));
+    const core = nativeLanesEnabled() && !this.stream.destroyed ? (this.entry.device.nativeCore ?? null) : null;
+    const fd = core ? laneSocketFd(this.stream) : null;
+    if (core && fd !== null) {
+      this.laneStart = { core, fd };
+      return;
+    }
     this.stream.on('data', (chunk: Buffer) => {
       this.queue.push(chunk);
       this.parse();
@@ -132,7 +148,77 @@ export class TransmissionSession {
     this.stream.on('drain', () => this.maybeResume());
   }
 
+  /** True when a native lane serves this connection. */
+  get native(): boolean {
+    return this.lane !== null;
+  }
+
+  private startLane(core: NativeVolumeCore, fd: number): void {
+    const leftover = this.queue.length > 0 ? [this.queue.take(this.queue.length)] : [];
+    this.lane = new NbdLane(
+      this.stream,
+      fd,
+      core,
+      {
+        structured: this.structured,
+        extended: this.extended,
+        readOnly: this.entry.readOnly,
+        maxPayload: this.limits.maxPayload,
+        maxInflightRequests: this.limits.maxInflightRequests,
+        maxInflightBytes: this.limits.maxInflightBytes,
+      },
+      leftover,
+      { request: (r) => this.onLaneRequest(r), closed: (reason, proto) => this.onLaneClosed(reason, proto) },
+      this.stats,
+      this.events,
+      this.entry.name,
+    );
+  }
+
+  private onLaneRequest(r: LaneRequest): void {
+    const lane = this.lane!;
+    const req: RequestHeader = { flags: r.flags, type: r.type, cookie: r.cookie, offset: r.offset, length: r.length };
+    if (this.state === 'closed') {
+      lane.finish(r.acct);
+      return;
+    }
+    if (r.skipped) {
+      this.count(CMD_NAMES[req.type] ?? 'unknown', 0);
+      this.sendError(req, NBD_ERR.EINVAL, 'payload longer than the maximum');
+      lane.finish(r.acct);
+      return;
+    }
+    this.dispatch(req, r.payload, false, () => lane.finish(r.acct));
+  }
+
+  private onLaneClosed(reason: string, protocolError: boolean): void {
+    if (reason === 'disc') {
+      // The lane answered everything in flight and half-closed the socket.
+      this.state = 'disconnecting';
+      this.count('disc', 0);
+      this.log.debug({ export: this.entry.name }, 'nbd client sent DISC');
+      this.endSocket();
+      return;
+    }
+    if (protocolError) {
+      this.stats.protocolErrors++;
+      this.log.warn({ export: this.entry.name, reason }, 'nbd protocol error, disconnecting client');
+    } else if (reason !== 'eof') {
+      this.log.debug({ export: this.entry.name, reason }, 'nbd connection ended');
+    }
+    this.state = 'closed';
+    this.stream.destroy();
+  }
+
   start(): void {
+    if (this.laneStart) {
+      const { core, fd } = this.laneStart;
+      this.laneStart = null;
+      if (this.state === 'running') {
+        this.startLane(core, fd);
+        return;
+      }
+    }
     // Bytes Node buffered after the handshake stopped consuming: read() hands each to the 'data'
     // listener above, so they are queued before any direct read can land.
     while (!this.stream.destroyed && this.stream.read() !== null) {
@@ -182,6 +268,7 @@ export class TransmissionSession {
    */
   async drainAndClose(): Promise<void> {
     if (this.state === 'running') this.state = 'disconnecting';
+    if (this.lane) await this.lane.stop();
     this.pauseReading();
     await this.whenIdle();
     this.endSocket();
@@ -281,6 +368,7 @@ export class TransmissionSession {
   }
 
   private pauseReading(): void {
+    if (this.lane) return; // the lane does its own backpressure
     if (!this.readingPaused) {
       this.readingPaused = true;
       this.stream.pause();
@@ -288,6 +376,7 @@ export class TransmissionSession {
   }
 
   private maybeResume(): void {
+    if (this.lane) return;
     if (this.state !== 'running' || !this.readingPaused || this.overLimits()) return;
     this.readingPaused = false;
     this.stream.resume();
@@ -321,6 +410,7 @@ export class TransmissionSession {
   }
 
   private onClose(): void {
+    this.lane?.kill();
     this.state = 'closed';
     this.pending = null;
     this.queue.skip(this.queue.length);
@@ -373,8 +463,11 @@ export class TransmissionSession {
     return 0;
   }
 
-  /** `pooled`: the payload came from the pool and goes back to it once the request is done. */
-  private dispatch(req: RequestHeader, payload: Buffer | null, pooled = false): void {
+  /**
+   * `pooled`: the payload came from the pool and goes back to it once the request is done.
+   * `done`: called once the reply is queued (lane mode: hands the request back to the lane).
+   */
+  private dispatch(req: RequestHeader, payload: Buffer | null, pooled = false, done?: () => void): void {
     const command = CMD_NAMES[req.type] ?? 'unknown';
     const dataBytes = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
     this.count(command, req.type === CMD.FLUSH ? 0 : req.length === Infinity ? 0 : req.length);
@@ -383,6 +476,7 @@ export class TransmissionSession {
       this.sendError(req, errno, 'request refused');
       this.emitRequest(command, req, errno, 0);
       if (pooled) this.recyclePayload(payload!, true);
+      done?.();
       return;
     }
     this.inflight++;
@@ -397,6 +491,7 @@ export class TransmissionSession {
       this.stats.inflightBytes -= dataBytes;
       if (pooled) this.recyclePayload(payload!, sentErrno !== 0 || req.offset % this.entry.device.sectorSize !== 0 || req.length % this.entry.device.sectorSize !== 0);
       this.emitRequest(command, req, sentErrno, performance.now() - started);
+      done?.();
       if (this.inflight === 0 && this.idleWaiters.length > 0) {
         const waiters = this.idleWaiters;
         this.idleWaiters = [];
@@ -507,6 +602,11 @@ export class TransmissionSession {
   private send(buf: Buffer, recycle = false): void {
     // Replies of a closed connection are dropped; the device work they report is done.
     if (this.state === 'closed' || this.stream.destroyed || this.stream.writableEnded) {
+      if (recycle) this.limits.pool.release(buf);
+      return;
+    }
+    if (this.lane) {
+      this.lane.reply(buf); // copied: the buffer is free again
       if (recycle) this.limits.pool.release(buf);
       return;
     }

@@ -5,6 +5,8 @@
 // accepts any offset and length inside [0, size): unaligned I/O is the device's job
 // (read-modify-write), as is serializing overlapping in-flight writes.
 
+import type { NativeVolumeCore } from '../crypto/index.js';
+
 export interface WriteOptions {
   /** Force Unit Access: durable (fdatasync) before the promise resolves. */
   fua?: boolean;
@@ -27,6 +29,12 @@ export interface Extent {
 }
 
 export interface BlockDevice {
+  /**
+   * A device whose aligned reads and writes a native NBD lane may serve directly
+   * (src/nbd/native-lane.ts): the Volume's native core; absent or null elsewhere.
+   */
+  readonly nativeCore?: NativeVolumeCore | null;
+
   /** Size in bytes (a multiple of sectorSize). */
   readonly size: number;
   /** Data unit of the device (512 or 4096): the preferred I/O block for clients. */

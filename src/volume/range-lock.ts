@@ -11,9 +11,13 @@
 // over [0, Infinity) is a barrier: shared = "no writes" (snapshots), exclusive = "nothing"
 // (resize, close).
 //
-// The structures are plain arrays: the number of requests in flight on one volume is bounded by
-// the NBD server's queue depth (tens to a few hundred), where a linear scan beats a tree, and the
-// uncontended path (tryAcquire) allocates one small object and no promise.
+// The lock itself lives in native code (native/range_lock.h) because the native NBD lanes
+// (src/nbd/native-lane.ts) take it from their own threads for the I/O they serve: one lock, seen
+// by JS and native I/O alike. A JS request that has to wait is queued natively; it is granted
+// either by a JS release (delivered synchronously, right after the release) or by a lane thread's
+// release (delivered through a thread-safe call on the event loop).
+
+import { newNativeRangeLock, type NativeRangeLock } from '../crypto/index.js';
 
 export interface RangeLockHandle {
   readonly start: number;
@@ -21,81 +25,60 @@ export interface RangeLockHandle {
   readonly exclusive: boolean;
 }
 
-interface Entry extends RangeLockHandle {
-  grant: (() => void) | null;
-}
-
-function conflicts(a: RangeLockHandle, start: number, end: number, exclusive: boolean): boolean {
-  return (a.exclusive || exclusive) && a.start < end && start < a.end;
+class Held implements RangeLockHandle {
+  constructor(
+    readonly start: number,
+    readonly end: number,
+    readonly exclusive: boolean,
+    readonly id: number,
+  ) {}
 }
 
 export class RangeLock {
-  private readonly held: Entry[] = [];
-  private readonly waiting: Entry[] = [];
+  /** The native lock, for a volume core that lanes share. */
+  readonly native: NativeRangeLock;
+  private readonly waiters = new Map<number, () => void>();
+
+  constructor() {
+    this.native = newNativeRangeLock(() => this.deliverGrants());
+  }
 
   /** Number of granted locks (for tests and metrics). */
   get heldCount(): number {
-    return this.held.length;
+    return this.native.counts()[0];
   }
   get waitingCount(): number {
-    return this.waiting.length;
+    return this.native.counts()[1];
   }
 
   /** Grants [start, end) now if possible without overtaking a conflicting waiter; null otherwise. */
   tryAcquire(start: number, end: number, exclusive: boolean): RangeLockHandle | null {
-    if (!this.grantable(start, end, exclusive, this.waiting.length)) return null;
-    const entry: Entry = { start, end, exclusive, grant: null };
-    this.held.push(entry);
-    return entry;
+    const id = this.native.tryAcquire(start, end, exclusive);
+    return id > 0 ? new Held(start, end, exclusive, id) : null;
   }
 
   /** Waits (FIFO among conflicting requests) until [start, end) is granted. */
   acquire(start: number, end: number, exclusive: boolean): Promise<RangeLockHandle> {
     if (!(start < end)) throw new RangeError('empty lock range');
-    const now = this.tryAcquire(start, end, exclusive);
-    if (now) return Promise.resolve(now);
+    const id = this.native.acquire(start, end, exclusive);
+    if (id > 0) return Promise.resolve(new Held(start, end, exclusive, id));
     return new Promise<RangeLockHandle>((resolve) => {
-      const entry: Entry = {
-        start,
-        end,
-        exclusive,
-        grant: () => resolve(entry),
-      };
-      this.waiting.push(entry);
+      this.waiters.set(-id, () => resolve(new Held(start, end, exclusive, -id)));
     });
   }
 
   release(handle: RangeLockHandle): void {
-    const i = this.held.indexOf(handle as Entry);
-    if (i < 0) throw new Error('range lock released twice or not held');
-    // Order of `held` does not matter: swap-remove.
-    const last = this.held.pop() as Entry;
-    if (i < this.held.length) this.held[i] = last;
-    if (this.waiting.length > 0) this.wakeWaiters();
+    if (!(handle instanceof Held) || !this.native.release(handle.id)) throw new Error('range lock released twice or not held');
+    if (this.waiters.size > 0) this.deliverGrants();
   }
 
-  private grantable(start: number, end: number, exclusive: boolean, waitersBefore: number): boolean {
-    for (const h of this.held) if (conflicts(h, start, end, exclusive)) return false;
-    for (let i = 0; i < waitersBefore; i++) {
-      if (conflicts(this.waiting[i] as Entry, start, end, exclusive)) return false;
-    }
-    return true;
-  }
-
-  private wakeWaiters(): void {
-    let kept = 0;
-    for (let i = 0; i < this.waiting.length; i++) {
-      const w = this.waiting[i] as Entry;
-      // Compare against earlier waiters that are still waiting (already compacted to [0, kept)).
-      if (this.grantable(w.start, w.end, w.exclusive, kept)) {
-        this.held.push(w);
-        const grant = w.grant as () => void;
-        w.grant = null;
+  private deliverGrants(): void {
+    for (const id of this.native.takeGrants()) {
+      const grant = this.waiters.get(id);
+      if (grant) {
+        this.waiters.delete(id);
         grant();
-      } else {
-        this.waiting[kept++] = w;
       }
     }
-    this.waiting.length = kept;
   }
 }

@@ -31,6 +31,9 @@ import {
   seekHole,
   type BatchWrite,
   type KeySlot,
+  newVolumeCore,
+  setVolumeCoreSlot,
+  type NativeVolumeCore,
 } from '../crypto/index.js';
 import { errorCodeOf, KmsdiskError } from '../errors.js';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './block-device.js';
@@ -148,6 +151,8 @@ export class Volume implements BlockDevice {
   private readonly fd: number;
   private readonly fileId: string;
   private readonly lock = new RangeLock();
+  /** What native NBD lanes see of this volume (fd, layout, lock, key); kept in step below. */
+  private readonly core: NativeVolumeCore;
   private hdr: VolumeHeader;
   private seq: number;
   private copies: HeaderCopyInfo[];
@@ -169,6 +174,7 @@ export class Volume implements BlockDevice {
     this.sectorSize = header.sectorSize;
     this.seq = seq;
     this.copies = copies;
+    this.core = newVolumeCore(this.fd, DATA_OFFSET, header.size, header.sectorSize, readOnly, this.lock.native);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -272,6 +278,8 @@ export class Volume implements BlockDevice {
       this.closing = (async () => {
         const all = await this.lock.acquire(0, WHOLE_VOLUME, true);
         this.slot = null;
+        // Under the whole-volume lock: no lane I/O is running, and none will touch the descriptor.
+        this.core.markClosed();
         this.dropSectorPool();
         try {
           await this.fh.close();
@@ -323,11 +331,21 @@ export class Volume implements BlockDevice {
       });
     }
     this.slot = slot;
+    setVolumeCoreSlot(this.core, slot);
   }
 
   /** Stops using the attached key (I/O then fails with KMSDISK_ERR_KEY_REVOKED). Does not wipe it. */
   detachKey(): void {
     this.slot = null;
+    setVolumeCoreSlot(this.core, null);
+  }
+
+  /**
+   * The native view of this volume for NBD lanes (src/nbd/native-lane.ts): lanes serve aligned
+   * reads and writes on it directly, under this volume's range lock and attached key.
+   */
+  get nativeCore(): NativeVolumeCore | null {
+    return this.closing === null ? this.core : null;
   }
 
   get keyUsable(): boolean {
@@ -376,6 +394,7 @@ export class Volume implements BlockDevice {
         throw ioError(err, `resizing ${this.path}`);
       }
       await this.commitHeader({ ...structuredClone(this.hdr), size: newSize });
+      this.core.setSize(newSize);
     } finally {
       this.lock.release(all);
     }

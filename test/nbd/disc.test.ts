@@ -19,7 +19,7 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'disk'), Buffer.alloc(8 << 20));
   server = new NbdServer({});
   server.addExport('x', { device: await FileBlockDevice.open(join(dir, 'disk')) });
-  addr = (await server.listen({ host: '127.0.0.1', port: 0 })) as { host: string; port: number };
+  addr = (await server.listen({ host: '127.0.0.1', port: 0 })) as unknown as { host: string; port: number };
 });
 
 afterAll(async () => {

@@ -8,6 +8,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { NbdServer } from '../../src/nbd/server.js';
 import type { NbdRequestEvent } from '../../src/nbd/stats.js';
+import type { RangeLock } from '../../src/volume/range-lock.js';
 import { defineInteropSuite } from './interop-suite.js';
 import { defineFuseExt4Suite } from './fuse-ext4-suite.js';
 import { createEncryptedVolume, decryptVolumeFile, encryptedVolumeFactory, startKmsFixture, type EncryptedTestDevice, type KmsFixture } from './encrypted-device.js';
@@ -72,10 +73,18 @@ describe('encrypted volume over NBD: format check and key wipe', () => {
     expect(after.subarray(0, 4096).equals(data.subarray(0, 4096))).toBe(true);
   });
 
-  it('wiping the key while reads are in flight: the rest get EPERM and no data', async () => {
+  it('wiping the key while reads are in flight (Node transmission path): the rest get EPERM and no data', async () => {
+    // This one runs the requests through Node (KMSDISK_NBD_NATIVE=0 when the session starts): the
+    // per-request events it wipes from come one by one there. The native lane's version is below.
     const c = await RawClient.connect(port);
     await c.greet();
-    await c.go('v', { structured: true });
+    process.env.KMSDISK_NBD_NATIVE = '0';
+    try {
+      await c.go('v', { structured: true });
+    } finally {
+      delete process.env.KMSDISK_NBD_NATIVE;
+    }
+    expect(server.connections().some((x) => x.export === 'v' && !x.native)).toBe(true);
     const expected = await decryptVolumeFile(dev.volume.path, 32 * MiB, 4096, dev.checkKey);
     const READS = 64;
     const LEN = 512 * 1024;
@@ -124,5 +133,72 @@ describe('encrypted volume over NBD: format check and key wipe', () => {
       server.off('request', onRequest);
       c.destroy();
     }
+  });
+});
+
+describe('native lane: a key wipe while reads wait for the range lock', () => {
+  let dir: { path: string; remove(): Promise<void> };
+  let server: NbdServer;
+  let port = 0;
+  let dev: EncryptedTestDevice;
+  const SIZE = 32 * MiB;
+
+  beforeAll(async () => {
+    dir = await tempDir('nbd-lane-wipe');
+    dev = await createEncryptedVolume(fixture(), join(dir.path, 'w.kmsdisk'), SIZE, 4096);
+    await dev.volume.write(0, randomBytes(SIZE));
+    const s = await startServer();
+    server = s.server;
+    port = s.port;
+    server.addExport('w', { device: dev.device });
+  });
+
+  afterAll(async () => {
+    await server?.close();
+    await dev?.close();
+    await dir?.remove();
+  });
+
+  it('reads that were waiting when the key was wiped get EPERM and no data; later reads and writes too', async () => {
+    const expected = await decryptVolumeFile(dev.volume.path, SIZE, 4096, dev.checkKey);
+    const c = await RawClient.connect(port);
+    await c.greet();
+    await c.go('w', { structured: true });
+    expect(server.connections().some((x) => x.export === 'w' && x.native)).toBe(true);
+    // Hold the upper half exclusively, as a JS writer would: the lane's reads there must wait.
+    const lock = (dev.volume as unknown as { lock: RangeLock }).lock;
+    const held = await lock.acquire(SIZE / 2, Infinity, true);
+    const LEN = 512 * 1024;
+    const N = SIZE / LEN;
+    try {
+      const cookies: bigint[] = [];
+      for (let i = 0; i < N; i++) cookies.push(c.request(CMD.READ, i * LEN, LEN));
+      // The lower half is served while the upper half waits.
+      const first = await c.readReplies(N / 2);
+      for (const [i, cookie] of cookies.slice(0, N / 2).entries()) {
+        const r = first.get(cookie);
+        expect(r?.error).toBe(0);
+        expect(r!.data!.equals(expected.subarray(i * LEN, (i + 1) * LEN))).toBe(true);
+      }
+      expect(lock.waitingCount).toBeGreaterThan(0);
+      dev.slot.wipe();
+      lock.release(held);
+      const rest = await c.readReplies(N / 2);
+      for (const cookie of cookies.slice(N / 2)) {
+        const r = rest.get(cookie)!;
+        expect(r.error).toBe(1); // NBD EPERM
+        expect(r.data).toBeNull();
+        expect(r.chunks.some((ch) => ch.type === 1)).toBe(false); // no OFFSET_DATA chunk
+      }
+      const again = await c.call(CMD.READ, 0, 4096);
+      expect(again.error).toBe(1);
+      expect(again.data).toBeNull();
+      const w = await c.call(CMD.WRITE, 0, 4096, { payload: Buffer.alloc(4096, 7) });
+      expect(w.error).toBe(1);
+    } finally {
+      c.destroy();
+    }
+    // Nothing was written with a wiped key: the volume still holds what it held.
+    expect((await decryptVolumeFile(dev.volume.path, SIZE, 4096, dev.checkKey)).equals(expected)).toBe(true);
   });
 });
