@@ -1,6 +1,7 @@
 #include "nbd_lane.h"
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -29,7 +30,6 @@ constexpr uint16_t kReplyFlagDone = 1;
 constexpr uint16_t kReplyNone = 0, kReplyOffsetData = 1, kReplyError = 32769;
 constexpr uint32_t kEPERM = 1, kEIO = 5, kENOSPC = 28, kESHUTDOWN = 108;
 constexpr uint64_t kTweakUnit = 512;  // plain64 counts 512-byte units whatever the sector size
-constexpr size_t kPoolMax = 32;
 constexpr size_t kMaxRecords = 1 << 18;
 // READ buffers put the data at a page boundary and the reply header just before it: the kernel's
 // copy out of the page cache (rep movsb) runs at a fraction of its speed into a misaligned
@@ -92,10 +92,6 @@ Lane::Lane(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts
 }
 
 Lane::~Lane() {
-  for (auto& [p, cap] : pool_) {
-    explicit_bzero(p, cap);
-    std::free(p);
-  }
   if (stopFd_ >= 0) close(stopFd_);
   if (killFd_ >= 0) close(killFd_);
   close(fd_);
@@ -685,25 +681,42 @@ void Lane::Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length,
 }
 
 // ------------------------------------------------------------------------------------ buffers
+//
+// Request buffers are mmap'd and munmap'd directly (malloc would keep freed megabytes in per-thread
+// arenas: RSS that never comes back), with one process-wide cache of recently freed buffers, capped
+// in bytes, so steady streams do not pay a page fault per 4 KiB on every request.
+
+namespace {
+constexpr size_t kCacheBytes = 24u << 20;
+std::mutex gCacheMu;
+std::vector<std::pair<uint8_t*, size_t>> gCache;
+size_t gCachedBytes = 0;
+
+void Unmap(uint8_t* p, size_t cap) {
+  explicit_bzero(p, cap);
+  munmap(p, cap);
+}
+}  // namespace
 
 uint8_t* Lane::GetBuffer(size_t n, size_t* cap) {
   {
-    std::lock_guard<std::mutex> g(poolMu_);
-    size_t best = pool_.size();
-    for (size_t i = 0; i < pool_.size(); i++)
-      if (pool_[i].second >= n && (best == pool_.size() || pool_[i].second < pool_[best].second)) best = i;
+    std::lock_guard<std::mutex> g(gCacheMu);
+    size_t best = gCache.size();
+    for (size_t i = 0; i < gCache.size(); i++)
+      if (gCache[i].second >= n && (best == gCache.size() || gCache[i].second < gCache[best].second)) best = i;
     // Reuse only a buffer of a comparable size (a 1 MiB buffer for a 4 KiB read wastes the cache).
-    if (best < pool_.size() && pool_[best].second <= 2 * n + 65536) {
-      auto b = pool_[best];
-      pool_[best] = pool_.back();
-      pool_.pop_back();
+    if (best < gCache.size() && gCache[best].second <= 2 * n + 65536) {
+      auto b = gCache[best];
+      gCache[best] = gCache.back();
+      gCache.pop_back();
+      gCachedBytes -= b.second;
       *cap = b.second;
       return b.first;
     }
   }
   size_t c = (n + 4095) & ~static_cast<size_t>(4095);
-  void* p = nullptr;
-  if (posix_memalign(&p, 4096, c) != 0) return nullptr;
+  void* p = mmap(nullptr, c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
   *cap = c;
   return static_cast<uint8_t*>(p);
 }
@@ -711,26 +724,24 @@ uint8_t* Lane::GetBuffer(size_t n, size_t* cap) {
 void Lane::PutBuffer(uint8_t* p, size_t cap, bool scrub) {
   if (scrub) explicit_bzero(p, cap);
   {
-    std::lock_guard<std::mutex> g(poolMu_);
-    if (pool_.size() < kPoolMax) {
-      pool_.emplace_back(p, cap);
+    std::lock_guard<std::mutex> g(gCacheMu);
+    if (gCachedBytes + cap <= kCacheBytes) {
+      gCache.emplace_back(p, cap);
+      gCachedBytes += cap;
       return;
     }
   }
-  if (!scrub) explicit_bzero(p, cap);
-  std::free(p);
+  Unmap(p, cap);
 }
 
 void Lane::PurgeBuffers() {
   std::vector<std::pair<uint8_t*, size_t>> all;
   {
-    std::lock_guard<std::mutex> g(poolMu_);
-    all.swap(pool_);
+    std::lock_guard<std::mutex> g(gCacheMu);
+    all.swap(gCache);
+    gCachedBytes = 0;
   }
-  for (auto& [p, cap] : all) {
-    explicit_bzero(p, cap);
-    std::free(p);
-  }
+  for (auto& [p, cap] : all) Unmap(p, cap);
 }
 
 }  // namespace kmsdisk

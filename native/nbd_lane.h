@@ -140,9 +140,6 @@ class Lane : public std::enable_shared_from_this<Lane> {
   std::mutex sendMu_;
   bool sendBroken_ = false;
 
-  std::mutex poolMu_;
-  std::vector<std::pair<uint8_t*, size_t>> pool_;
-
   std::mutex statsMu_;
   LaneStats stats_;
   std::shared_ptr<Lane> self_;  // keeps the lane alive until its last thread exits

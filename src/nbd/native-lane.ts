@@ -46,7 +46,7 @@ export interface LaneSettings {
 const EVENT = { request: 0, closed: 1, stopped: 2, exited: 3 } as const;
 const STATS_INTERVAL_MS = 250;
 /** Worker threads per lane: one encrypts/decrypts while the other waits on the disk or the socket. */
-const LANE_WORKERS = 2;
+const LANE_WORKERS = Number(process.env.KMSDISK_NBD_LANE_WORKERS ?? 2) || 2;
 
 export function nativeLanesEnabled(): boolean {
   return process.env.KMSDISK_NBD_NATIVE !== '0';
