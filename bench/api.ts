@@ -7,7 +7,7 @@
 // BENCHMARKS.md, and prints one JSON object as the last line.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,7 @@ import { createInterface } from 'node:readline';
 import autocannon from 'autocannon';
 import { pino } from 'pino';
 import { statePaths } from '../src/config.js';
+import { projectRoot } from '../src/cli/version-info.js';
 import { writeBenchmarksSection } from './lib/benchmarks-md.js';
 
 const DISKS = 100;
@@ -24,6 +25,35 @@ const ROUNDS = Number(process.env.KMSDISK_BENCH_ROUNDS ?? 3);
 const CONNECTIONS = 50;
 const CYCLE_CONNECTIONS = 8;
 const TARGET_LIST_RPS = 10_000;
+const SECTION_HEADING = '## API (npm run bench:api)';
+const HISTORY_HEADING = '### Runs (newest first, kept across runs)';
+const HISTORY_ROWS = 12;
+const HISTORY_HEADER = [
+  '| run (UTC) | load 1-min start/end | GET /v1/disks req/s | p99 ms | agent µs/req | client µs/req | GET /healthz req/s | agent µs/req | target |',
+  '|---|---:|---:|---:|---:|---:|---:|---:|---|',
+];
+
+/**
+ * The history part of this bench's section: one row per run, the newest first, and whatever notes
+ * were written below the table, so before/after comparisons survive the next run.
+ */
+function historyWith(row: string): string {
+  const file = join(projectRoot(), 'BENCHMARKS.md');
+  const md = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const start = md.indexOf(SECTION_HEADING);
+  const end = start === -1 ? -1 : md.indexOf('\n## ', start + SECTION_HEADING.length);
+  const section = start === -1 ? '' : md.slice(start, end === -1 ? undefined : end + 1);
+  const h = section.indexOf(HISTORY_HEADING);
+  const old = h === -1 ? [] : section.slice(h + HISTORY_HEADING.length).split('\n');
+  // The table follows the heading (after blank lines); notes are whatever comes after the table.
+  let i = 0;
+  while (i < old.length && old[i]!.trim() === '') i++;
+  const tableStart = i;
+  while (i < old.length && old[i]!.startsWith('|')) i++;
+  const rows = old.slice(tableStart, i).slice(HISTORY_HEADER.length);
+  const notes = old.slice(i);
+  return [HISTORY_HEADING, '', ...HISTORY_HEADER, row, ...rows.slice(0, HISTORY_ROWS - 1), ...notes].join('\n').trimEnd() + '\n';
+}
 
 interface ChildInfo {
   apiUrl: string;
@@ -68,6 +98,9 @@ interface Figures {
   rps: number;
   /** Agent CPU time per request (user + system), microseconds. */
   agentCpuUsPerReq: number;
+  /** CPU time of this process (autocannon, plus the idle KMS emulator) per request, microseconds:
+   * the load generator shares the machine's 2 cores with the agent, so it bounds req/s too. */
+  clientCpuUsPerReq: number;
   p50Ms: number;
   p99Ms: number;
   requests: number;
@@ -75,10 +108,12 @@ interface Figures {
   errors: number;
 }
 
-function figures(r: autocannon.Result, cpuUs: number): Figures {
+function figures(r: autocannon.Result, cpuUs: number, clientCpuUs: number): Figures {
+  const perReq = (us: number) => (r.requests.total > 0 ? +(us / r.requests.total).toFixed(1) : 0);
   return {
     rps: Math.round(r.requests.average),
-    agentCpuUsPerReq: r.requests.total > 0 ? +(cpuUs / r.requests.total).toFixed(1) : 0,
+    agentCpuUsPerReq: perReq(cpuUs),
+    clientCpuUsPerReq: perReq(clientCpuUs),
     p50Ms: r.latency.p50,
     p99Ms: r.latency.p99,
     requests: r.requests.total,
@@ -94,6 +129,7 @@ function cannon(opts: autocannon.Options): Promise<autocannon.Result> {
 }
 
 async function main(): Promise<void> {
+  const loadAtStart = loadavg()[0]!;
   const root = mkdtempSync(join(tmpdir(), 'kmsdisk-bench-api-'));
   const paths = statePaths(root);
   const { startKmsEmulator } = await import('../src/kms/emulator/index.js');
@@ -131,14 +167,17 @@ async function main(): Promise<void> {
     for (let i = 0; i < DISKS; i++) await call('POST', '/v1/disks', { name: `d${String(i).padStart(3, '0')}`, size: '1M' });
     const listed = (await call('GET', '/v1/disks')) as { disks: unknown[] };
     if (listed.disks.length !== DISKS) throw new Error(`expected ${DISKS} disks, got ${listed.disks.length}`);
+    const listBytes = Buffer.byteLength(JSON.stringify(listed));
 
     const run = async (title: string, path: string, opts: Partial<autocannon.Options>, base = info.apiUrl) => {
       // Warm-up (JIT, connection setup), then the measured run.
       const url = base + path;
       await cannon({ url, duration: 1, connections: CONNECTIONS, ...opts } as autocannon.Options);
       const cpu0 = await agentCpuUs();
+      const own0 = process.cpuUsage();
       const r = await cannon({ url, duration: DURATION_S, connections: CONNECTIONS, title, ...opts } as autocannon.Options);
-      return figures(r, (await agentCpuUs()) - cpu0);
+      const own = process.cpuUsage(own0);
+      return figures(r, (await agentCpuUs()) - cpu0, own.user + own.system);
     };
 
     const best = (a: Figures | undefined, b: Figures): Figures => (!a || b.rps > a.rps ? b : a);
@@ -207,25 +246,33 @@ async function main(): Promise<void> {
       ['attach + detach (POST + DELETE)', cycles],
     ];
     const table = [
-      '| route | connections | req/s | p50 ms | p99 ms | agent CPU µs/req | requests | non-2xx | errors |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+      '| route | connections | req/s | p50 ms | p99 ms | agent CPU µs/req | client CPU µs/req | requests | non-2xx | errors |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
       ...rows.map(
-        ([name, f], i) => `| ${name} | ${i === 3 ? CYCLE_CONNECTIONS : CONNECTIONS} | ${f.rps} | ${f.p50Ms} | ${f.p99Ms} | ${f.agentCpuUsPerReq} | ${f.requests} | ${f.non2xx} | ${f.errors} |`,
+        ([name, f], i) =>
+          `| ${name} | ${i === 3 ? CYCLE_CONNECTIONS : CONNECTIONS} | ${f.rps} | ${f.p50Ms} | ${f.p99Ms} | ${f.agentCpuUsPerReq} | ${f.clientCpuUsPerReq} | ${f.requests} | ${f.non2xx} | ${f.errors} |`,
       ),
     ].join('\n');
     const cpu = cpus()[0]?.model ?? 'unknown CPU';
+    const loadAtEnd = loadavg()[0]!;
+    const runAt = new Date().toISOString();
+    const historyRow =
+      `| ${runAt.slice(0, 16).replace('T', ' ')} | ${loadAtStart.toFixed(1)} / ${loadAtEnd.toFixed(1)} | ${list.rps} | ${list.p99Ms} | ${list.agentCpuUsPerReq} | ${list.clientCpuUsPerReq} | ` +
+      `${healthz.rps} | ${healthz.agentCpuUsPerReq} | ${targetMet ? 'met' : 'missed'} |`;
     const section = [
-      '## API (npm run bench:api)',
+      SECTION_HEADING,
       '',
-      `Run ${new Date().toISOString()} with \`npm run bench:api\` on ${cpu} (${cpus().length} cores, noisy).`,
+      `Run ${runAt} with \`npm run bench:api\` on ${cpu} (${cpus().length} cores, noisy; load average ${loadAtStart.toFixed(1)} at the start, ${loadAtEnd.toFixed(1)} at the end).`,
       '',
-      `autocannon (in the bench process) against the agent in its own process; KMS emulator in the bench process.`,
-      `${DISKS} sparse 1 MiB disks on the service CMK. ${DURATION_S} s per run after a 1 s warm-up; the read routes run in`,
-      `${ROUNDS} interleaved rounds and the best round of each is shown. The list (summaries; \`?view=full\` has every field) is served`,
-      'from a pre-serialized cache rebuilt only when something visible changes (headers are read at start and',
-      'after changes, never per request). An attach unwraps the DEK through the KMS (ExportDataKey, RSA-OAEP',
+      `autocannon (in the bench process, default options except ${CONNECTIONS} connections: no pipelining) against the agent in its own`,
+      `process; KMS emulator in the bench process. ${DISKS} sparse 1 MiB disks on the service CMK. ${DURATION_S} s per run after a 1 s warm-up;`,
+      `the read routes run in ${ROUNDS} interleaved round${ROUNDS === 1 ? '' : 's'} and the best round of each is shown. The list (summaries, ${listBytes} bytes`,
+      'for 100 disks; `?view=full` has every field) is a pre-serialized body rebuilt only when something visible changes, with an',
+      "ETag; the agent's fast path answers authorized `GET /v1/disks` with it before Fastify's pipeline (src/api/fast-path.ts;",
+      'anything else on the route goes through Fastify). An attach unwraps the DEK through the KMS (ExportDataKey, RSA-OAEP',
       `unwrap), opens the volume and adds the NBD export; a detach drains, wipes the key and closes. ${CYCLE_CONNECTIONS} connections`,
-      'each cycle their own disk.',
+      'each cycle their own disk. CPU per request is process CPU time (user + system, kernel TCP work included) over the run',
+      'divided by the requests answered: the agent child, and this process (the client).',
       '',
       table,
       '',
@@ -234,13 +281,15 @@ async function main(): Promise<void> {
       '',
       `Attach+detach: ${cyclesPerSec} cycles/s${refusals.size ? ` (non-2xx: ${[...refusals].map(([k, n]) => `${k} x${n}`).join(', ')})` : ''}. Ratios vs GET /healthz in the same run: list ${ratios.listVsHealthz}x, attach/detach ${ratios.attachDetachVsHealthz}x.`,
       '',
-      `Target GET /v1/disks with ${DISKS} disks >= ${TARGET_LIST_RPS} req/s: ${targetMet ? 'met' : 'MISSED'} (${list.rps} req/s;`,
-      `load average at the end of the run ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores). Agent CPU per list request ${list.agentCpuUsPerReq} µs,`,
-      `i.e. about ${Math.round(1e6 / Math.max(1, list.agentCpuUsPerReq))} req/s per fully available core.`,
+      `Target GET /v1/disks with ${DISKS} disks >= ${TARGET_LIST_RPS} req/s: ${targetMet ? 'met' : 'MISSED'} (${list.rps} req/s, p99 ${list.p99Ms} ms).`,
+      `Agent CPU per list request ${list.agentCpuUsPerReq} µs, i.e. about ${Math.round(1e6 / Math.max(1, list.agentCpuUsPerReq))} req/s per fully available core;`,
+      `the client spends ${list.clientCpuUsPerReq} µs per request, and both share ${cpus().length} cores with whatever else runs.`,
+      '',
+      historyWith(historyRow),
       '',
     ].join('\n');
     process.stdout.write(section + '\n');
-    writeBenchmarksSection('## API (npm run bench:api)', section);
+    writeBenchmarksSection(SECTION_HEADING, section);
     process.stdout.write(
       JSON.stringify({
         bench: 'api',
@@ -254,7 +303,8 @@ async function main(): Promise<void> {
         ratios,
         target: { listDisksRps: TARGET_LIST_RPS, met: targetMet },
         listCapacityPerCoreRps: Math.round(1e6 / Math.max(1, list.agentCpuUsPerReq)),
-        loadAverage: +loadavg()[0]!.toFixed(2),
+        loadAverage: { start: +loadAtStart.toFixed(2), end: +loadAtEnd.toFixed(2) },
+        listBodyBytes: listBytes,
       }) + '\n',
     );
   } finally {

@@ -3,13 +3,16 @@
 // with the HTTP status from the one error table (src/errors.ts).
 
 import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { AgentServices } from '../agent/agent.js';
 import type { Metrics } from '../metrics/registry.js';
 import type { Logger } from '../util/logger.js';
-import { installAuth } from './auth.js';
+import { createTokenCheck, installAuth } from './auth.js';
+import { createDiskListCache } from './disk-list.js';
+import { createFastPath } from './fast-path.js';
 import { installErrorHandling } from './errors.js';
 import { sharedSchemas } from './schemas.js';
 import { registerSystemRoutes } from './routes/system.js';
@@ -32,7 +35,23 @@ export interface ApiServerOptions {
 }
 
 export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyInstance> {
+  const diskList = createDiskListCache(opts.services);
+  let closing = false;
+  const fastPath = createFastPath({ checkToken: createTokenCheck(opts.token), diskList, closing: () => closing });
   const app: FastifyInstance = Fastify({
+    // The HTTP server Fastify would create, with the fast path (fast-path.ts) in front of its
+    // handler; timeouts set as Fastify sets them on its own server.
+    serverFactory: (handler, o) => {
+      const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+        if (!fastPath(req, res)) handler(req, res);
+      });
+      // Fastify's normalized options: these are numbers (defaults applied).
+      server.keepAliveTimeout = Number(o.keepAliveTimeout);
+      server.requestTimeout = Number(o.requestTimeout);
+      server.setTimeout(Number(o.connectionTimeout));
+      if (Number(o.maxRequestsPerSocket) > 0) server.maxRequestsPerSocket = Number(o.maxRequestsPerSocket);
+      return server;
+    },
     // pino's Logger and Fastify's logger type differ only in generics.
     loggerInstance: opts.logger.child({ component: 'api' }) as unknown as FastifyBaseLogger,
     // Lifecycle calls are logged by the services; per-request logs would cost more than the
@@ -73,12 +92,17 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
+  // Fastify answers 503 while closing; the fast path steps aside from then on.
+  app.addHook('preClose', (done) => {
+    closing = true;
+    done();
+  });
   installErrorHandling(app);
   installAuth(app, { token: opts.token, protectMetrics: opts.protectMetrics });
 
   registerSystemRoutes(app, opts);
   registerKeyRoutes(app, opts.services);
-  registerDiskRoutes(app, opts.services);
+  registerDiskRoutes(app, opts.services, diskList);
   registerSnapshotRoutes(app, opts.services);
   registerImageRoutes(app, opts.services);
   registerJobRoutes(app, opts.services);

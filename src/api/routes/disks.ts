@@ -2,39 +2,12 @@
 
 import type { FastifyInstance } from 'fastify';
 import type { AgentServices } from '../../agent/agent.js';
+import { DISK_LIST_CONTENT_TYPE, type DiskListBody, type DiskListView } from '../disk-list.js';
 import { errorResponses, kmsKeyIdSchema, nameParams, nameSchema, ref, sizeSchema } from '../schemas.js';
 
-const JSON_TYPE = 'application/json; charset=utf-8';
-
-export function registerDiskRoutes(app: FastifyInstance, s: AgentServices): void {
-  // The list is served from cached, pre-serialized bodies, rebuilt only when something visible
-  // changed (the agent's version counter): headers come from memory, never from the files. The
-  // version is also the ETag, so pollers get 304 until something changes.
-  const caches = new Map<string, { version: number; body: Buffer; etag: string }>();
-  const bodyFor = (view: 'summary' | 'full') => {
-    const v = s.version();
-    let c = caches.get(view);
-    if (!c || c.version !== v) {
-      const disks = s.disks.list();
-      const out =
-        view === 'full'
-          ? disks
-          : disks.map((d) => ({
-              name: d.name,
-              size: d.size,
-              sectorSize: d.sectorSize,
-              kmsKeyId: d.kmsKeyId,
-              state: d.state,
-              ...(d.stateReason !== null ? { stateReason: d.stateReason } : {}),
-              createdAt: d.createdAt,
-              attachment: d.attachment,
-            }));
-      c = { version: v, body: Buffer.from(JSON.stringify({ disks: out })), etag: `W/"disks-${view}-${v}"` };
-      caches.set(view, c);
-    }
-    return c;
-  };
-
+export function registerDiskRoutes(app: FastifyInstance, s: AgentServices, diskList: (view: DiskListView) => DiskListBody): void {
+  // The list is served from cached, pre-serialized bodies (disk-list.ts); fast-path.ts answers the
+  // common authorized GETs of this route before Fastify with the same bodies and headers.
   app.get(
     '/v1/disks',
     {
@@ -49,11 +22,12 @@ export function registerDiskRoutes(app: FastifyInstance, s: AgentServices): void
         },
       },
     },
-    async (req, reply) => {
-      const c = bodyFor((req.query as { view?: 'summary' | 'full' }).view ?? 'summary');
+    // Synchronous and returning nothing: the reply is sent here (no promise per request).
+    (req, reply) => {
+      const c = diskList((req.query as { view?: DiskListView }).view ?? 'summary');
       void reply.header('etag', c.etag);
-      if (req.headers['if-none-match'] === c.etag) return reply.status(304).send();
-      return reply.header('content-type', JSON_TYPE).send(c.body);
+      if (req.headers['if-none-match'] === c.etag) void reply.status(304).send();
+      else void reply.header('content-type', DISK_LIST_CONTENT_TYPE).send(c.body);
     },
   );
 
