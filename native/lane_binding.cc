@@ -309,14 +309,15 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
     Napi::Object errors = Napi::Object::New(env);
     for (auto& [e, n] : s.errors) errors.Set(std::to_string(e), static_cast<double>(n));
     out.Set("errors", errors);
-    Napi::Float64Array rec = Napi::Float64Array::New(env, s.records.size() * 5);
+    Napi::Float64Array rec = Napi::Float64Array::New(env, s.records.size() * 6);
     for (size_t i = 0; i < s.records.size(); i++) {
       const LaneRecord& r = s.records[i];
-      rec[i * 5] = r.type;
-      rec[i * 5 + 1] = r.err;
-      rec[i * 5 + 2] = U64ToJs(r.offset);
-      rec[i * 5 + 3] = U64ToJs(r.length);
-      rec[i * 5 + 4] = r.ms;
+      rec[i * 6] = r.type;
+      rec[i * 6 + 1] = r.err;
+      rec[i * 6 + 2] = U64ToJs(r.offset);
+      rec[i * 6 + 3] = U64ToJs(r.length);
+      rec[i * 6 + 4] = r.ms;
+      rec[i * 6 + 5] = r.releasedAt;
     }
     out.Set("records", rec);
     out.Set("droppedRecords", static_cast<double>(s.droppedRecords));
@@ -330,7 +331,12 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
 
 }  // namespace
 
+namespace {
+Napi::Value MonotonicMs(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), LaneNowMs()); }
+}  // namespace
+
 void InitLaneBindings(Napi::Env env, Napi::Object exports) {
+  exports.Set("monotonicMs", Napi::Function::New(env, MonotonicMs, "monotonicMs"));
   Napi::Function rl = RangeLockWrap::Define(env);
   gRangeLockCtor = new Napi::FunctionReference(Napi::Persistent(rl));
   Napi::Function vc = VolumeCoreWrap::Define(env);

@@ -56,12 +56,17 @@ inline uint32_t get32(const uint8_t* p) {
 }
 inline uint64_t get64(const uint8_t* p) { return static_cast<uint64_t>(get32(p)) << 32 | get32(p + 4); }
 
-double NowMs() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 uint32_t NbdErrnoOfSys(int e) { return e == ENOSPC || e == EDQUOT ? kENOSPC : kEIO; }
 
+}  // namespace
+
+double LaneNowMs() {
+  // steady_clock is CLOCK_MONOTONIC on Linux, the clock behind Node's performance.now().
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+namespace {
+inline double NowMs() { return LaneNowMs(); }
 }  // namespace
 
 struct Lane::Job {
@@ -73,6 +78,7 @@ struct Lane::Job {
   size_t hdrLen = 0;
   uint64_t lockId = 0;
   double started = 0;
+  double releasedAt = 0;  // when the key check let this READ's data go
   std::vector<uint8_t> frame;  // a JS reply frame
   bool isFrame = false;
 };
@@ -393,7 +399,7 @@ void Lane::Complete(Job* j, uint32_t err, const char* message) {
     j->lockId = 0;
   }
   if (err != 0) SendError(j->type, j->cookie, j->offset, err, message);
-  Record(j->type, err, j->offset, j->length, NowMs() - j->started);
+  Record(j->type, err, j->offset, j->length, NowMs() - j->started, err == 0 ? j->releasedAt : 0);
   // Scrub when the buffer may hold plaintext: a failed write (not encrypted yet) or a read whose
   // data never left (a wipe raced with it).
   PutBuffer(j->buf, j->cap, err != 0);
@@ -449,6 +455,7 @@ void Lane::RunRead(Job* j) {
     PurgeBuffers();
     return Complete(j, kEPERM, "data key is no longer usable");
   }
+  j->releasedAt = NowMs();  // the audit's moment: the key was usable, the data goes out
   uint8_t* h = data - j->hdrLen;
   if (opts_.extended) {
     put32(h, kExtendedReplyMagic);
@@ -666,7 +673,7 @@ uint64_t Lane::InflightBytes() {
   return inflightBytes_;
 }
 
-void Lane::Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length, double ms) {
+void Lane::Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length, double ms, double releasedAt) {
   std::lock_guard<std::mutex> g(statsMu_);
   int k = type == kCmdRead ? 0 : 1;
   stats_.requests[k]++;
@@ -677,7 +684,7 @@ void Lane::Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length,
     stats_.droppedRecords++;
     return;
   }
-  stats_.records.push_back(LaneRecord{type, err, offset, length, ms});
+  stats_.records.push_back(LaneRecord{type, err, offset, length, ms, releasedAt});
 }
 
 // ------------------------------------------------------------------------------------ buffers

@@ -67,6 +67,7 @@ struct LaneRecord {
   uint32_t err;
   uint64_t offset, length;
   double ms;
+  double releasedAt;  // READ data released to the socket (CLOCK_MONOTONIC ms), else 0
 };
 
 struct LaneStats {
@@ -76,6 +77,9 @@ struct LaneStats {
   std::vector<LaneRecord> records;
   uint64_t droppedRecords = 0;
 };
+
+// CLOCK_MONOTONIC in milliseconds (the lanes' timestamps).
+double LaneNowMs();
 
 class Lane : public std::enable_shared_from_this<Lane> {
  public:
@@ -117,7 +121,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   uint8_t* GetBuffer(size_t n, size_t* cap);
   void PutBuffer(uint8_t* p, size_t cap, bool scrub);
   void PurgeBuffers();
-  void Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length, double ms);
+  void Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length, double ms, double releasedAt);
 
   std::shared_ptr<VolumeCore> core_;
   const int fd_;

@@ -412,3 +412,8 @@ export function setVolumeCoreSlot(core: NativeVolumeCore, slot: KeySlot | null):
 export function startNativeLane(socketFd: number, core: NativeVolumeCore, opts: NativeLaneOptions, leftover: Buffer | null, onEvent: NativeLaneEvent): NativeLane {
   return new native.NativeLane(checkFd(socketFd), core, opts, leftover, onEvent);
 }
+
+/** CLOCK_MONOTONIC in milliseconds: the clock of the native lanes' timestamps. */
+export function monotonicMs(): number {
+  return native.monotonicMs();
+}

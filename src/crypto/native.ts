@@ -64,7 +64,7 @@ export interface NativeLaneStats {
   writeBytes: number;
   /** NBD errno -> count */
   errors: Record<string, number>;
-  /** 5 numbers per request: type, errno, offset, length, ms */
+  /** 6 numbers per request: type, errno, offset, length, ms, releasedAt (READ data released, monotonicMs() clock; 0 if none) */
   records: Float64Array;
   droppedRecords: number;
   inflight: number;
@@ -113,6 +113,8 @@ export interface NativeAddon {
   kernelSupported(name: KernelName): boolean;
   setDumpable(dumpable: boolean): void;
   isDumpable(): boolean;
+  /** CLOCK_MONOTONIC in ms (the clock of the lanes' timestamps). */
+  monotonicMs(): number;
   NativeRangeLock: new (onGrant: () => void) => NativeRangeLock;
   NativeVolumeCore: new (fd: number, dataOffset: number, size: number, sectorSize: number, readOnly: boolean, lock: NativeRangeLock) => NativeVolumeCore;
   NativeLane: new (socketFd: number, core: NativeVolumeCore, opts: NativeLaneOptions, leftover: Buffer | null, onEvent: NativeLaneEvent) => NativeLane;

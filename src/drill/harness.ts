@@ -18,6 +18,8 @@ import type { GrantOperation, KeyService, KmsCredentials } from '../kms/key-serv
 import { KeyGuard, type RevokedEvent, type ResumeMode, type RevocationMode } from '../keys/key-guard.js';
 import { createMetrics, type Metrics } from '../metrics/registry.js';
 import { NbdServer } from '../nbd/index.js';
+import type { NbdRequestEvent } from '../nbd/stats.js';
+import type { NativeVolumeCore } from '../crypto/index.js';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../volume/block-device.js';
 import { Volume } from '../volume/index.js';
 import { nowMs } from '../keys/clock.js';
@@ -90,11 +92,15 @@ export async function createAgentKey(admin: KeyService, agentPrincipal: string):
 
 /**
  * A volume as the NBD server sees it, counting the moments the server was allowed to send read
- * data (it reads `keyUsable` once, right before each data reply): the agent-side evidence that no
- * plaintext left after a wipe.
+ * data: the agent-side evidence that no plaintext left after a wipe. Requests served in Node read
+ * `keyUsable` once, right before each data reply; those a native lane serves (aligned reads, the
+ * common case) report the moment their key check passed in the server's 'request' events
+ * (`releasedAt`), which the harness feeds to recordNativeSend().
  */
 export class AuditedDevice implements BlockDevice, DataSendAudit {
   private sends: number[] = [];
+  /** Lane reports arrive in batches, not in time order: sorted before the next search. */
+  private unsorted = false;
   constructor(
     readonly inner: Volume,
     private readonly maxRecords = 4_000_000,
@@ -108,15 +114,33 @@ export class AuditedDevice implements BlockDevice, DataSendAudit {
   get readOnly(): boolean {
     return this.inner.readOnly;
   }
+  /** Lets native lanes serve this volume (they report their sends through recordNativeSend). */
+  get nativeCore(): NativeVolumeCore | null {
+    return this.inner.nativeCore;
+  }
   get keyUsable(): boolean {
     const usable = this.inner.keyUsable;
-    if (usable) {
-      if (this.sends.length >= this.maxRecords) this.sends = this.sends.slice(this.maxRecords / 2);
-      this.sends.push(nowMs());
-    }
+    if (usable) this.record(nowMs());
     return usable;
   }
+  /** A native lane let read data go at `t` (epoch ms). */
+  recordNativeSend(t: number): void {
+    if (this.sends.length > 0 && t < this.sends[this.sends.length - 1]!) this.unsorted = true;
+    this.record(t);
+  }
+  private record(t: number): void {
+    if (this.sends.length >= this.maxRecords) {
+      if (this.unsorted) this.sort();
+      this.sends = this.sends.slice(this.maxRecords / 2);
+    }
+    this.sends.push(t);
+  }
+  private sort(): void {
+    this.sends.sort((a, b) => a - b);
+    this.unsorted = false;
+  }
   dataSendsAfter(t: number): number {
+    if (this.unsorted) this.sort();
     // Times are appended in order: binary search for the first one after t.
     let lo = 0;
     let hi = this.sends.length;
@@ -255,6 +279,9 @@ export async function startDrillAgent(opts: DrillAgentOptions): Promise<DrillAge
     for (const d of disks) await d.volume.close().catch(() => undefined);
     throw err;
   }
+  nbd.on('request', (ev: NbdRequestEvent) => {
+    if (ev.native && ev.releasedAt !== undefined) disks.find((d) => d.name === ev.export)?.device.recordNativeSend(ev.releasedAt);
+  });
   const listenTarget = opts.nbdListen ?? { host: '127.0.0.1', port: 0 };
   const addr = await nbd.listen(listenTarget);
   const nbdAddress = typeof addr === 'string' ? { path: addr } : { host: '127.0.0.1', port: (addr as AddressInfo).port };
@@ -267,7 +294,12 @@ export async function startDrillAgent(opts: DrillAgentOptions): Promise<DrillAge
     nbdAddress,
     disks,
     revocations,
-    audit: { dataSendsAfter: (t) => disks.reduce((n, d) => n + d.device.dataSendsAfter(t), 0) },
+    audit: {
+      dataSendsAfter: (t) => {
+        nbd.flushStats(); // lanes report in batches: take in everything up to now
+        return disks.reduce((n, d) => n + d.device.dataSendsAfter(t), 0);
+      },
+    },
     wipeTime: ({ keyId, sinceMs, timeoutMs }) => {
       const seen = revocations.find((r) => r.keyId === keyId && r.wipedAt !== null && r.wipedAt >= sinceMs);
       if (seen) return Promise.resolve(seen.wipedAt);

@@ -11,7 +11,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { EventEmitter } from 'node:events';
-import { startNativeLane, type NativeLane, type NativeVolumeCore } from '../crypto/index.js';
+import { monotonicMs, startNativeLane, type NativeLane, type NativeVolumeCore } from '../crypto/index.js';
 import { errnoName, type NbdRequestEvent, type NbdStats } from './stats.js';
 
 /** A request the lane hands to JS (anything but an aligned READ/WRITE). */
@@ -122,6 +122,11 @@ export class NbdLane {
     return done;
   }
 
+  /** Folds what the lane counted so far into the stats and 'request' events now (not at the next tick of the timer). */
+  flushStats(): void {
+    this.foldStats();
+  }
+
   /** The connection is gone: queued work is dropped, threads end. Idempotent. */
   kill(): void {
     if (!this.exited) this.lane.kill();
@@ -193,7 +198,9 @@ export class NbdLane {
     this.reportedInflightBytes = s.inflightBytes;
     const r = s.records;
     if (r.length > 0 && this.events.listenerCount('request') > 0) {
-      for (let i = 0; i < r.length; i += 5) {
+      // The lane's clock (CLOCK_MONOTONIC) to epoch ms: performance.now() runs on the same clock.
+      const toEpoch = performance.timeOrigin + performance.now() - monotonicMs();
+      for (let i = 0; i < r.length; i += 6) {
         const ev: NbdRequestEvent = {
           export: this.exportName,
           command: r[i] === 0 ? 'read' : 'write',
@@ -201,7 +208,9 @@ export class NbdLane {
           offset: r[i + 2]!,
           length: r[i + 3]!,
           durationMs: r[i + 4]!,
+          native: true,
         };
+        if (r[i + 5]! > 0) ev.releasedAt = r[i + 5]! + toEpoch;
         this.events.emit('request', ev);
       }
     }

@@ -186,6 +186,14 @@ export class NbdServer extends EventEmitter {
     };
   }
 
+  /**
+   * Brings stats and 'request' events up to date now: native lanes report theirs in batches
+   * (every 250 ms); callers that must see every request so far (the revocation audit) call this.
+   */
+  flushStats(): void {
+    for (const c of this.conns.values()) c.session?.flushStats();
+  }
+
   private accept(socket: net.Socket): void {
     if (this.closing) {
       socket.destroy();

@@ -47,6 +47,13 @@ export interface NbdRequestEvent {
   /** 0 on success, else the NBD errno sent. */
   errno: number;
   durationMs: number;
+  /**
+   * Successful READs: when the server checked the key and let the data go (epoch ms, sub-ms
+   * precision, the clock of src/keys/clock.ts nowMs()); the revocation audit counts these.
+   */
+  releasedAt?: number;
+  /** Served by a native lane (src/nbd/native-lane.ts) rather than in Node. */
+  native?: boolean;
 }
 
 /** Information about one live connection (server.connections()). */

@@ -148,6 +148,11 @@ export class TransmissionSession {
     this.stream.on('drain', () => this.maybeResume());
   }
 
+  /** Folds a native lane's counters and request events in now. */
+  flushStats(): void {
+    this.lane?.flushStats();
+  }
+
   /** True when a native lane serves this connection. */
   get native(): boolean {
     return this.lane !== null;
