@@ -236,7 +236,8 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
     return DefineClass(env, "NativeLane",
                        {InstanceMethod<&LaneWrap::Reply>("reply"), InstanceMethod<&LaneWrap::Finish>("finish"),
                         InstanceMethod<&LaneWrap::Stop>("stop"), InstanceMethod<&LaneWrap::Kill>("kill"),
-                        InstanceMethod<&LaneWrap::TakeStats>("takeStats")});
+                        InstanceMethod<&LaneWrap::TakeStats>("takeStats"),
+                        InstanceMethod<&LaneWrap::Inflight>("inflight")});
   }
 
   // (socketFd, core: NativeVolumeCore, opts, leftover: Buffer, onEvent)
@@ -297,6 +298,9 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
   Napi::Value Kill(const Napi::CallbackInfo& info) {
     lane_->Kill();
     return info.Env().Undefined();
+  }
+  Napi::Value Inflight(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(lane_->Inflight()));
   }
   Napi::Value TakeStats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

@@ -300,6 +300,15 @@ void Lane::ReceiveLoop() {
     cv_.wait(lk, [&] { return dead_ || inflight_ == 0; });
     lk.unlock();
     shutdown(fd_, SHUT_WR);
+    // Let the client close first (bounded): closing with its bytes unread would reset the connection.
+    uint8_t sink[4096];
+    for (int rounds = 0; rounds < 1000; rounds++) {
+      ssize_t r = recv(fd_, sink, sizeof sink, MSG_DONTWAIT);
+      if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+      if (r > 0) continue;
+      struct pollfd fds[2] = {{fd_, POLLIN, 0}, {killFd_, POLLIN, 0}};
+      if (poll(fds, 2, 5000) <= 0 || (fds[1].revents & POLLIN)) break;
+    }
     reason = "disc";
   }
   bool sendStopped = false;

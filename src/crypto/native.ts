@@ -78,6 +78,8 @@ export interface NativeLane {
   stop(): void;
   kill(): void;
   takeStats(): NativeLaneStats;
+  /** Requests in flight right now (native ones and those handed to JS). */
+  inflight(): number;
 }
 
 /**

@@ -132,8 +132,9 @@ export class NbdLane {
     if (!this.exited) this.lane.kill();
   }
 
+  /** Requests in flight on the connection right now (the lane's and those it handed to JS). */
   get inflight(): number {
-    return this.reportedInflight;
+    return this.exited ? 0 : this.lane.inflight();
   }
 
   private onEvent(kind: number, a: unknown[]): void {

@@ -180,7 +180,7 @@ export class NbdServer extends EventEmitter {
       tls: c.tls,
       pskIdentity: c.pskIdentity,
       since: c.since,
-      inflight: c.session?.inflight ?? 0,
+      inflight: c.session?.inflightRequests ?? 0,
       native: c.session?.native ?? false,
       state: c.closing ? 'closing' : c.session ? 'transmission' : 'handshake',
     };

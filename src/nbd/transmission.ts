@@ -153,6 +153,11 @@ export class TransmissionSession {
     this.lane?.flushStats();
   }
 
+  /** Requests in flight on this connection (with a lane: its count, which includes those handed to JS). */
+  get inflightRequests(): number {
+    return this.lane ? this.lane.inflight : this.inflight;
+  }
+
   /** True when a native lane serves this connection. */
   get native(): boolean {
     return this.lane !== null;
@@ -406,6 +411,13 @@ export class TransmissionSession {
 
   private endSocket(): void {
     if (this.stream.destroyed) return;
+    if (this.lane) {
+      // The lane answered everything and (at DISC) saw the client close; Node stopped reading this
+      // socket when the lane took over, so it cannot wait for the EOF itself.
+      this.lane.kill();
+      this.stream.destroy();
+      return;
+    }
     this.stream.end();
     // Reading was paused at DISC; the socket closes only once the client's EOF is read too
     // (whatever else arrives now is dropped, see onData).
