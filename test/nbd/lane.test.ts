@@ -1,0 +1,191 @@
+// The native lane (src/nbd/native-lane.ts, native/nbd_lane.cc) at the protocol level: which
+// connections it takes, what it serves itself and what it hands to Node, and bad input through it.
+// Every check reads back through the server or decrypts the volume file independently.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import type { NbdServer } from '../../src/nbd/server.js';
+import type { NbdRequestEvent } from '../../src/nbd/stats.js';
+import { NBD_ERR } from '../../src/errors.js';
+import { CMD_FLAG } from '../../src/nbd/protocol.js';
+import { createEncryptedVolume, decryptVolumeFile, startKmsFixture, type EncryptedTestDevice, type KmsFixture } from './encrypted-device.js';
+import { MiB, mustRun, startServer, tempDir } from './harness.js';
+import { CMD, RawClient } from './raw-client.js';
+
+const SIZE = 16 * MiB;
+const MAX_PAYLOAD = 1 * MiB;
+
+describe('NBD native lane', () => {
+  let kms: KmsFixture;
+  let dir: { path: string; remove(): Promise<void> };
+  let server: NbdServer;
+  let port = 0;
+  let uri: (name: string) => string;
+  let dev: EncryptedTestDevice;
+  const clients: RawClient[] = [];
+  const events: NbdRequestEvent[] = [];
+
+  const ready = async (opts: { structured?: boolean; extended?: boolean } = {}, name = 'lane'): Promise<RawClient> => {
+    const c = await RawClient.connect(port);
+    clients.push(c);
+    await c.greet();
+    await c.go(name, opts);
+    return c;
+  };
+  const nativeConnections = (name = 'lane'): number => server.connections().filter((x) => x.export === name && x.native).length;
+
+  beforeAll(async () => {
+    kms = await startKmsFixture();
+    dir = await tempDir('nbd-lane');
+    dev = await createEncryptedVolume(kms, join(dir.path, 'lane.kmsdisk'), SIZE, 512);
+    const s = await startServer({ maxPayload: MAX_PAYLOAD });
+    server = s.server;
+    port = s.port;
+    uri = s.uri;
+    server.addExport('lane', { device: dev.device });
+    server.addExport('lane-ro', { device: dev.device, readOnly: true });
+    server.on('request', (e: NbdRequestEvent) => events.push(e));
+  });
+
+  afterAll(async () => {
+    for (const c of clients) c.destroy();
+    await server?.close();
+    await dev?.close();
+    await dir?.remove();
+    await kms?.close();
+  });
+
+  it('takes plain connections to a volume; KMSDISK_NBD_NATIVE=0 keeps them in Node', async () => {
+    const c = await ready();
+    expect(nativeConnections()).toBe(1);
+    const c2 = await RawClient.connect(port);
+    clients.push(c2);
+    await c2.greet();
+    process.env.KMSDISK_NBD_NATIVE = '0';
+    try {
+      await c2.go('lane');
+    } finally {
+      delete process.env.KMSDISK_NBD_NATIVE;
+    }
+    expect(server.connections().filter((x) => x.export === 'lane').length).toBe(2);
+    expect(nativeConnections()).toBe(1);
+    // Both paths read and write the same volume: what one writes, the other reads.
+    const data = randomBytes(64 * 1024);
+    expect((await c.call(CMD.WRITE, 4096, data.length, { payload: Buffer.from(data) })).error).toBe(0);
+    expect((await c2.call(CMD.READ, 4096, data.length)).data!.equals(data)).toBe(true);
+    const other = randomBytes(8192);
+    expect((await c2.call(CMD.WRITE, 1 * MiB, other.length, { payload: Buffer.from(other) })).error).toBe(0);
+    expect((await c.call(CMD.READ, 1 * MiB, other.length)).data!.equals(other)).toBe(true);
+    c.destroy();
+    c2.destroy();
+  });
+
+  it('serves aligned I/O itself, hands unaligned I/O to Node, and both see one volume', async () => {
+    const c = await ready({ structured: true });
+    const base = randomBytes(8192);
+    expect((await c.call(CMD.WRITE, 2 * MiB, base.length, { payload: Buffer.from(base) })).error).toBe(0);
+    // Unaligned write (read-modify-write in Node) over the aligned data, then an aligned read.
+    const patch = randomBytes(1000);
+    expect((await c.call(CMD.WRITE, 2 * MiB + 300, patch.length, { payload: Buffer.from(patch) })).error).toBe(0);
+    patch.copy(base, 300);
+    expect((await c.call(CMD.READ, 2 * MiB, base.length)).data!.equals(base)).toBe(true);
+    // Unaligned read, DF flag, FUA write.
+    expect((await c.call(CMD.READ, 2 * MiB + 7, 777, { flags: CMD_FLAG.DF })).data!.equals(base.subarray(7, 784))).toBe(true);
+    const fua = randomBytes(4096);
+    expect((await c.call(CMD.WRITE, 3 * MiB, fua.length, { flags: CMD_FLAG.FUA, payload: Buffer.from(fua) })).error).toBe(0);
+    // Commands the lane never serves itself: flush, trim, write zeroes, block status.
+    expect((await c.call(CMD.FLUSH, 0, 0)).error).toBe(0);
+    expect((await c.call(CMD.TRIM, 3 * MiB, 4096)).error).toBe(0);
+    expect((await c.call(CMD.READ, 3 * MiB, 4096)).data!.equals(Buffer.alloc(4096))).toBe(true);
+    // On disk: aes-xts-plain64 under the DEK, independently decrypted.
+    const plain = await decryptVolumeFile(dev.volume.path, 4 * MiB, 512, dev.checkKey);
+    expect(plain.subarray(2 * MiB, 2 * MiB + base.length).equals(base)).toBe(true);
+    // Request events and counters cover the lane's requests too.
+    server.flushStats();
+    expect(events.some((e) => e.native === true && e.command === 'read' && e.errno === 0 && typeof e.releasedAt === 'number')).toBe(true);
+    expect(events.some((e) => e.native === true && e.command === 'write')).toBe(true);
+    expect(server.stats.requests.read ?? 0).toBeGreaterThan(0);
+    c.destroy();
+  });
+
+  it('extended headers: reads and writes round-trip through the lane', async () => {
+    const c = await ready({ extended: true });
+    expect(c.extended).toBe(true);
+    const data = randomBytes(128 * 1024);
+    expect((await c.call(CMD.WRITE, 5 * MiB, data.length, { payload: Buffer.from(data) })).error).toBe(0);
+    expect((await c.call(CMD.READ, 5 * MiB, data.length)).data!.equals(data)).toBe(true);
+    const past = await c.call(CMD.READ, SIZE - 512, 1024);
+    expect(past.error).toBe(NBD_ERR.EINVAL);
+    c.destroy();
+  });
+
+  it('bad requests get errors and the connection stays usable', async () => {
+    const c = await ready({ structured: true });
+    expect((await c.call(CMD.READ, SIZE - 512, 1024)).error).toBe(NBD_ERR.EINVAL); // past the end
+    expect((await c.call(CMD.WRITE, SIZE, 512, { payload: Buffer.alloc(512) })).error).toBe(NBD_ERR.ENOSPC);
+    expect((await c.call(CMD.READ, 0, 0)).error).toBe(NBD_ERR.EINVAL); // empty
+    expect((await c.call(CMD.READ, 0, 4096, { flags: 1 << 9 })).error).toBe(NBD_ERR.EINVAL); // unknown flag
+    expect((await c.call(99, 0, 4096)).error).toBe(NBD_ERR.EINVAL); // unknown command
+    expect((await c.call(CMD.READ, 0, MAX_PAYLOAD + 4096)).error).toBe(NBD_ERR.EINVAL); // read too long
+    // A write payload over the limit is read and discarded, then refused.
+    expect((await c.call(CMD.WRITE, 0, MAX_PAYLOAD + 4096, { payload: randomBytes(MAX_PAYLOAD + 4096) })).error).toBe(NBD_ERR.EINVAL);
+    const ok = randomBytes(4096);
+    expect((await c.call(CMD.WRITE, 0, ok.length, { payload: Buffer.from(ok) })).error).toBe(0);
+    expect((await c.call(CMD.READ, 0, ok.length)).data!.equals(ok)).toBe(true);
+    c.destroy();
+  });
+
+  it('a bad request magic ends the connection as a protocol error; the server goes on', async () => {
+    const before = server.stats.protocolErrors;
+    const c = await ready();
+    c.request(CMD.READ, 0, 4096, { magic: 0x12345678 });
+    expect(await c.waitClosed(5000)).toBe(true);
+    expect(server.stats.protocolErrors).toBe(before + 1);
+    const again = await ready();
+    expect((await again.call(CMD.READ, 0, 4096)).error).toBe(0);
+    again.destroy();
+  });
+
+  it('a client that vanishes mid-payload changes nothing on disk', async () => {
+    const before = await decryptVolumeFile(dev.volume.path, 8 * MiB, 512, dev.checkKey);
+    const c = await ready();
+    c.request(CMD.WRITE, 6 * MiB, 256 * 1024, { payload: randomBytes(100 * 1024) }); // 100 KiB of 256 KiB
+    await new Promise((r) => setTimeout(r, 50));
+    c.destroy();
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await decryptVolumeFile(dev.volume.path, 8 * MiB, 512, dev.checkKey)).equals(before)).toBe(true);
+    expect(nativeConnections()).toBe(0);
+  });
+
+  it('a read-only export refuses writes through the lane', async () => {
+    const c = await ready({}, 'lane-ro');
+    expect(nativeConnections('lane-ro')).toBe(1);
+    expect((await c.call(CMD.WRITE, 0, 4096, { payload: Buffer.alloc(4096, 1) })).error).toBe(NBD_ERR.EPERM);
+    expect((await c.call(CMD.READ, 0, 4096)).error).toBe(0);
+    c.destroy();
+  });
+
+  it('many requests in flight on several connections, then DISC answers them all; real clients agree', async () => {
+    const conns = await Promise.all([ready(), ready({ structured: true }), ready({ extended: true })]);
+    const LEN = 64 * 1024;
+    const blocks = conns.map(() => Array.from({ length: 16 }, () => randomBytes(LEN)));
+    await Promise.all(
+      conns.map(async (c, k) => {
+        const cookies = blocks[k]!.map((b, i) => c.request(CMD.WRITE, 8 * MiB + (k * 16 + i) * LEN, LEN, { payload: Buffer.from(b) }));
+        const replies = await c.readReplies(cookies.length);
+        for (const ck of cookies) expect(replies.get(ck)!.error).toBe(0);
+        const reads = blocks[k]!.map((_, i) => c.request(CMD.READ, 8 * MiB + (k * 16 + i) * LEN, LEN));
+        c.request(CMD.DISC, 0, 0);
+        const got = await c.readReplies(reads.length);
+        reads.forEach((ck, i) => expect(got.get(ck)!.data!.equals(blocks[k]![i]!)).toBe(true));
+        expect(await c.waitClosed(10_000)).toBe(true);
+      }),
+    );
+    // nbdcopy out of the server: the same bytes.
+    const out = join(dir.path, 'out.bin');
+    await mustRun('nbdcopy', [uri('lane'), out]);
+    const all = Buffer.concat(blocks.flat());
+    const { readFile } = await import('node:fs/promises');
+    expect((await readFile(out)).subarray(8 * MiB, 8 * MiB + all.length).equals(all)).toBe(true);
+  });
+});
