@@ -29,6 +29,8 @@ export interface AttachedClient {
   pskIdentity: string | null;
   inflight: number;
   state: string;
+  /** A native lane serves this connection's aligned reads and writes. */
+  native: boolean;
 }
 
 export interface AttachmentView {
@@ -93,6 +95,7 @@ export class AttachmentsService {
           pskIdentity: c.pskIdentity ?? null,
           inflight: c.inflight,
           state: c.state,
+          native: c.native,
         })),
     };
   }

@@ -159,7 +159,7 @@ export const attachmentSchema = {
       type: 'array',
       items: {
         type: 'object',
-        properties: { id: int, remote: str, since: str, tls: bool, pskIdentity: strOrNull, inflight: int, state: str },
+        properties: { id: int, remote: str, since: str, tls: bool, pskIdentity: strOrNull, inflight: int, state: str, native: bool },
       },
     },
   },

@@ -264,7 +264,7 @@ describe('admin API lifecycle', () => {
           return a && a.clients.length === 1 ? l : null;
         }, 'the client to show up');
         const a = list.body.attachments.find((x: { disk: string }) => x.disk === 'data1');
-        expect(a.clients[0]).toMatchObject({ tls: false, state: 'transmission' });
+        expect(a.clients[0]).toMatchObject({ tls: false, state: 'transmission', native: true });
       } finally {
         await c.disconnect();
       }
