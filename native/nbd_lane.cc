@@ -456,6 +456,10 @@ void Lane::RunRead(Job* j) {
   decrypt_skipping_holes(active_kernel(), slot->schedule(), data, j->length, ss, j->offset / kTweakUnit, ss / kTweakUnit);
   core_->lock->Release(j->lockId);
   j->lockId = 0;
+  // The audit's moment, taken before the check: if the check passes, the wipe had not happened
+  // yet when it ran, so this time is before the guard's wipedAt (taken after the wipe). Taken
+  // after the check, a wipe on another thread in between would make an honest send look late.
+  const double checkAt = NowMs();
   bool usable = core_->StillUsable(slot);
   slot->Unref();
   if (!usable) {
@@ -464,7 +468,7 @@ void Lane::RunRead(Job* j) {
     PurgeBuffers();
     return Complete(j, kEPERM, "data key is no longer usable");
   }
-  j->releasedAt = NowMs();  // the audit's moment: the key was usable, the data goes out
+  j->releasedAt = checkAt;
   uint8_t* h = data - j->hdrLen;
   if (opts_.extended) {
     put32(h, kExtendedReplyMagic);

@@ -8,7 +8,7 @@
 //   child: {type:'ready', ...}                     once started
 //   child: {type:'revoked', keyId, cause, source, at, wipedAt}   every guard revocation (agent)
 //   child: {type:'restored', keyId, at}                          (agent)
-//   parent: {type:'audit', id, t} -> child: {type:'audit', id, count}   data sends after t (agent)
+//   parent: {type:'audit', id, t, until?} -> child: {type:'audit', id, count}   data sends in (t, until] (agent)
 //   parent: {type:'eventsLive', id} -> child: {type:'eventsLive', id, live}   stream connected? (agent)
 //   parent: {type:'stop'} -> child closes and exits 0
 // The start options arrive in the KMSDISK_DRILL_CHILD environment variable (JSON).
@@ -51,8 +51,8 @@ async function runAgentChild(opts: AgentChildOptions): Promise<void> {
   });
   agent.guard.on('restored', (ev: { keyId: string; at: number }) => process.send?.({ type: 'restored', keyId: ev.keyId, at: ev.at }));
   process.send?.({ type: 'ready', nbd: agent.nbdAddress, disks: agent.disks.map((d) => d.name) });
-  process.on('message', (m: { type: string; id?: number; t?: number }) => {
-    if (m.type === 'audit') process.send?.({ type: 'audit', id: m.id, count: agent.audit.dataSendsAfter(m.t ?? 0) });
+  process.on('message', (m: { type: string; id?: number; t?: number; until?: number }) => {
+    if (m.type === 'audit') process.send?.({ type: 'audit', id: m.id, count: agent.audit.dataSendsAfter(m.t ?? 0, m.until) });
     else if (m.type === 'eventsLive') process.send?.({ type: 'eventsLive', id: m.id, live: agent.guard.eventsLive });
     else if (m.type === 'stop') void agent.close().then(() => process.exit(0));
   });
@@ -147,11 +147,11 @@ export async function startAgentChild(opts: AgentChildOptions, execArgv?: string
     pid: child.pid!,
     revocations,
     audit: {
-      dataSendsAfter: (t) =>
+      dataSendsAfter: (t, until) =>
         new Promise<number>((resolve) => {
           const id = nextId++;
           audits.set(id, resolve);
-          child.send({ type: 'audit', id, t });
+          child.send({ type: 'audit', id, t, ...(until !== undefined ? { until } : {}) });
         }),
     },
     wipeTime: ({ keyId, sinceMs, timeoutMs }) => {

@@ -23,9 +23,12 @@ import { renderTimelineSvg } from './svg.js';
 export const DRILL_ACTIONS = ['disable-key', 'revoke-grant', 'schedule-deletion', 'disable-accesskey'] as const;
 export type DrillAction = (typeof DRILL_ACTIONS)[number];
 
-/** Server-side evidence: how many read replies carrying data the agent let out after time t. */
+/**
+ * Server-side evidence: how many read replies carrying data the agent let out after time t (and
+ * up to `until`, if given). One call, one consistent count: native lanes report in batches.
+ */
 export interface DataSendAudit {
-  dataSendsAfter(t: number): number | Promise<number>;
+  dataSendsAfter(t: number, until?: number): number | Promise<number>;
 }
 
 export interface DrillOptions {
@@ -213,7 +216,7 @@ export async function runDrill(o: DrillOptions): Promise<DrillReport> {
       if (wipeAt !== null) {
         if (o.audit) {
           // Sends after the wipe and before the restore call (after it, serving again is right).
-          const after = (await o.audit.dataSendsAfter(wipeAt)) - (restoreCallIssued !== undefined ? await o.audit.dataSendsAfter(restoreCallIssued) : 0);
+          const after = await o.audit.dataSendsAfter(wipeAt, restoreCallIssued);
           readsServedAfterWipe = after;
           basis = 'agent';
         } else {

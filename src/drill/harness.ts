@@ -139,9 +139,13 @@ export class AuditedDevice implements BlockDevice, DataSendAudit {
     this.sends.sort((a, b) => a - b);
     this.unsorted = false;
   }
-  dataSendsAfter(t: number): number {
+  /** Sends in (t, until]; `until` omitted: all after t. */
+  dataSendsAfter(t: number, until = Infinity): number {
     if (this.unsorted) this.sort();
-    // Times are appended in order: binary search for the first one after t.
+    return this.countAfter(t) - this.countAfter(until);
+  }
+  /** Sends strictly after t (binary search: kept sorted). */
+  private countAfter(t: number): number {
     let lo = 0;
     let hi = this.sends.length;
     while (lo < hi) {
@@ -151,6 +155,7 @@ export class AuditedDevice implements BlockDevice, DataSendAudit {
     }
     return this.sends.length - lo;
   }
+
   read(offset: number, length: number, target: Buffer, targetOffset: number): Promise<void> {
     return this.inner.read(offset, length, target, targetOffset);
   }
@@ -210,7 +215,7 @@ export interface DrillAgent {
   nbdAddress: { host: string; port: number } | { path: string };
   disks: DrillAgentDisk[];
   /** Every data send across the disks (the drill's audit; synchronous in-process). */
-  audit: { dataSendsAfter(t: number): number };
+  audit: { dataSendsAfter(t: number, until?: number): number };
   /** Revocation events seen so far. */
   revocations: RevokedEvent[];
   /** Resolves with the wipe time of the first revocation of keyId at or after sinceMs. */
@@ -295,9 +300,9 @@ export async function startDrillAgent(opts: DrillAgentOptions): Promise<DrillAge
     disks,
     revocations,
     audit: {
-      dataSendsAfter: (t) => {
+      dataSendsAfter: (t, until) => {
         nbd.flushStats(); // lanes report in batches: take in everything up to now
-        return disks.reduce((n, d) => n + d.device.dataSendsAfter(t), 0);
+        return disks.reduce((n, d) => n + d.device.dataSendsAfter(t, until), 0);
       },
     },
     wipeTime: ({ keyId, sinceMs, timeoutMs }) => {
