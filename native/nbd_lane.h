@@ -104,8 +104,10 @@ class Lane : public std::enable_shared_from_this<Lane> {
   Lane(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts, std::vector<uint8_t> leftover, Emit emit);
   void Launch();
   void ReceiveLoop();
-  void WorkerLoop();
+  void WorkerLoop(int w);
+  std::deque<Job*>::iterator NextJob(int w);  // under mu_
   void Run(Job* j);
+  KeySlot* Begin(Job* j, bool exclusive);
   void RunRead(Job* j);
   void RunWrite(Job* j);
   bool Lock(Job* j, bool exclusive);

@@ -11,7 +11,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { EventEmitter } from 'node:events';
-import { monotonicMs, startNativeLane, type NativeLane, type NativeVolumeCore } from '../crypto/index.js';
+import { monotonicMs, startNativeLane, type NativeLane, type NativeLaneOptions, type NativeVolumeCore } from '../crypto/index.js';
 import { errnoName, type NbdRequestEvent, type NbdStats } from './stats.js';
 
 /** A request the lane hands to JS (anything but an aligned READ/WRITE). */
@@ -34,19 +34,17 @@ export interface LaneHandlers {
   closed(reason: string, protocolError: boolean): void;
 }
 
-export interface LaneSettings {
-  structured: boolean;
-  extended: boolean;
-  readOnly: boolean;
-  maxPayload: number;
-  maxInflightRequests: number;
-  maxInflightBytes: number;
-}
+/** What the session decides for its lane (record and workers are this module's business). */
+export type LaneSettings = Omit<NativeLaneOptions, 'record' | 'workers'>;
 
 const EVENT = { request: 0, closed: 1, stopped: 2, exited: 3 } as const;
 const STATS_INTERVAL_MS = 250;
-/** Worker threads per lane: one encrypts/decrypts while the other waits on the disk or the socket. */
-const LANE_WORKERS = Number(process.env.KMSDISK_NBD_LANE_WORKERS ?? 2) || 2;
+/**
+ * Worker threads per lane (KMSDISK_NBD_LANE_WORKERS overrides, for measurements): writes use both
+ * (one encrypts while the other waits on the page cache), reads stay on the first (native/nbd_lane.cc
+ * NextJob has the figures).
+ */
+const LANE_WORKERS = Math.max(1, Math.min(16, Math.floor(Number(process.env.KMSDISK_NBD_LANE_WORKERS ?? 2)) || 2));
 
 export function nativeLanesEnabled(): boolean {
   return process.env.KMSDISK_NBD_NATIVE !== '0';
