@@ -247,6 +247,8 @@ async function main(): Promise<void> {
   }
 }
 
+const HISTORY_HEADING = '### Earlier runs and changes (kept across runs)';
+
 function updateBenchmarksMd(lines: string[], when: string): void {
   const here = dirname(fileURLToPath(import.meta.url));
   // dist/bench/kms.js -> repo root is two levels up; bench/kms.ts (ts runner) -> one level.
@@ -265,9 +267,13 @@ function updateBenchmarksMd(lines: string[], when: string): void {
   } catch {
     md = '# Benchmarks\n';
   }
-  const section = ['## KMS (npm run bench:kms)', '', `Measured ${when} on this machine (2 cores, noisy).`, '', ...lines, ''].join('\n');
   // Repeated headings (left by an earlier hand edit) are folded into the one section.
   const re = /(?:## KMS \(npm run bench:kms\)\s*)+[\s\S]*?(?=\n## |$)/;
+  // The hand-kept history below HISTORY_HEADING survives a new run; the table above it is replaced.
+  const old = re.exec(md)?.[0] ?? '';
+  const at = old.indexOf(HISTORY_HEADING);
+  const history = at >= 0 ? old.slice(at).trimEnd() : '';
+  const section = ['## KMS (npm run bench:kms)', '', `Measured ${when} on this machine (2 cores, noisy).`, '', ...lines, '', ...(history ? [history, ''] : [])].join('\n');
   md = re.test(md) ? md.replace(re, section.trimEnd() + '\n') : md.trimEnd() + '\n\n' + section;
   writeFileSync(file, md);
 }
