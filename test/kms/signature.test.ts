@@ -4,9 +4,11 @@
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { requestParams } from '../../src/kms/emulator/auth.js';
+import { createHmac } from 'node:crypto';
+import { NonceCache, RequestAuthenticator, requestParams } from '../../src/kms/emulator/auth.js';
+import { PrincipalDirectory } from '../../src/kms/emulator/principals.js';
 import type { KmsEmulator } from '../../src/kms/emulator/index.js';
-import { buildSignedQuery, signV1, signV1Pieces, percentEncode } from '../../src/kms/signature.js';
+import { buildSignedQuery, signV1, signV1Pieces, signV1String, stringToSign, percentEncode } from '../../src/kms/signature.js';
 import { KMS, codeOf, raw, removeDir, sdkClient, startEmulator, statusOf, tempDir } from './helpers.js';
 
 interface Vector {
@@ -51,6 +53,36 @@ describe('signature v1 verifier on the captured SDK requests', () => {
     for (const q of odd) {
       const params = requestParams('/?' + q, 'z=%2b+1');
       expect(signV1Pieces('POST', params.signedPieces, 's')).toBe(signV1('POST', params, 's'));
+    }
+  });
+
+  it('builds the string to sign from the wire text exactly like the decoded parameters', () => {
+    const odd = [
+      'a=%7b%22k%22%3a1%7d',
+      'a=x+y&b=%41%62c',
+      "a=!'()*&b=%21%27%28%29%2A",
+      'a=%ZZ&b=%FF&c=%E4%BD%A0%E5%A5%BD',
+      'a=1&a=2&%41b=3&c',
+      'a=%ED%A0%80&b=~-_.&%5A=z&Signature=x',
+      // More parameters than the linear lookup handles: the name index takes over.
+      Array.from({ length: 40 }, (_, i) => `p${39 - i}=v${i}%2F`).join('&') + '&p7=dup',
+    ];
+    for (const q of odd) {
+      const params = requestParams('/?' + q, 'z=%2b+1&a=body');
+      expect(params.stringToSign('POST')).toBe(stringToSign('POST', params));
+      if (q.startsWith('a=')) expect(params.get('a')).not.toBe('body'); // the query's first occurrence wins
+    }
+    const many = requestParams('/?' + odd[6], undefined);
+    expect(many.get('p7')).toBe('v32/');
+    expect(many.size).toBe(40);
+  });
+
+  it('computes HMAC-SHA1 like createHmac for any secret (ASCII, non-ASCII, longer than a block)', () => {
+    const msg = 'POST&%2F&' + 'AccessKeyId%3Dx%26Action%3DDecrypt'.repeat(20);
+    for (const secret of ['s', 'FakeAccessKeySecretForEmulatorTests0001', 'sécret-ü', 'x'.repeat(63), 'y'.repeat(64), 'z'.repeat(200), '\u00ff'.repeat(10)]) {
+      const want = createHmac('sha1', Buffer.from(secret + '&', 'utf8')).update(msg).digest('base64');
+      expect(signV1String(msg, secret)).toBe(want);
+      expect(signV1String(msg, secret)).toBe(want); // second call: cached pads
     }
   });
 
@@ -191,5 +223,47 @@ describe('authentication failures through the SDK', () => {
     const admin = sdkClient(emu, emu.credentials.admin);
     expect(await codeOf(raw(admin, 'NoSuchAction', {}))).toBe('InvalidAction.NotFound');
     expect(await statusOf(raw(admin, 'NoSuchAction', {}))).toBe(404);
+  });
+});
+
+describe('authenticator internals', () => {
+  const creds = { accessKeyId: 'LTAI5tUnitTestKey000001', accessKeySecret: 'UnitTestSecret0001' };
+  const principals = new PrincipalDirectory([{ name: 'agent', ...creds, admin: false }]);
+
+  it('refuses a nonce reused under another timestamp, within the window', () => {
+    const cache = new NonceCache(100, 15 * 60 * 1000);
+    const t = Date.parse('2026-11-28T00:00:00Z');
+    expect(cache.checkAndAdd('k', 'n1', t, t)).toBe(true);
+    expect(cache.checkAndAdd('k', 'n1', t, t)).toBe(false);
+    // Same nonce, a timestamp 10 minutes later (another expiry bucket): still a replay.
+    expect(cache.checkAndAdd('k', 'n1', t + 10 * 60_000, t + 10 * 60_000)).toBe(false);
+    // Another AccessKey may use the same nonce.
+    expect(cache.checkAndAdd('k2', 'n1', t, t)).toBe(true);
+  });
+
+  it('checks timestamps: malformed, impossible dates and the 15 minute window', () => {
+    let now = Date.parse('2026-11-28T00:00:00Z');
+    const auth = new RequestAuthenticator(principals, () => true, { now: () => now });
+    const at = (ts: string): string | undefined => {
+      // A signed request whose Timestamp is replaced, then signed again.
+      const q = buildSignedQuery('POST', 'ListKeys', {}, creds, new Date(now)).replace(/Timestamp=[^&]+/, 'Timestamp=' + encodeURIComponent(ts));
+      const p = requestParams('/?' + q, undefined);
+      const fields = Object.fromEntries([...p.entries()].filter(([k]) => k !== 'Signature'));
+      const sig = signV1('POST', fields, creds.accessKeySecret);
+      const params = requestParams('/?' + q.replace(/Signature=[^&]+/, 'Signature=' + encodeURIComponent(sig)), undefined);
+      try {
+        auth.authenticate('POST', params);
+        return undefined;
+      } catch (err) {
+        return (err as { message: string }).message;
+      }
+    };
+    expect(at('2026-11-28T00:01:00Z')).toBeUndefined();
+    expect(at('2026-11-28T00:01:00Z')).toBeUndefined(); // the same timestamp again (cached parse), new nonce
+    expect(at('2026-11-28 00:01:00')).toMatch(/not YYYY-MM-DDThh:mm:ssZ/);
+    expect(at('2026-13-45T00:00:00Z')).toMatch(/outside the 15 minute window/);
+    expect(at('2026-11-28T00:16:00Z')).toMatch(/outside the 15 minute window/);
+    now += 60 * 60_000;
+    expect(at('2026-11-28T00:01:00Z')).toMatch(/outside the 15 minute window/);
   });
 });

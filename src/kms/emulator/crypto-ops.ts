@@ -68,7 +68,11 @@ export function openBlob(parsed: ParsedBlob, material: KeyObject | Buffer, aad: 
     const d = createDecipheriv('aes-256-gcm', material, raw.subarray(VERSION_ID_LEN, VERSION_ID_LEN + IV_LEN));
     d.setAAD(aad);
     d.setAuthTag(raw.subarray(raw.length - TAG_LEN));
-    return Buffer.concat([d.update(raw.subarray(VERSION_ID_LEN + IV_LEN, raw.length - TAG_LEN)), d.final()]);
+    const out = d.update(raw.subarray(VERSION_ID_LEN + IV_LEN, raw.length - TAG_LEN));
+    // GCM is a stream mode: update() returns all of the plaintext and final() only checks the
+    // tag (it throws on a mismatch), so the usual concat is a copy for nothing.
+    const last = d.final();
+    return last.length === 0 ? out : Buffer.concat([out, last]);
   } catch {
     throw E.invalidCiphertext();
   }

@@ -25,13 +25,15 @@ import { grantActions } from './actions/grants.js';
 
 export const HOST_ID = 'kms.cn-hangzhou.aliyuncs.com';
 
-const ACTIONS: Record<string, ActionHandler> = {
-  ...keyActions,
-  ...cryptoActions,
-  ...aliasActions,
-  ...importActions,
-  ...grantActions,
-};
+const ACTIONS = new Map<string, ActionHandler>(
+  Object.entries({
+    ...keyActions,
+    ...cryptoActions,
+    ...aliasActions,
+    ...importActions,
+    ...grantActions,
+  }),
+);
 
 export interface ServerDeps {
   store: KeyStore;
@@ -169,7 +171,43 @@ export function createServer(deps: ServerDeps): EmulatorServer {
   });
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => done(null, body));
 
-  const rpc = async (method: string, rawUrl: string, body: unknown, reply: FastifyReply): Promise<FastifyReply> => {
+  /** The success body: RequestId first, then the action's fields (and RevocationAcks, if any). */
+  const successJson = (rid: string, body: Record<string, unknown>, acks?: RevocationAcks): string => {
+    if (acks) return JSON.stringify({ RequestId: rid, ...body, RevocationAcks: acks });
+    // Spliced rather than spread into a fresh object: same bytes, one object copy less per
+    // request (the request id is an uppercase UUID, nothing to escape).
+    const rest = JSON.stringify(body);
+    return rest === '{}' ? `{"RequestId":"${rid}"}` : `{"RequestId":"${rid}",${rest.slice(1)}`;
+  };
+
+  const sendJson = (reply: FastifyReply, json: string): FastifyReply =>
+    // A prebuilt string: Fastify sends it as is (no serializer lookup for an object payload).
+    reply.code(200).header('content-type', 'application/json; charset=utf-8').send(json);
+
+  const failed = (reply: FastifyReply, err: unknown, rid: string, action: string): FastifyReply => {
+    if (err instanceof KmsApiError) return sendError(reply, err, rid);
+    logger.error({ err, action }, 'kms: request failed');
+    return sendError(reply, E.internal(), rid);
+  };
+
+  /** The state-changing tail of a request: persist, publish, wait for acks, then answer. */
+  const finishCommitting = async (reply: FastifyReply, result: ActionResult, rid: string, action: string, received: number): Promise<FastifyReply> => {
+    try {
+      const t: CommitTimeline = { received, stateChanged: performance.now() };
+      let acks = await commit(result, action, t);
+      if (acks) acks = { ...acks, Timeline: timelineOf(t, performance.now()) };
+      return sendJson(reply, successJson(rid, result.body, acks));
+    } catch (err) {
+      return failed(reply, err, rid, action);
+    }
+  };
+
+  /**
+   * One signed RPC. Synchronous up to the answer for the data-plane actions (they change
+   * nothing): no promise, no microtask hop per request. Handlers that return a promise or a
+   * state change continue in the async tail above.
+   */
+  const rpc = (method: string, rawUrl: string, body: unknown, reply: FastifyReply): FastifyReply | Promise<FastifyReply> => {
     const received = performance.now();
     const rid = requestId();
     let action = '';
@@ -178,35 +216,32 @@ export function createServer(deps: ServerDeps): EmulatorServer {
       action = params.get('Action') ?? '';
       const principal = auth.authenticate(method, params);
       if (!action) throw E.missing('Action');
-      const handler = Object.prototype.hasOwnProperty.call(ACTIONS, action) ? ACTIONS[action] : undefined;
+      const handler = ACTIONS.get(action);
       if (!handler) throw E.unknownAction(action);
       const ctx: ActionContext = { params, principal, store, principals: deps.principals, root: deps.root, events: hub, now: deps.now() };
-      // The data-plane handlers are synchronous and change nothing: skip the awaits for them.
       const pending = handler(ctx);
-      const result = pending instanceof Promise ? await pending : pending;
-      let acks: RevocationAcks | undefined;
-      if (result.mutated || result.events?.length) {
-        const t: CommitTimeline = { received, stateChanged: performance.now() };
-        acks = await commit(result, action, t);
-        if (acks) acks = { ...acks, Timeline: timelineOf(t, performance.now()) };
+      if (pending instanceof Promise) {
+        const name = action;
+        return pending.then(
+          (result) => (result.mutated || result.events?.length ? finishCommitting(reply, result, rid, name, received) : sendJson(reply, successJson(rid, result.body))),
+          (err: unknown) => failed(reply, err, rid, name),
+        );
       }
-      const out: Record<string, unknown> = { RequestId: rid, ...result.body };
-      if (acks) out.RevocationAcks = acks;
-      // A prebuilt string: Fastify sends it as is (no serializer lookup for an object payload).
-      return reply.code(200).header('content-type', 'application/json; charset=utf-8').send(JSON.stringify(out));
+      if (pending.mutated || pending.events?.length) return finishCommitting(reply, pending, rid, action, received);
+      return sendJson(reply, successJson(rid, pending.body));
     } catch (err) {
-      if (err instanceof KmsApiError) return sendError(reply, err, rid);
-      logger.error({ err, action }, 'kms: request failed');
-      return sendError(reply, E.internal(), rid);
+      return failed(reply, err, rid, action);
     }
   };
 
+  // A sent reply is not handed back to Fastify (it would only chain a no-op then() on it).
+  const settled = (r: FastifyReply | Promise<FastifyReply>): Promise<FastifyReply> | undefined => (r instanceof Promise ? r : undefined);
   app.post('/', (request, reply) => {
     // Only a form body carries parameters (kms-api.md §2.1); other bodies are ignored.
     const isForm = (request.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded');
-    return rpc('POST', request.raw.url ?? '/', isForm ? request.body : undefined, reply);
+    return settled(rpc('POST', request.raw.url ?? '/', isForm ? request.body : undefined, reply));
   });
-  app.get('/', (request, reply) => rpc('GET', request.raw.url ?? '/', undefined, reply));
+  app.get('/', (request, reply) => settled(rpc('GET', request.raw.url ?? '/', undefined, reply)));
 
   app.get('/events', (request, reply) => {
     const rid = requestId();

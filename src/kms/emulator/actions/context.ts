@@ -2,6 +2,7 @@
 
 import { E } from '../api-error.js';
 import { canonicalContext } from '../crypto-ops.js';
+import type { ParamLookup } from '../auth.js';
 import type { EventHub } from '../events.js';
 import type { KeyStore } from '../keystore.js';
 import type { GrantOperation, KeyRecord, KmsEvent } from '../model.js';
@@ -9,7 +10,7 @@ import type { Principal, PrincipalDirectory } from '../principals.js';
 import type { RootKey } from '../root-key.js';
 
 export interface ActionContext {
-  params: Map<string, string>;
+  params: ParamLookup;
   principal: Principal;
   store: KeyStore;
   principals: PrincipalDirectory;
