@@ -121,7 +121,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   bool SendAll(const uint8_t* p, size_t n);
   void SendError(uint16_t type, const uint8_t cookie[8], uint64_t offset, uint32_t err, const char* message);
   uint8_t* GetBuffer(size_t n, size_t* cap);
-  void PutBuffer(uint8_t* p, size_t cap, bool scrub);
+  void PutBuffer(uint8_t* p, size_t cap, size_t scrubBytes);  // scrubBytes: zero this prefix first
   void PurgeBuffers();
   void Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length, double ms, double releasedAt);
 
