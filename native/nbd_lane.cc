@@ -57,6 +57,29 @@ inline uint32_t get32(const uint8_t* p) {
 inline uint64_t get64(const uint8_t* p) { return static_cast<uint64_t>(get32(p)) << 32 | get32(p + 4); }
 
 
+// A structured (20-byte) or extended (32-byte) reply chunk header with the DONE flag; returns its size.
+size_t PutChunkHeader(uint8_t* h, bool extended, uint16_t type, const uint8_t cookie[8], uint64_t offset, uint64_t payloadLen) {
+  put32(h, extended ? kExtendedReplyMagic : kStructuredReplyMagic);
+  put16(h + 4, kReplyFlagDone);
+  put16(h + 6, type);
+  std::memcpy(h + 8, cookie, 8);
+  if (!extended) {
+    put32(h + 16, static_cast<uint32_t>(payloadLen));
+    return 20;
+  }
+  put64(h + 16, offset);
+  put64(h + 24, payloadLen);
+  return 32;
+}
+
+// A simple (16-byte) reply.
+size_t PutSimpleReply(uint8_t* h, uint32_t err, const uint8_t cookie[8]) {
+  put32(h, kSimpleReplyMagic);
+  put32(h + 4, err);
+  std::memcpy(h + 8, cookie, 8);
+  return 16;
+}
+
 uint32_t NbdErrnoOfSys(int e) { return e == ENOSPC || e == EDQUOT ? kENOSPC : kEIO; }
 
 }  // namespace
@@ -507,25 +530,11 @@ void Lane::RunRead(Job* j) {
   }
   j->releasedAt = checkAt;
   uint8_t* h = data - j->hdrLen;
-  if (opts_.extended) {
-    put32(h, kExtendedReplyMagic);
-    put16(h + 4, kReplyFlagDone);
-    put16(h + 6, kReplyOffsetData);
-    std::memcpy(h + 8, j->cookie, 8);
-    put64(h + 16, j->offset);
-    put64(h + 24, 8 + j->length);
-    put64(h + 32, j->offset);
-  } else if (opts_.structured) {
-    put32(h, kStructuredReplyMagic);
-    put16(h + 4, kReplyFlagDone);
-    put16(h + 6, kReplyOffsetData);
-    std::memcpy(h + 8, j->cookie, 8);
-    put32(h + 16, static_cast<uint32_t>(8 + j->length));
-    put64(h + 20, j->offset);
+  if (opts_.extended || opts_.structured) {
+    size_t n = PutChunkHeader(h, opts_.extended, kReplyOffsetData, j->cookie, j->offset, 8 + j->length);
+    put64(h + n, j->offset);
   } else {
-    put32(h, kSimpleReplyMagic);
-    put32(h + 4, 0);
-    std::memcpy(h + 8, j->cookie, 8);
+    PutSimpleReply(h, 0, j->cookie);
   }
   SendAll(h, j->hdrLen + j->length);
   Complete(j, 0, nullptr);
@@ -558,21 +567,7 @@ void Lane::RunWrite(Job* j) {
     }
   }
   uint8_t r[32];
-  size_t n;
-  if (opts_.extended) {
-    put32(r, kExtendedReplyMagic);
-    put16(r + 4, kReplyFlagDone);
-    put16(r + 6, kReplyNone);
-    std::memcpy(r + 8, j->cookie, 8);
-    put64(r + 16, j->offset);
-    put64(r + 24, 0);
-    n = 32;
-  } else {
-    put32(r, kSimpleReplyMagic);
-    put32(r + 4, 0);
-    std::memcpy(r + 8, j->cookie, 8);
-    n = 16;
-  }
+  size_t n = opts_.extended ? PutChunkHeader(r, true, kReplyNone, j->cookie, j->offset, 0) : PutSimpleReply(r, 0, j->cookie);
   SendAll(r, n);
   Complete(j, 0, nullptr);
 }
@@ -612,26 +607,13 @@ void Lane::SendError(uint16_t type, const uint8_t cookie[8], uint64_t offset, ui
   size_t n;
   // With structured replies a READ must be answered with chunks; extended headers allow only chunks.
   if (opts_.extended || (opts_.structured && type == kCmdRead)) {
-    size_t hdr = opts_.extended ? 32 : 20;
-    put32(buf, opts_.extended ? kExtendedReplyMagic : kStructuredReplyMagic);
-    put16(buf + 4, kReplyFlagDone);
-    put16(buf + 6, kReplyError);
-    std::memcpy(buf + 8, cookie, 8);
-    if (opts_.extended) {
-      put64(buf + 16, offset);
-      put64(buf + 24, 6 + msgLen);
-    } else {
-      put32(buf + 16, static_cast<uint32_t>(6 + msgLen));
-    }
+    size_t hdr = PutChunkHeader(buf, opts_.extended, kReplyError, cookie, offset, 6 + msgLen);
     put32(buf + hdr, err);
     put16(buf + hdr + 4, static_cast<uint16_t>(msgLen));
     if (msgLen) std::memcpy(buf + hdr + 6, message, msgLen);
     n = hdr + 6 + msgLen;
   } else {
-    put32(buf, kSimpleReplyMagic);
-    put32(buf + 4, err);
-    std::memcpy(buf + 8, cookie, 8);
-    n = 16;
+    n = PutSimpleReply(buf, err, cookie);
   }
   SendAll(buf, n);
 }
