@@ -507,48 +507,57 @@ Napi::Value CryptRawTweak(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The arguments the fused file calls share: (fd, slot, buf, bufOffset, length, fileOffset,
+// sectorSize, firstTweak, tweakStep?), checked so that [bufOffset, +length) lies inside buf, the
+// batch is whole sectors with no tweak overflow, and the slot is not wiped. `buf` names the buffer
+// in messages ("dst" or "src").
+struct FileIo {
+  int fd;
+  KeySlot* slot;
+  uint8_t* data;  // buf + bufOffset
+  uint64_t length, fileOffset;
+  size_t sectorSize;
+  uint64_t first, step;
+};
+
+FileIo GetFileIo(const Napi::CallbackInfo& info, const char* buf) {
+  Napi::Env env = info.Env();
+  const std::string name(buf);
+  FileIo io;
+  io.fd = GetFd(env, info[0]);
+  io.slot = GetSlot(env, info[1]);
+  View view = GetView(env, info[2], buf);
+  uint64_t bufOffset = GetIndex(env, info[3], (name + "Offset").c_str());
+  io.length = GetIndex(env, info[4], "length");
+  io.fileOffset = GetIndex(env, info[5], "fileOffset");
+  io.sectorSize = GetSectorSize(env, info[6]);
+  io.first = GetU64(env, info[7], "firstTweak");
+  io.step = info[8].IsUndefined() ? io.sectorSize / 512 : GetU64(env, info[8], "tweakStep");
+  CheckBatch(env, io.length, io.sectorSize, io.first, io.step);
+  if (bufOffset > view.len || io.length > view.len - bufOffset)
+    Throw(env, ErrKind::Range, kRange, name + "Offset + length is past the end of " + name);
+  if (io.fileOffset + io.length > kMaxSafeInteger) Throw(env, ErrKind::Range, kRange, "fileOffset + length is too large");
+  if (io.slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
+  io.data = view.data + bufOffset;
+  return io;
+}
+
 // (fd, slot, dst, dstOffset, length, fileOffset, sectorSize, firstTweak, tweakStep?)
 Napi::Value PreadDecrypt(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = GetFd(env, info[0]);
-  KeySlot* slot = GetSlot(env, info[1]);
-  View dst = GetView(env, info[2], "dst");
-  uint64_t dstOffset = GetIndex(env, info[3], "dstOffset");
-  uint64_t length = GetIndex(env, info[4], "length");
-  uint64_t fileOffset = GetIndex(env, info[5], "fileOffset");
-  size_t sectorSize = GetSectorSize(env, info[6]);
-  uint64_t first = GetU64(env, info[7], "firstTweak");
-  uint64_t step = info[8].IsUndefined() ? sectorSize / 512 : GetU64(env, info[8], "tweakStep");
-  CheckBatch(env, length, sectorSize, first, step);
-  if (dstOffset > dst.len || length > dst.len - dstOffset)
-    Throw(env, ErrKind::Range, kRange, "dstOffset + length is past the end of dst");
-  if (fileOffset + length > kMaxSafeInteger) Throw(env, ErrKind::Range, kRange, "fileOffset + length is too large");
-  if (slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
-  auto* w = new PreadDecryptWorker(env, fd, slot, info[2], dst.data + dstOffset, length, fileOffset, sectorSize, first, step);
+  FileIo io = GetFileIo(info, "dst");
+  auto* w = new PreadDecryptWorker(info.Env(), io.fd, io.slot, info[2], io.data, io.length, io.fileOffset, io.sectorSize,
+                                   io.first, io.step);
   return w->Start();
 }
 
 // (fd, slot, src, srcOffset, length, fileOffset, sectorSize, firstTweak, tweakStep?, inPlace?, datasync?)
 Napi::Value EncryptPwrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = GetFd(env, info[0]);
-  KeySlot* slot = GetSlot(env, info[1]);
-  View src = GetView(env, info[2], "src");
-  uint64_t srcOffset = GetIndex(env, info[3], "srcOffset");
-  uint64_t length = GetIndex(env, info[4], "length");
-  uint64_t fileOffset = GetIndex(env, info[5], "fileOffset");
-  size_t sectorSize = GetSectorSize(env, info[6]);
-  uint64_t first = GetU64(env, info[7], "firstTweak");
-  uint64_t step = info[8].IsUndefined() ? sectorSize / 512 : GetU64(env, info[8], "tweakStep");
+  FileIo io = GetFileIo(info, "src");
   bool inPlace = GetBool(env, info[9], "inPlace");
   bool datasync = GetBool(env, info[10], "datasync");
-  CheckBatch(env, length, sectorSize, first, step);
-  if (srcOffset > src.len || length > src.len - srcOffset)
-    Throw(env, ErrKind::Range, kRange, "srcOffset + length is past the end of src");
-  if (fileOffset + length > kMaxSafeInteger) Throw(env, ErrKind::Range, kRange, "fileOffset + length is too large");
-  if (slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
-  auto* w = new EncryptPwriteWorker(env, fd, slot, info[2], src.data + srcOffset, length, fileOffset, sectorSize, first,
-                                    step, inPlace, datasync);
+  auto* w = new EncryptPwriteWorker(env, io.fd, io.slot, info[2], io.data, io.length, io.fileOffset, io.sectorSize,
+                                    io.first, io.step, inPlace, datasync);
   return w->Start();
 }
 
@@ -563,27 +572,15 @@ Napi::Value EncryptPwrite(const Napi::CallbackInfo& info) {
 // bytes, and the caller uses the threadpool path (preadDecrypt), which handles EOF and waits.
 Napi::Value PreadDecryptNowait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = GetFd(env, info[0]);
-  KeySlot* slot = GetSlot(env, info[1]);
-  View dst = GetView(env, info[2], "dst");
-  uint64_t dstOffset = GetIndex(env, info[3], "dstOffset");
-  uint64_t length = GetIndex(env, info[4], "length");
-  uint64_t fileOffset = GetIndex(env, info[5], "fileOffset");
-  size_t sectorSize = GetSectorSize(env, info[6]);
-  uint64_t first = GetU64(env, info[7], "firstTweak");
-  uint64_t step = info[8].IsUndefined() ? sectorSize / 512 : GetU64(env, info[8], "tweakStep");
-  CheckBatch(env, length, sectorSize, first, step);
-  if (dstOffset > dst.len || length > dst.len - dstOffset)
-    Throw(env, ErrKind::Range, kRange, "dstOffset + length is past the end of dst");
-  if (fileOffset + length > kMaxSafeInteger) Throw(env, ErrKind::Range, kRange, "fileOffset + length is too large");
-  if (slot->wiped()) Throw(env, ErrKind::Plain, kWiped, "the key slot was wiped");
-  uint8_t* out = dst.data + dstOffset;
+  FileIo io = GetFileIo(info, "dst");
+  uint8_t* out = io.data;
+  const uint64_t length = io.length;
   struct iovec iov = {out, static_cast<size_t>(length)};
   ssize_t r;
-  do r = preadv2(fd, &iov, 1, static_cast<off_t>(fileOffset), RWF_NOWAIT);
+  do r = preadv2(io.fd, &iov, 1, static_cast<off_t>(io.fileOffset), RWF_NOWAIT);
   while (r < 0 && errno == EINTR);
   if (r != static_cast<ssize_t>(length)) return Napi::Number::New(env, -1);
-  decrypt_skipping_holes(active_kernel(), slot->schedule(), out, length, sectorSize, first, step);
+  decrypt_skipping_holes(active_kernel(), io.slot->schedule(), out, length, io.sectorSize, io.first, io.step);
   return Napi::Number::New(env, static_cast<double>(length));
 }
 

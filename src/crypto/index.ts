@@ -187,6 +187,51 @@ function checkRegion(view: ArrayBufferView, offset: number, length: number, what
   if (offset + length > view.byteLength) throw rangeError(`${what}Offset + length (${offset + length}) is past the end of ${what} (${view.byteLength})`);
 }
 
+/** The checked arguments the fused file calls share (the addon checks them again). */
+interface FileIoArgs {
+  fd: number;
+  handle: NativeSlot;
+  view: ArrayBufferView;
+  offset: number;
+  length: number;
+  fileOffset: number;
+  sectorSize: number;
+  first: bigint;
+  step: bigint;
+}
+
+/**
+ * (fd, slot, buf, bufOffset, length, fileOffset, sectorSize, firstTweak, tweakStep?) as
+ * preadDecrypt, encryptPwrite and preadDecryptNowait take them: whole sectors, no tweak
+ * overflow, [bufOffset, +length) inside buf, a usable slot. `what` names buf in messages.
+ */
+function checkFileIo(
+  what: 'dst' | 'src',
+  fd: number,
+  slot: KeySlot,
+  buf: ArrayBufferView,
+  bufOffset: number,
+  length: number,
+  fileOffset: number,
+  sectorSize: number,
+  firstTweak: bigint,
+  tweakStep: bigint | undefined,
+): FileIoArgs {
+  const f = checkFd(fd);
+  const handle = KeySlot.handleOf(slot);
+  const view = checkView(buf, what);
+  const offset = checkIndex(bufOffset, `${what}Offset`);
+  const len = checkIndex(length, 'length');
+  const pos = checkIndex(fileOffset, 'fileOffset');
+  const ss = checkSectorSize(sectorSize);
+  const first = checkU64(firstTweak, 'firstTweak');
+  const step = tweakStep === undefined ? BigInt(ss / 512) : checkU64(tweakStep, 'tweakStep');
+  checkBatch(len, ss, first, step);
+  checkRegion(view, offset, len, what);
+  KeySlot.usableHandleOf(slot);
+  return { fd: f, handle, view, offset, length: len, fileOffset: pos, sectorSize: ss, first, step };
+}
+
 /**
  * pread(fd, length bytes at fileOffset) into dst[dstOffset..], then decrypt in place, in one
  * threadpool job. Bytes past EOF read as zeros, and a sector whose ciphertext is all zeros is a
@@ -205,19 +250,8 @@ export function preadDecrypt(
   tweakStep?: bigint,
 ): Promise<number> {
   try {
-    const f = checkFd(fd);
-    const handle = KeySlot.handleOf(slot);
-    const d = checkView(dst, 'dst');
-    const off = checkIndex(dstOffset, 'dstOffset');
-    const len = checkIndex(length, 'length');
-    const pos = checkIndex(fileOffset, 'fileOffset');
-    const ss = checkSectorSize(sectorSize);
-    const first = checkU64(firstTweak, 'firstTweak');
-    const step = tweakStep === undefined ? BigInt(ss / 512) : checkU64(tweakStep, 'tweakStep');
-    checkBatch(len, ss, first, step);
-    checkRegion(d, off, len, 'dst');
-    KeySlot.usableHandleOf(slot);
-    return native.preadDecrypt(f, handle, d, off, len, pos, ss, first, step);
+    const a = checkFileIo('dst', fd, slot, dst, dstOffset, length, fileOffset, sectorSize, firstTweak, tweakStep);
+    return native.preadDecrypt(a.fd, a.handle, a.view, a.offset, a.length, a.fileOffset, a.sectorSize, a.first, a.step);
   } catch (err) {
     return Promise.reject(err);
   }
@@ -248,22 +282,11 @@ export function encryptPwrite(
   opts: EncryptPwriteOptions = {},
 ): Promise<number> {
   try {
-    const f = checkFd(fd);
-    const handle = KeySlot.handleOf(slot);
-    const s = checkView(src, 'src');
-    const off = checkIndex(srcOffset, 'srcOffset');
-    const len = checkIndex(length, 'length');
-    const pos = checkIndex(fileOffset, 'fileOffset');
-    const ss = checkSectorSize(sectorSize);
-    const first = checkU64(firstTweak, 'firstTweak');
     if (opts === null || typeof opts !== 'object') throw typeError('opts must be an object');
-    const step = opts.tweakStep === undefined ? BigInt(ss / 512) : checkU64(opts.tweakStep, 'tweakStep');
     const inPlace = checkBool(opts.inPlace, 'opts.inPlace');
     const datasync = checkBool(opts.datasync, 'opts.datasync');
-    checkBatch(len, ss, first, step);
-    checkRegion(s, off, len, 'src');
-    KeySlot.usableHandleOf(slot);
-    return native.encryptPwrite(f, handle, s, off, len, pos, ss, first, step, inPlace, datasync);
+    const a = checkFileIo('src', fd, slot, src, srcOffset, length, fileOffset, sectorSize, firstTweak, opts.tweakStep);
+    return native.encryptPwrite(a.fd, a.handle, a.view, a.offset, a.length, a.fileOffset, a.sectorSize, a.first, a.step, inPlace, datasync);
   } catch (err) {
     return Promise.reject(err);
   }
@@ -286,18 +309,8 @@ export function preadDecryptNowait(
   sectorSize: number,
   firstTweak: bigint,
 ): number {
-  const f = checkFd(fd);
-  const handle = KeySlot.usableHandleOf(slot);
-  const d = checkView(dst, 'dst');
-  const off = checkIndex(dstOffset, 'dstOffset');
-  const len = checkIndex(length, 'length');
-  const pos = checkIndex(fileOffset, 'fileOffset');
-  const ss = checkSectorSize(sectorSize);
-  const first = checkU64(firstTweak, 'firstTweak');
-  const step = BigInt(ss / 512);
-  checkBatch(len, ss, first, step);
-  checkRegion(d, off, len, 'dst');
-  return native.preadDecryptNowait(f, handle, d, off, len, pos, ss, first, step);
+  const a = checkFileIo('dst', fd, slot, dst, dstOffset, length, fileOffset, sectorSize, firstTweak, undefined);
+  return native.preadDecryptNowait(a.fd, a.handle, a.view, a.offset, a.length, a.fileOffset, a.sectorSize, a.first, a.step);
 }
 
 /** One whole-sector write of an encryptPwriteBatch: src[srcOffset..+length] to fileOffset. */
