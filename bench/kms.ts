@@ -97,6 +97,8 @@ interface RunResult {
   /** autocannon's CPU time per request (this process, which only runs autocannon meanwhile). */
   clientCpuUsPerReq: number;
   p50: number;
+  p90: number;
+  p97_5: number;
   p99: number;
   non2xx: number;
   errors: number;
@@ -142,7 +144,7 @@ async function run(name: string, target: { child: ChildProcess; ready: ChildRead
     const perConn = load.perConnection[0]!.length;
     if (total > perConn * CONNECTIONS * 0.9) process.stderr.write(`warning: ${name} sent ${total} requests, close to the pool of ${perConn}/connection; a wrap-around replays nonces (non-2xx)\n`);
   }
-  return { name, rps: r.requests.average, cpuUsPerReq: total > 0 ? (cpu1 - cpu0) / total : 0, clientCpuUsPerReq: total > 0 ? (client.user + client.system) / total : 0, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors, total };
+  return { name, rps: r.requests.average, cpuUsPerReq: total > 0 ? (cpu1 - cpu0) / total : 0, clientCpuUsPerReq: total > 0 ? (client.user + client.system) / total : 0, p50: r.latency.p50, p90: r.latency.p90, p97_5: r.latency.p97_5, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors, total };
 }
 
 /** POOL unique signed requests, dealt out to the connections. */
@@ -204,11 +206,11 @@ async function main(): Promise<void> {
     const lines = [
       `KMS emulator, signed requests, ${CONNECTIONS} connections, ${DURATION_S} s each (emulator and baseline in child processes, autocannon in the parent)`,
       '',
-      '| case | req/s | p50 ms | p99 ms | server CPU µs/req | autocannon CPU µs/req | non-2xx | errors | req/s vs baseline | server CPU vs baseline |',
-      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+      '| case | req/s | p50 ms | p90 ms | p97.5 ms | p99 ms | server CPU µs/req | autocannon CPU µs/req | non-2xx | errors | req/s vs baseline | server CPU vs baseline |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
       ...results.map(
         (r) =>
-          `| ${r.name} | ${Math.round(r.rps)} | ${r.p50} | ${r.p99} | ${r.cpuUsPerReq.toFixed(1)} | ${r.clientCpuUsPerReq.toFixed(1)} | ${r.non2xx} | ${r.errors} | ${(r.rps / baseline.rps).toFixed(2)} | ${(r.cpuUsPerReq / baseline.cpuUsPerReq).toFixed(2)} |`,
+          `| ${r.name} | ${Math.round(r.rps)} | ${r.p50} | ${r.p90} | ${r.p97_5} | ${r.p99} | ${r.cpuUsPerReq.toFixed(1)} | ${r.clientCpuUsPerReq.toFixed(1)} | ${r.non2xx} | ${r.errors} | ${(r.rps / baseline.rps).toFixed(2)} | ${(r.cpuUsPerReq / baseline.cpuUsPerReq).toFixed(2)} |`,
       ),
     ];
     const dec = results[2]!;
@@ -231,6 +233,8 @@ async function main(): Promise<void> {
       json[keys[n]!] = {
         rps: Math.round(r.rps),
         p50Ms: r.p50,
+        p90Ms: r.p90,
+        p97_5Ms: r.p97_5,
         p99Ms: r.p99,
         cpuUsPerReq: Number(r.cpuUsPerReq.toFixed(1)),
         clientCpuUsPerReq: Number(r.clientCpuUsPerReq.toFixed(1)),

@@ -498,14 +498,17 @@ export class TransmissionSession {
     }
     this.inflight++;
     this.inflightBytes += dataBytes;
-    this.stats.inflightRequests++;
-    this.stats.inflightBytes += dataBytes;
+    // A request handed over by a lane is already in the lane's count, which is folded into the
+    // server's gauges (NbdLane.flushStats): counted here too it would show twice while it runs.
+    const gauge = this.lane === null ? 1 : 0;
+    this.stats.inflightRequests += gauge;
+    this.stats.inflightBytes += gauge * dataBytes;
     const started = performance.now();
     void this.execute(req, payload).then((sentErrno) => {
       this.inflight--;
       this.inflightBytes -= dataBytes;
-      this.stats.inflightRequests--;
-      this.stats.inflightBytes -= dataBytes;
+      this.stats.inflightRequests -= gauge;
+      this.stats.inflightBytes -= gauge * dataBytes;
       if (pooled) this.recyclePayload(payload!, sentErrno !== 0 || req.offset % this.entry.device.sectorSize !== 0 || req.length % this.entry.device.sectorSize !== 0);
       this.emitRequest(command, req, sentErrno, performance.now() - started);
       done?.();

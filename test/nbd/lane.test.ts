@@ -11,6 +11,8 @@ import { CMD_FLAG } from '../../src/nbd/protocol.js';
 import { createEncryptedVolume, decryptVolumeFile, startKmsFixture, type EncryptedTestDevice, type KmsFixture } from './encrypted-device.js';
 import { MiB, mustRun, startServer, tempDir } from './harness.js';
 import { CMD, RawClient } from './raw-client.js';
+import { until } from './gated-device.js';
+import type { RangeLock } from '../../src/volume/range-lock.js';
 
 const SIZE = 16 * MiB;
 const MAX_PAYLOAD = 1 * MiB;
@@ -105,6 +107,32 @@ describe('NBD native lane', () => {
     expect(events.some((e) => e.native === true && e.command === 'read' && e.errno === 0 && typeof e.releasedAt === 'number')).toBe(true);
     expect(events.some((e) => e.native === true && e.command === 'write')).toBe(true);
     expect(server.stats.requests.read ?? 0).toBeGreaterThan(0);
+    c.destroy();
+  });
+
+  it('a request handed to Node counts once in the in-flight gauges while it waits', async () => {
+    const c = await ready({ structured: true });
+    server.flushStats();
+    const before = { requests: server.stats.inflightRequests, bytes: server.stats.inflightBytes };
+    // Node serves TRIM; it waits for this exclusive range lock, so it stays in flight.
+    const lock = (dev.volume as unknown as { lock: RangeLock }).lock;
+    const held = await lock.acquire(5 * MiB, 6 * MiB, true);
+    let cookie = 0n;
+    try {
+      cookie = c.request(CMD.TRIM, 5 * MiB, 4096);
+      await until(() => lock.waitingCount > 0, 'the trim to wait for the range lock');
+      server.flushStats();
+      expect(server.stats.inflightRequests - before.requests).toBe(1);
+      expect(server.connections().find((x) => x.export === 'lane' && x.native)?.inflight).toBe(1);
+    } finally {
+      lock.release(held);
+    }
+    expect((await c.readReplies(1)).get(cookie)?.error).toBe(0);
+    await until(() => {
+      server.flushStats();
+      return server.stats.inflightRequests === before.requests;
+    }, 'the gauge to drop back');
+    expect(server.stats.inflightBytes).toBe(before.bytes);
     c.destroy();
   });
 
