@@ -35,18 +35,6 @@ constexpr size_t kMaxRecords = 1 << 18;
 // copy out of the page cache (rep movsb) runs at a fraction of its speed into a misaligned
 // destination (profiled: 57% of a 1 MiB read's CPU with the data at offset 28, vs 38% in nbdkit).
 constexpr size_t kReadDataAt = 4096;
-// The cipher runs on data the kernel has just copied, while it is still in this core's L2
-// (512 KiB on this machine's Zen 3): a WRITE payload is received at most kRecvPiece at a time and
-// each piece encrypted at once; a READ is pread and decrypted kReadPiece at a time, then sent
-// whole. Profiled under fio (1 MiB, QD 8), XTS on a whole 1 MiB buffer handed over from the
-// receiver ran at ~5 GB/s against ~7.6 GB/s piece by piece. Six alternating 4 s fio runs (1 MiB
-// writes, QD 8): 1788 vs 1640 MiB/s mean, whole-system CPU 1.03 vs 1.15 s per GiB written
-// (encrypting 128 KiB pieces on the worker right before each pwrite did as well: 1771 MiB/s);
-// reads: server CPU per GiB 0.63 -> 0.61 s, mean of three runs.
-// Sending a READ piece by piece as well was clearly slower (more, smaller sends: 0.64-0.71x
-// nbdkit against 0.81-0.87x in the same runs), so the send stays whole.
-constexpr size_t kRecvPiece = 256u << 10;
-constexpr size_t kReadPiece = 128u << 10;
 
 inline void put16(uint8_t* p, uint16_t v) {
   p[0] = v >> 8;
@@ -116,7 +104,6 @@ struct Lane::Job {
   double releasedAt = 0;  // when the key check let this READ's data go
   std::vector<uint8_t> frame;  // a JS reply frame
   bool isFrame = false;
-  KeySlot* sealedWith = nullptr;  // WRITE: payload encrypted on receipt with this slot (a reference)
 };
 
 std::shared_ptr<Lane> Lane::Start(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts,
@@ -164,7 +151,7 @@ void Lane::ThreadExit() {
 
 // ------------------------------------------------------------------------------------ receiving
 
-int Lane::RecvAll(uint8_t* p, size_t n, bool stoppable, const std::function<void(size_t)>* onData) {
+int Lane::RecvAll(uint8_t* p, size_t n, bool stoppable) {
   size_t got = 0;
   if (leftoverPos_ < leftover_.size()) {
     size_t k = std::min(n, leftover_.size() - leftoverPos_);
@@ -172,13 +159,11 @@ int Lane::RecvAll(uint8_t* p, size_t n, bool stoppable, const std::function<void
     leftoverPos_ += k;
     got = k;
     if (leftoverPos_ == leftover_.size()) std::vector<uint8_t>().swap(leftover_), leftoverPos_ = 0;
-    if (onData) (*onData)(got);
   }
   while (got < n) {
-    ssize_t r = recv(fd_, p + got, std::min(n - got, kRecvPiece), MSG_DONTWAIT);
+    ssize_t r = recv(fd_, p + got, n - got, MSG_DONTWAIT);
     if (r > 0) {
       got += static_cast<size_t>(r);
-      if (onData) (*onData)(got);
       continue;
     }
     if (r == 0) return got == 0 ? 1 : -1;
@@ -266,22 +251,8 @@ void Lane::ReceiveLoop() {
         break;
       }
       if (type == kCmdWrite) {
-        // Each sector is encrypted as soon as it has arrived (kRecvPiece). RunWrite checks that
-        // this slot is still the attached, unwiped one before anything is written.
-        KeySlot* slot = core_->RefSlot();
-        if (slot != nullptr && slot->wiped()) slot->Unref(), slot = nullptr;
-        size_t sealed = 0;
-        std::function<void(size_t)> seal = [&](size_t got) {
-          size_t upto = got - got % ss;
-          if (upto <= sealed) return;
-          xts_units(active_kernel(), slot->schedule(), j->buf + sealed, j->buf + sealed, ss, (upto - sealed) / ss,
-                    (offset + sealed) / kTweakUnit, ss / kTweakUnit, true);
-          sealed = upto;
-        };
-        int rr = RecvAll(j->buf, length, false, slot ? &seal : nullptr);
-        j->sealedWith = slot;
+        int rr = RecvAll(j->buf, length, false);
         if (rr != 0) {
-          if (slot) slot->Unref();
           PutBuffer(j->buf, j->cap, length);
           delete j;
           JobGone(length);
@@ -476,10 +447,6 @@ void Lane::LockGranted(Job* j, uint64_t id) {
 }
 
 void Lane::Complete(Job* j, uint32_t err, const char* message) {
-  if (j->sealedWith != nullptr) {
-    j->sealedWith->Unref();
-    j->sealedWith = nullptr;
-  }
   if (j->lockId != 0) {
     core_->lock->Release(j->lockId);
     j->lockId = 0;
@@ -537,20 +504,16 @@ void Lane::RunRead(Job* j) {
   if (slot == nullptr) return;
   const uint32_t ss = core_->sectorSize();
   uint8_t* data = j->buf + kReadDataAt;
-  // Piece by piece (kReadPiece): each piece is decrypted right after the kernel copied it in.
-  for (size_t at = 0; at < j->length; at += kReadPiece) {
-    const size_t n = std::min<size_t>(kReadPiece, j->length - at);
-    int err = 0;
-    size_t got = pread_full(core_->fd(), data + at, n, core_->dataOffset() + j->offset + at, &err);
-    if (err != 0) {
-      slot->Unref();
-      char msg[96];
-      snprintf(msg, sizeof msg, "pread failed: %s", strerror(err));
-      return Complete(j, kEIO, msg);
-    }
-    std::memset(data + at + got, 0, n - got);  // past EOF reads as zeros (sparse volumes)
-    decrypt_skipping_holes(active_kernel(), slot->schedule(), data + at, n, ss, (j->offset + at) / kTweakUnit, ss / kTweakUnit);
+  int err = 0;
+  size_t got = pread_full(core_->fd(), data, j->length, core_->dataOffset() + j->offset, &err);
+  if (err != 0) {
+    slot->Unref();
+    char msg[96];
+    snprintf(msg, sizeof msg, "pread failed: %s", strerror(err));
+    return Complete(j, kEIO, msg);
   }
+  std::memset(data + got, 0, j->length - got);  // past EOF reads as zeros (sparse volumes)
+  decrypt_skipping_holes(active_kernel(), slot->schedule(), data, j->length, ss, j->offset / kTweakUnit, ss / kTweakUnit);
   core_->lock->Release(j->lockId);
   j->lockId = 0;
   // The audit's moment, taken before the check: if the check passes, the wipe had not happened
@@ -581,11 +544,9 @@ void Lane::RunWrite(Job* j) {
   KeySlot* slot = Begin(j, true);
   if (slot == nullptr) return;
   const uint32_t ss = core_->sectorSize();
-  if (j->sealedWith == nullptr)
-    xts_units(active_kernel(), slot->schedule(), j->buf, j->buf, ss, j->length / ss, j->offset / kTweakUnit, ss / kTweakUnit, true);
-  // Never write ciphertext made with a key being wiped, or with a key no longer attached: it
-  // would corrupt the volume.
-  bool wiped = slot->wiped() || (j->sealedWith != nullptr && j->sealedWith != slot);
+  xts_units(active_kernel(), slot->schedule(), j->buf, j->buf, ss, j->length / ss, j->offset / kTweakUnit, ss / kTweakUnit, true);
+  // Never write ciphertext made with a key being wiped: it would corrupt the volume.
+  bool wiped = slot->wiped();
   slot->Unref();
   if (wiped) return Complete(j, kEPERM, "data key is no longer usable");
   int err = 0;

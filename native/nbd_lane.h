@@ -117,7 +117,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   void JobGone(uint64_t bytes);  // a native job ended (completed or dropped)
   void ThreadExit();
   // Receives exactly n bytes (leftover first). 0 ok, 1 EOF before any byte, 2 stopped/killed, -1 error/EOF mid-way.
-  int RecvAll(uint8_t* p, size_t n, bool stoppable, const std::function<void(size_t)>* onData = nullptr);
+  int RecvAll(uint8_t* p, size_t n, bool stoppable);
   bool SendAll(const uint8_t* p, size_t n);
   void SendError(uint16_t type, const uint8_t cookie[8], uint64_t offset, uint32_t err, const char* message);
   uint8_t* GetBuffer(size_t n, size_t* cap);
