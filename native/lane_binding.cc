@@ -59,6 +59,10 @@ struct JsGrants {
   std::vector<uint64_t> ids;
   Napi::ThreadSafeFunction tsfn;
   bool alive = true;
+  // Set by the thread-safe function's finalizer. When the environment is torn down (process
+  // exit), Node closes and frees the function first and only then finalizes the wrap: releasing
+  // it from the wrap's destructor then touched freed memory (abort at every exit of the demo).
+  bool tsfnGone = false;
   std::thread::id jsThread;
 };
 
@@ -81,7 +85,12 @@ class RangeLockWrap : public Napi::ObjectWrap<RangeLockWrap> {
     lock = std::make_shared<RangeLock>();
     grants_ = std::make_shared<JsGrants>();
     grants_->jsThread = std::this_thread::get_id();
-    grants_->tsfn = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "kmsdisk-range-lock", 0, 1);
+    std::shared_ptr<JsGrants> g = grants_;
+    grants_->tsfn = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "kmsdisk-range-lock", 0, 1, [g](Napi::Env) {
+      std::lock_guard<std::mutex> lk(g->mu);
+      g->alive = false;
+      g->tsfnGone = true;
+    });
     // Waiting for a lock must not keep the process alive by itself (the holder does, if anything).
     grants_->tsfn.Unref(env);
   }
@@ -89,7 +98,7 @@ class RangeLockWrap : public Napi::ObjectWrap<RangeLockWrap> {
   ~RangeLockWrap() override {
     std::lock_guard<std::mutex> g(grants_->mu);
     grants_->alive = false;
-    grants_->tsfn.Release();
+    if (!grants_->tsfnGone) grants_->tsfn.Release();
   }
 
   std::shared_ptr<RangeLock> lock;
@@ -270,11 +279,23 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
     if (dupFd < 0) ThrowCoded(env, kIo, std::string("dup of the connection failed: ") + strerror(errno));
     int fl = fcntl(dupFd, F_GETFL);
     if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(dupFd, F_SETFL, fl | O_NONBLOCK);
-    auto tsfn = std::make_shared<LaneTsfn>(LaneTsfn::New(env, info[4].As<Napi::Function>(), "kmsdisk-nbd-lane", 0, 1));
-    Lane::Emit emit = [tsfn](LaneEvent* ev) {
+    // The lane's threads may outlive the environment (process exit with a connection open): the
+    // finalizer marks the function gone, under the mutex every call takes, before Node frees it.
+    struct Events {
+      std::mutex mu;
+      LaneTsfn tsfn;
+      bool gone = false;
+    };
+    auto events = std::make_shared<Events>();
+    events->tsfn = LaneTsfn::New(env, info[4].As<Napi::Function>(), "kmsdisk-nbd-lane", 0, 1, nullptr, [events](Napi::Env, void*, std::nullptr_t*) {
+      std::lock_guard<std::mutex> g(events->mu);
+      events->gone = true;
+    });
+    Lane::Emit emit = [events](LaneEvent* ev) {
       bool last = ev->kind == LaneEvent::Exited;
-      if (tsfn->NonBlockingCall(ev) != napi_ok) delete ev;
-      if (last) tsfn->Release();  // Exited is the lane's last event
+      std::lock_guard<std::mutex> g(events->mu);
+      if (events->gone || events->tsfn.NonBlockingCall(ev) != napi_ok) delete ev;
+      if (last && !events->gone) events->tsfn.Release();  // Exited is the lane's last event
     };
     lane_ = Lane::Start(std::move(core), dupFd, opts, std::move(leftover), std::move(emit));
   }

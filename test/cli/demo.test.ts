@@ -22,6 +22,8 @@ async function startDemo(env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess;
   return { child, out: () => out };
 }
 
+// (npm itself ends by the SIGINT, whatever its script did: a crash of the script shows as the
+// shell's "Aborted" line in the output, which the test looks for.)
 async function ctrlC(child: ChildProcess): Promise<void> {
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   process.kill(-child.pid!, 'SIGINT');
@@ -47,6 +49,9 @@ describe('npm start', () => {
     expect(info.exports[0]['export-size']).toBe(2 ** 30);
     execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 4096 64k', `nbd://127.0.0.1:${nbd}/demo`]);
     await ctrlC(first.child);
+    // The agent stops first, with its KMS still up: no "event stream lost", no keys wiped on the
+    // way out, no crash; then the emulator goes.
+    expect(first.out()).not.toMatch(/event stream lost|keys? slots? wiped|CMK access denied|Aborted|Segmentation/i);
     expect(existsSync(join(dir, 'state', 'kms', 'credentials.json'))).toBe(true);
     // Nothing is left listening.
     expect(() => execFileSync('nbdinfo', [`nbd://127.0.0.1:${nbd}/demo`], { stdio: 'pipe' })).toThrow();
@@ -58,5 +63,8 @@ describe('npm start', () => {
     expect(read).toContain('read 65536/65536 bytes at offset 4096');
     expect(read).not.toContain('Pattern verification failed');
     await ctrlC(second.child);
+    expect(second.out()).not.toMatch(/event stream lost|keys? slots? wiped|CMK access denied|Aborted|Segmentation/i);
+    // Nothing is left listening, the emulator included.
+    expect(() => execFileSync('curl', ['-s', '-m', '2', `http://127.0.0.1:${kms}/`], { stdio: 'pipe' })).toThrow();
   });
 });

@@ -33,7 +33,7 @@ export function registerDaemons(program: Command): void {
         logger,
       });
       process.stderr.write(`kmsdisk kms: listening on ${kms.url} (credentials in ${join(stateDir, 'credentials.json')})\n`);
-      await untilSignal();
+      await (process.env[DEMO_CHILD_ENV] === '1' ? untilParentLetsGo() : untilSignal());
       await kms.close();
     });
 
@@ -72,6 +72,32 @@ function serveOptions(cmd: Command): Command {
     .option('--resume <mode>', 'auto (default) or manual')
     .option('--no-events', 'do not subscribe to the emulator event stream (lease only)')
     .option('--protect-metrics', 'require the API token on /metrics and /healthz too');
+}
+
+/** Set for the emulator the demo starts (see runDemo). */
+const DEMO_CHILD_ENV = 'KMSDISK_DEMO_CHILD';
+
+/**
+ * The demo's emulator: the terminal's Ctrl-C reaches the whole process group, but the emulator
+ * must outlive the agent's shutdown (the agent stops with its KMS still there, instead of
+ * reporting the event stream lost and wiping keys on the way out), so it ignores SIGINT and
+ * stops on the demo's SIGTERM, or when the demo's end of its stdin pipe closes (the demo died).
+ */
+function untilParentLetsGo(): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      process.off('SIGTERM', done);
+      process.stdin.off('end', done);
+      process.stdin.off('close', done);
+      process.stdin.destroy();
+      resolve();
+    };
+    process.on('SIGINT', () => undefined);
+    process.on('SIGTERM', done);
+    process.stdin.on('end', done);
+    process.stdin.on('close', done);
+    process.stdin.resume();
+  });
 }
 
 /** Resolves on SIGINT or SIGTERM (Ctrl-C stops both processes of the demo cleanly). */
@@ -118,7 +144,7 @@ async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
   const kmsChild = spawn(
     process.execPath,
     [join(projectRoot(), 'bin', 'kmsdisk.js'), 'kms', '--state', paths.kmsDir, '--listen', formatHostPort(kmsHp)],
-    { stdio: ['ignore', 'inherit', 'inherit'], env: process.env },
+    { stdio: ['pipe', 'inherit', 'inherit'], env: { ...process.env, [DEMO_CHILD_ENV]: '1' } },
   );
   let agent: { stop(): Promise<void> } | undefined;
   const stopAll = async () => {
