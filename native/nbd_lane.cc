@@ -35,12 +35,14 @@ constexpr size_t kMaxRecords = 1 << 18;
 // copy out of the page cache (rep movsb) runs at a fraction of its speed into a misaligned
 // destination (profiled: 57% of a 1 MiB read's CPU with the data at offset 28, vs 38% in nbdkit).
 constexpr size_t kReadDataAt = 4096;
-// READ and WRITE requests up to this size are served by the receiver thread itself instead of a
-// worker. Measured with fio (4 KiB, QD 32, 4-5 alternating 4 s runs against the same server
-// build with the hand-off): random reads 172-177 vs 122-135 MiB/s, random writes 127-134 vs
-// 116-132 MiB/s with server CPU per GiB written 7.3-7.9 vs 8.3-9.7 s. Large requests keep the
-// workers: a 1 MiB write served inline left the socket unread long enough that fio spent more
-// CPU per GiB (0.42 vs 0.33 s) and the throughput did not improve.
+// Every READ, and WRITEs up to this size, are served by the receiver thread itself instead of a
+// worker. Measured with fio against the same server build with the hand-off (alternating 4 s
+// runs): 4 KiB QD 32 random reads 172-177 vs 122-135 MiB/s, random writes 127-134 vs 116-132
+// MiB/s (server CPU per GiB written 7.3-7.9 vs 8.3-9.7 s); 1 MiB QD 8 reads 1939-2216 vs
+// 1160-1649 MiB/s (server CPU per GiB 0.49 vs 0.75 s; nbdkit 1664-1803 in the same alternation).
+// A READ's request is 28 bytes, so serving it here never leaves request bytes waiting long; a
+// large WRITE served here did (its payload must be read first): fio spent more CPU per GiB
+// (0.42 vs 0.33 s) and throughput did not improve, so large WRITEs keep the workers.
 constexpr uint64_t kInlineMax = 64 * 1024;
 
 inline void put16(uint8_t* p, uint16_t v) {
@@ -268,9 +270,9 @@ void Lane::ReceiveLoop() {
         }
       }
       j->started = NowMs();
-      // Small requests are served right here: handing them to a worker (queue, futex wake,
-      // context switch) cost more than the work itself. See kInlineMax.
-      if (length <= kInlineMax) {
+      // READs and small WRITEs are served right here: handing them to a worker (queue, futex
+      // wake, context switch, the data on another core) cost more than it saved. See kInlineMax.
+      if (type == kCmdRead || length <= kInlineMax) {
         Run(j);
         continue;
       }
@@ -388,7 +390,8 @@ void Lane::DecInflight(uint64_t bytes) {
 // ------------------------------------------------------------------------------------ workers
 
 // The next job worker `w` may take: the first in the queue, except that READs go to worker 0
-// only (WRITEs and reply frames go to any). Measured on 2 cores shared with the client (fio, 1 MiB
+// only (WRITEs and reply frames go to any). (READs reach the workers only when they had to wait
+// for a range lock: the receiver serves the rest itself, see kInlineMax.) Measured on 2 cores shared with the client (fio, 1 MiB
 // at QD 8, alternating pairs): reads served by one worker ran at 1470-1634 MiB/s against
 // 1265-1451 with two (also with two allowed but only one read at a time), while writes ran at
 // 1671-1937 MiB/s with two workers against 1496-1720 with one. A read is pread -> decrypt -> send

@@ -6,8 +6,8 @@
 // the cipher together, on a 2-core host shared with the client. The lane runs the transmission
 // phase of a plain (non-TLS) connection on its own threads, the way nbdkit does: one receiver
 // thread parses requests straight off the socket, and worker threads serve sector-aligned READ
-// and WRITE end to end (range lock, key slot, pread/pwrite, XTS, reply); small ones (up to
-// 64 KiB) the receiver serves itself, which beats the hand-off. Everything else (block
+// and WRITE end to end (range lock, key slot, pread/pwrite, XTS, reply); every READ and WRITEs
+// up to 64 KiB the receiver serves itself, which beats the hand-off (nbd_lane.cc: kInlineMax). Everything else (block
 // status, trim, write zeroes, flush, cache, unaligned I/O, bad requests) goes to JS as a
 // SlowRequest, and JS hands its reply frames back; the lane is the only writer on the socket.
 //
