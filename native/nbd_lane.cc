@@ -113,6 +113,7 @@ struct Lane::Job {
   double releasedAt = 0;  // when the key check let this READ's data go
   std::vector<uint8_t> frame;  // a JS reply frame
   bool isFrame = false;
+  bool recorded = false;  // a READ's record was taken before its data was sent
 };
 
 std::shared_ptr<Lane> Lane::Start(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts,
@@ -468,7 +469,7 @@ void Lane::Complete(Job* j, uint32_t err, const char* message) {
     j->lockId = 0;
   }
   if (err != 0) SendError(j->type, j->cookie, j->offset, err, message);
-  Record(j->type, err, j->offset, j->length, NowMs() - j->started, err == 0 ? j->releasedAt : 0);
+  if (!j->recorded) Record(j->type, err, j->offset, j->length, NowMs() - j->started, err == 0 ? j->releasedAt : 0);
   // Scrub when the buffer may hold plaintext: a failed write (not encrypted yet) or a read whose
   // data never left (a wipe raced with it).
   PutBuffer(j->buf, j->cap, err != 0 ? (j->type == kCmdRead ? kReadDataAt : 0) + j->length : 0);
@@ -552,6 +553,10 @@ void Lane::RunRead(Job* j) {
   } else {
     PutSimpleReply(h, 0, j->cookie);
   }
+  // On record before the data leaves: once the client holds the reply, an audit that folds the
+  // lane's records (flushStats) must find this send (it raced with the bookkeeping after the send).
+  Record(j->type, 0, j->offset, j->length, NowMs() - j->started, j->releasedAt);
+  j->recorded = true;
   SendAll(h, j->hdrLen + j->length);
   Complete(j, 0, nullptr);
 }

@@ -150,6 +150,11 @@ export class NbdLane {
         });
         break;
       case EVENT.closed:
+        // Fold now: the session leaves the server's list when its socket closes, which can be
+        // before the lane's threads exit (the final fold), and a flushStats() in between (an
+        // audit right after a client's DISC) would miss what the lane served last. After a DISC
+        // nothing is in flight any more, so this fold has every request.
+        this.foldStats();
         this.handlers.closed(a[0] as string, a[1] as boolean);
         break;
       case EVENT.stopped:
