@@ -122,21 +122,6 @@ export function signedPiece(encodedName: string, encodedValue: string): string {
   return n + '%3D' + v;
 }
 
-/**
- * signV1 from pre-encoded pieces (decoded name -> signedPiece): same string to sign, without
- * re-encoding every value.
- */
-export function signV1Pieces(method: string, pieces: ReadonlyMap<string, string>, secret: string): string {
-  const names: string[] = [];
-  for (const name of pieces.keys()) if (name !== 'Signature') names.push(name);
-  // Raw code-unit order of the decoded names, as canonicalQuery: the default sort compares
-  // strings by UTF-16 code units, like the comparator there.
-  names.sort();
-  let joined = '';
-  for (let i = 0; i < names.length; i++) joined += (i === 0 ? '' : '%26') + pieces.get(names[i]!)!;
-  return signV1String(`${method.toUpperCase()}&%2F&${joined}`, secret);
-}
-
 /** Constant-time comparison of a presented signature against the expected one. */
 export function signatureMatches(expected: string, presented: string): boolean {
   const a = Buffer.from(expected, 'utf8');

@@ -224,11 +224,6 @@ export class RequestParams implements ParamLookup {
     return this.entries();
   }
 
-  /** decoded name -> signed piece (what signV1Pieces takes). */
-  get signedPieces(): Map<string, string> {
-    return new Map(this.names.map((n, i) => [n, this.pieces[i]!]));
-  }
-
   /** The signature v1 string to sign (kms-api.md §2.3) from the pre-encoded pieces. */
   stringToSign(method: string): string {
     const names = this.names.filter((n) => n !== 'Signature');
