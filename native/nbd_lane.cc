@@ -140,7 +140,7 @@ void Lane::Launch() {
   uint32_t workers = opts_.workers == 0 ? 1 : opts_.workers;
   threads_ = static_cast<int>(workers) + 1;
   std::thread([this] { ReceiveLoop(); }).detach();
-  for (uint32_t i = 0; i < workers; i++) std::thread([this, i] { WorkerLoop(static_cast<int>(i)); }).detach();
+  for (uint32_t i = 0; i < workers; i++) std::thread([this] { WorkerLoop(); }).detach();
 }
 
 void Lane::ThreadExit() {
@@ -281,8 +281,7 @@ void Lane::ReceiveLoop() {
         std::lock_guard<std::mutex> g(mu_);
         queue_.push_back(j);
       }
-      // notify_all: a READ is only for worker 0, which notify_one might not pick.
-      workCv_.notify_all();
+      workCv_.notify_one();
       continue;
     }
     // Everything else goes to JS.
@@ -390,38 +389,19 @@ void Lane::DecInflight(uint64_t bytes) {
 
 // ------------------------------------------------------------------------------------ workers
 
-// The next job worker `w` may take: the first in the queue, except that READs go to worker 0
-// only (WRITEs and reply frames go to any). (READs reach the workers only when they had to wait
-// for a range lock: the receiver serves the rest itself, see kInlineMax.) Measured on 2 cores shared with the client (fio, 1 MiB
-// at QD 8, alternating pairs): reads served by one worker ran at 1470-1634 MiB/s against
-// 1265-1451 with two (also with two allowed but only one read at a time), while writes ran at
-// 1671-1937 MiB/s with two workers against 1496-1720 with one. A read is pread -> decrypt -> send
-// of one buffer; handed to whichever thread is free, consecutive reads keep changing cores, and
-// buffer and stack are cold on each move. Reads on one socket are serialized by the send anyway;
-// other connections have their own lanes.
-std::deque<Lane::Job*>::iterator Lane::NextJob(int w) {
-  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-    Job* j = *it;
-    if (w == 0 || j->isFrame || j->type != kCmdRead) return it;
-  }
-  return queue_.end();
-}
-
-void Lane::WorkerLoop(int w) {
+// Workers take large WRITEs, jobs coming back from a range-lock wait and JS reply frames, in
+// queue order (READs and small WRITEs the receiver serves itself, see kInlineMax).
+void Lane::WorkerLoop() {
   for (;;) {
     Job* j;
     {
       std::unique_lock<std::mutex> lk(mu_);
       // A dead lane's workers stay until its last job is done: a job waiting for a range lock
       // comes back through the queue once granted and must release that lock.
-      std::deque<Job*>::iterator next;
-      workCv_.wait(lk, [&] {
-        next = NextJob(w);
-        return next != queue_.end() || (queue_.empty() && dead_ && nativeJobs_ == 0);
-      });
-      if (next == queue_.end()) break;
-      j = *next;
-      queue_.erase(next);
+      workCv_.wait(lk, [&] { return !queue_.empty() || (dead_ && nativeJobs_ == 0); });
+      if (queue_.empty()) break;
+      j = queue_.front();
+      queue_.pop_front();
     }
     Run(j);
   }
@@ -460,7 +440,7 @@ void Lane::LockGranted(Job* j, uint64_t id) {
     // Granted jobs go first: they hold a lock others may wait for.
     queue_.push_front(j);
   }
-  workCv_.notify_all();
+  workCv_.notify_one();
 }
 
 void Lane::Complete(Job* j, uint32_t err, const char* message) {

@@ -7,9 +7,10 @@
 // phase of a plain (non-TLS) connection on its own threads, the way nbdkit does: one receiver
 // thread parses requests straight off the socket, and worker threads serve sector-aligned READ
 // and WRITE end to end (range lock, key slot, pread/pwrite, XTS, reply); every READ and WRITEs
-// up to 64 KiB the receiver serves itself, which beats the hand-off (nbd_lane.cc: kInlineMax). Everything else (block
-// status, trim, write zeroes, flush, cache, unaligned I/O, bad requests) goes to JS as a
-// SlowRequest, and JS hands its reply frames back; the lane is the only writer on the socket.
+// up to 64 KiB the receiver serves itself, which beats the hand-off (nbd_lane.cc: kInlineMax).
+// Everything else (block status, trim, write zeroes, flush, cache, unaligned I/O, bad requests)
+// goes to JS as a SlowRequest, and JS hands its reply frames back; the lane is the only writer
+// on the socket.
 //
 // Safety properties kept from the JS path:
 //   - the volume's range lock (shared with JS) orders overlapping I/O; no thread waits inside it;
@@ -105,8 +106,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   Lane(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts, std::vector<uint8_t> leftover, Emit emit);
   void Launch();
   void ReceiveLoop();
-  void WorkerLoop(int w);
-  std::deque<Job*>::iterator NextJob(int w);  // under mu_
+  void WorkerLoop();
   void Run(Job* j);
   KeySlot* Begin(Job* j, bool exclusive);
   void RunRead(Job* j);

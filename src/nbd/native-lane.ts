@@ -40,9 +40,9 @@ export type LaneSettings = Omit<NativeLaneOptions, 'record' | 'workers'>;
 const EVENT = { request: 0, closed: 1, stopped: 2, exited: 3 } as const;
 const STATS_INTERVAL_MS = 250;
 /**
- * Worker threads per lane (KMSDISK_NBD_LANE_WORKERS overrides, for measurements): writes use both
- * (one encrypts while the other waits on the page cache), reads stay on the first (native/nbd_lane.cc
- * NextJob has the figures).
+ * Worker threads per lane (KMSDISK_NBD_LANE_WORKERS overrides, for measurements): large writes use
+ * both (one encrypts while the other waits on the page cache); reads and small writes are served by
+ * the lane's receiver thread (native/nbd_lane.cc, kInlineMax, has the figures).
  */
 const LANE_WORKERS = Math.max(1, Math.min(16, Math.floor(Number(process.env.KMSDISK_NBD_LANE_WORKERS ?? 2)) || 2));
 
