@@ -111,8 +111,29 @@ interface RunResult {
  */
 type Load = { reusablePath: string } | { perConnection: string[][] };
 
-async function run(name: string, target: { child: ChildProcess; ready: ChildReady }, load: Load): Promise<RunResult> {
+/** Builds a load of (at least) `size` requests. */
+type LoadFactory = (size: number) => Load;
+
+/** The same requests as the run, unmeasured, for WARMUP_S seconds (see WARMUP_S). */
+async function warmUp(port: number, makeLoad: LoadFactory): Promise<void> {
+  if (WARMUP_S <= 0) return;
+  const load = makeLoad(Math.min(POOL, Math.ceil(WARMUP_S * 15_000)));
+  let conn = 0;
+  await autocannon({
+    url: `http://127.0.0.1:${port}`,
+    connections: CONNECTIONS,
+    duration: WARMUP_S,
+    method: 'POST',
+    ...('perConnection' in load
+      ? { setupClient: (client: autocannon.Client) => client.setRequests(load.perConnection[conn++ % load.perConnection.length]!.map((path) => ({ method: 'POST' as const, path }))) }
+      : { requests: [{ method: 'POST' as const, path: load.reusablePath }] }),
+  });
+}
+
+async function run(name: string, target: { child: ChildProcess; ready: ChildReady }, makeLoad: LoadFactory): Promise<RunResult> {
   const port = target.ready.port;
+  await warmUp(port, makeLoad);
+  const load = makeLoad(POOL);
   // Start every run with the garbage of the previous pools collected, so that no major GC of
   // this process (which times the requests) lands inside the measured run.
   collectGarbage();
@@ -147,11 +168,13 @@ async function run(name: string, target: { child: ChildProcess; ready: ChildRead
   return { name, rps: r.requests.average, cpuUsPerReq: total > 0 ? (cpu1 - cpu0) / total : 0, clientCpuUsPerReq: total > 0 ? (client.user + client.system) / total : 0, p50: r.latency.p50, p90: r.latency.p90, p97_5: r.latency.p97_5, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors, total };
 }
 
-/** POOL unique signed requests, dealt out to the connections. */
-function pool(action: string, fields: Record<string, string>, creds: KmsCredentials): Load {
-  const perConnection: string[][] = Array.from({ length: CONNECTIONS }, () => []);
-  for (let n = 0; n < POOL; n++) perConnection[n % CONNECTIONS]!.push('/?' + buildSignedQuery('POST', action, fields, creds));
-  return { perConnection };
+/** `size` unique signed requests, dealt out to the connections. */
+function pool(action: string, fields: Record<string, string>, creds: KmsCredentials): LoadFactory {
+  return (size) => {
+    const perConnection: string[][] = Array.from({ length: CONNECTIONS }, () => []);
+    for (let n = 0; n < size; n++) perConnection[n % CONNECTIONS]!.push('/?' + buildSignedQuery('POST', action, fields, creds));
+    return { perConnection };
+  };
 }
 
 let fullGc: (() => void) | undefined;
@@ -164,6 +187,25 @@ function collectGarbage(): void {
   }
   fullGc();
 }
+
+/**
+ * autocannon's process holds the pre-signed pools (~100 MB, built right before each run). V8's
+ * allocation-site pretenuring learns from that build that objects from some shared sites
+ * survive, and during the run then allocates the per-response objects of those sites straight
+ * in the old generation: the heap grew ~3 MB per scavenge and scavenges took 10-17 ms instead
+ * of ~1-2 ms, every ~300 ms. Each such pause stalls the 64 in-flight measurements, which put
+ * ~4% of all requests 10-17 ms over their real latency. Measured without a pool in the
+ * process (the baseline case) scavenges stay at ~1 ms; with this flag the pool case does too.
+ */
+setFlagsFromString('--no-allocation-site-pretenuring');
+
+/**
+ * Untimed load before each measured run: the first second of a run against a cold emulator
+ * (its request path not yet optimized by the JIT) had p50 16-21 ms and p99 57 ms while the
+ * rest of the run had 7-10 / 11-26 ms; measuring that start says more about V8's warm-up than
+ * about the service. Same action, its own pool of unique nonces.
+ */
+const WARMUP_S = Number(process.env.KMSDISK_BENCH_WARMUP_SECONDS ?? 2);
 
 async function main(): Promise<void> {
   const stateDir = mkdtempSync(join(tmpdir(), 'kmsdisk-bench-kms-'));
@@ -189,12 +231,12 @@ async function main(): Promise<void> {
     const only = process.env.KMSDISK_BENCH_ONLY;
     if (only) {
       process.stdout.write(`child pids: baseline ${base.child.pid}, emulator ${emu.child.pid}\n`);
-      const r = only === 'baseline' ? await run('baseline', base, { reusablePath: '/' }) : await run('Decrypt', emu, pool('Decrypt', { CiphertextBlob: blob, EncryptionContext: ctx }, agent));
+      const r = only === 'baseline' ? await run('baseline', base, () => ({ reusablePath: '/' })) : await run('Decrypt', emu, pool('Decrypt', { CiphertextBlob: blob, EncryptionContext: ctx }, agent));
       process.stdout.write(JSON.stringify(r) + '\n');
       return;
     }
     const results: RunResult[] = [];
-    results.push(await run('baseline (Fastify POST /, no auth)', base, { reusablePath: '/' }));
+    results.push(await run('baseline (Fastify POST /, no auth)', base, () => ({ reusablePath: '/' })));
     results.push(await run('GenerateDataKey (64 B)', emu, pool('GenerateDataKey', { KeyId: key.KeyId, NumberOfBytes: '64', EncryptionContext: ctx }, agent)));
     results.push(await run('Decrypt', emu, pool('Decrypt', { CiphertextBlob: blob, EncryptionContext: ctx }, agent)));
     results.push(
