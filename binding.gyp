@@ -11,7 +11,7 @@
     {
       "target_name": "kmsdisk_xts_aesni",
       "type": "static_library",
-      "sources": ["native/xts_aesni.cc"],
+      "sources": ["native/xts_aesni.cc", "native/gcm_aesni.cc"],
       "cflags_cc": ["-maes", "-mpclmul", "-msse4.1"]
     },
     {
@@ -21,8 +21,14 @@
       "cflags_cc": ["-mvaes", "-mvpclmulqdq", "-mavx2", "-maes", "-mpclmul"]
     },
     {
+      "target_name": "kmsdisk_sha1_shani",
+      "type": "static_library",
+      "sources": ["native/sha1_shani.cc"],
+      "cflags_cc": ["-msha", "-msse4.1"]
+    },
+    {
       "target_name": "kmsdisk",
-      "dependencies": ["kmsdisk_xts_aesni", "kmsdisk_xts_vaes"],
+      "dependencies": ["kmsdisk_xts_aesni", "kmsdisk_xts_vaes", "kmsdisk_sha1_shani"],
       "sources": [
         "native/addon.cc",
         "native/keyslot.cc",
@@ -31,7 +37,9 @@
         "native/xts_portable.cc",
         "native/range_lock.cc",
         "native/nbd_lane.cc",
-        "native/lane_binding.cc"
+        "native/lane_binding.cc",
+        "native/sha1.cc",
+        "native/kms_crypto_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"]

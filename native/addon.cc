@@ -17,6 +17,7 @@
 
 #include "io.h"
 #include "keyslot.h"
+#include "kms_crypto_binding.h"
 #include "lane_binding.h"
 #include "napi.h"
 #include "xts.h"
@@ -782,6 +783,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   };
   for (const Fn& f : fns) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
   InitLaneBindings(env, exports);
+  InitKmsCryptoBindings(env, exports);
   return exports;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kms_crypto.h"
 #include "xts.h"
 
 namespace kmsdisk {
@@ -107,5 +108,8 @@ void xts_expand(Kernel k, const uint8_t key[64], XtsKeySchedule* ks) {
   else
     xts_expand_aesni(key, ks);  // VAES implies AES-NI
 }
+
+// The GCM kernel (gcm_aesni.cc) needs the same instructions as the AES-NI XTS kernel.
+bool gcm_supported() { return kernel_supported(Kernel::AesNi); }
 
 }  // namespace kmsdisk

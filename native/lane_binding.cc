@@ -17,6 +17,7 @@
 #include "napi.h"
 #include "nbd_lane.h"
 #include "range_lock.h"
+#include "napi_errors.h"
 #include "volume_core.h"
 
 namespace kmsdisk {
@@ -24,12 +25,6 @@ namespace {
 
 constexpr const char* kInvalid = "KMSDISK_ERR_INVALID_ARGUMENT";
 constexpr const char* kIo = "KMSDISK_ERR_IO";
-
-[[noreturn]] void ThrowCoded(Napi::Env env, const char* code, const std::string& message, bool type = false) {
-  Napi::Error err = type ? Napi::TypeError::New(env, message) : Napi::Error::New(env, message);
-  err.Value().Set("code", Napi::String::New(env, code));
-  throw err;
-}
 
 double Num(Napi::Env env, const Napi::Value& v, const char* name) {
   if (!v.IsNumber()) ThrowCoded(env, kInvalid, std::string(name) + " must be a number", true);

@@ -50,6 +50,8 @@ void xts_expand_portable(const uint8_t key[64], XtsKeySchedule* ks);
 void xts_units_aesni(const XtsKeySchedule*, const uint8_t*, uint8_t*, size_t, size_t, uint64_t, uint64_t, bool);
 void xts_raw_aesni(const XtsKeySchedule*, const uint8_t*, const uint8_t*, uint8_t*, size_t, bool);
 void xts_expand_aesni(const uint8_t key[64], XtsKeySchedule* ks);
+// AES-256 encryption schedule alone (GCM for the KMS emulator, kms_crypto.h).
+void aes256_expand_enc_aesni(const uint8_t key[32], AesRoundKeys* out);
 
 void xts_units_vaes(const XtsKeySchedule*, const uint8_t*, uint8_t*, size_t, size_t, uint64_t, uint64_t, bool);
 void xts_raw_vaes(const XtsKeySchedule*, const uint8_t*, const uint8_t*, uint8_t*, size_t, bool);

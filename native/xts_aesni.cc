@@ -133,6 +133,13 @@ void store_schedule(const __m128i rk[15], AesRoundKeys& out) {
 
 }  // namespace
 
+void aes256_expand_enc_aesni(const uint8_t key[32], AesRoundKeys* out) {
+  __m128i rk[15];
+  expand256(key, rk);
+  store_schedule(rk, *out);
+  scrub(rk, sizeof(rk));
+}
+
 void xts_expand_aesni(const uint8_t key[64], XtsKeySchedule* ks) {
   __m128i rk[15];
   expand256(key, rk);

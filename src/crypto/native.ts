@@ -1,5 +1,5 @@
-// Locates and loads the native addon (build/Release/kmsdisk.node). This file and index.ts are
-// the only places that touch the addon; everything else goes through src/crypto/index.ts.
+// Locates and loads the native addon (build/Release/kmsdisk.node). This file, index.ts and
+// small-crypto.ts are the only places that touch the addon; everything else goes through them.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -88,6 +88,21 @@ export interface NativeLane {
  */
 export type NativeLaneEvent = (kind: number, ...args: unknown[]) => void;
 
+/** AES-256-GCM key for short messages (native/kms_crypto.h); the key is held natively. */
+export interface NativeGcmKey {
+  /** ciphertext || 16-byte tag */
+  seal(iv: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): Buffer;
+  /** The plaintext, or null when the tag does not match. */
+  open(iv: Uint8Array, aad: Uint8Array, ciphertext: Uint8Array, tag: Uint8Array): Buffer | null;
+  wipe(): void;
+}
+
+/** HMAC-SHA1 with a fixed key (its pads precomputed natively). */
+export interface NativeHmacSha1 {
+  /** base64 MAC of a latin1 string. */
+  signBase64(message: string): string;
+}
+
 /** The addon's raw surface; arguments are validated again natively. */
 export interface NativeAddon {
   importKey(dek: ArrayBufferView): NativeSlot;
@@ -117,6 +132,11 @@ export interface NativeAddon {
   isDumpable(): boolean;
   /** CLOCK_MONOTONIC in ms (the clock of the lanes' timestamps). */
   monotonicMs(): number;
+  gcmSupported(): boolean;
+  NativeGcmKey: new (key: Uint8Array) => NativeGcmKey;
+  NativeHmacSha1: new (secret: Uint8Array) => NativeHmacSha1;
+  /** SHA-1 through the portable rounds even where the SHA extensions exist (tests). */
+  _sha1PortableForTests(data: Uint8Array): Buffer;
   NativeRangeLock: new (onGrant: () => void) => NativeRangeLock;
   NativeVolumeCore: new (fd: number, dataOffset: number, size: number, sectorSize: number, readOnly: boolean, lock: NativeRangeLock) => NativeVolumeCore;
   NativeLane: new (socketFd: number, core: NativeVolumeCore, opts: NativeLaneOptions, leftover: Buffer | null, onEvent: NativeLaneEvent) => NativeLane;

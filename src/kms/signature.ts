@@ -6,7 +6,8 @@
 // The verifier never signs the raw query string: Node's querystring leaves `! ' ( ) *` bare on the
 // wire while the signature uses their %XX forms, so we always re-encode from decoded values.
 
-import { createHash, createHmac, createSecretKey, hash, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { hmacSha1SignatureV1 } from '../crypto/small-crypto.js';
 
 /** RFC 3986 percent-encoding as used by the Alibaba signature (space -> %20, `*` -> %2A, ...). */
 const UNRESERVED_ONLY = /^[A-Za-z0-9\-_.~]*$/;
@@ -41,20 +42,6 @@ export function stringToSign(method: string, params: SignedParams): string {
   return `${method.toUpperCase()}&${percentEncode('/')}&${percentEncode(canonicalQuery(params))}`;
 }
 
-// HMAC keys as KeyObjects, per secret: cheaper per request than re-importing the raw key.
-const hmacKeys = new Map<string, KeyObject>();
-const HMAC_KEY_CACHE_SIZE = 256;
-
-function hmacKey(secret: string): KeyObject {
-  let k = hmacKeys.get(secret);
-  if (!k) {
-    k = createSecretKey(Buffer.from(secret + '&', 'utf8'));
-    if (hmacKeys.size >= HMAC_KEY_CACHE_SIZE) hmacKeys.delete(hmacKeys.keys().next().value!);
-    hmacKeys.set(secret, k);
-  }
-  return k;
-}
-
 /** base64 HMAC-SHA1 signature of the parameters. */
 export function signV1(method: string, params: SignedParams, secret: string): string {
   return signV1String(stringToSign(method, params), secret);
@@ -62,53 +49,12 @@ export function signV1(method: string, params: SignedParams, secret: string): st
 
 /**
  * base64 HMAC-SHA1 of a string to sign built elsewhere (the emulator builds it from the wire
- * text, see RequestParams.stringToSign). A string to sign is percent-encoded, hence pure ASCII:
- * latin1 gives the same bytes as UTF-8 without the encoder.
+ * text, see RequestParams.stringToSign), keyed with `secret + "&"`. A string to sign is
+ * percent-encoded, hence pure ASCII: its latin1 bytes are its UTF-8 bytes. Native (see
+ * small-crypto.ts): the node:crypto HMAC cost ~20 µs per request under load, mostly setup.
  */
 export function signV1String(toSign: string, secret: string): string {
-  const pads = hmacPads(secret);
-  if (!pads) return createHmac('sha1', hmacKey(secret)).update(toSign, 'latin1').digest('base64');
-  // HMAC (RFC 2104) as two one-shot digests: H(K^opad || H(K^ipad || m)). Under load the
-  // HMAC object path (createHmac: object + HMAC_CTX init with an OpenSSL 3 digest fetch, then
-  // update and digest calls) measured ~20 µs per request in the emulator; crypto.hash() reuses
-  // a cached digest and is one native call each. The inner input is all ASCII (the pad is
-  // checked when it is built, the string to sign is percent-encoded), so the UTF-8 encoding
-  // crypto.hash applies to strings gives exactly those bytes.
-  const inner = hash('sha1', pads.ipad + toSign, 'binary');
-  outerBlock.set(pads.opad, 0);
-  outerBlock.write(inner, BLOCK, 'latin1');
-  return hash('sha1', outerBlock, 'base64');
-}
-
-const BLOCK = 64; // SHA-1 block size
-/** opad || inner digest, rebuilt in place for every signature (single-threaded, synchronous). */
-const outerBlock = Buffer.alloc(BLOCK + 20);
-
-interface HmacPads {
-  /** K ^ 0x36 as a string of ASCII characters */
-  ipad: string;
-  /** K ^ 0x5c */
-  opad: Buffer;
-}
-
-// Per secret: the padded key blocks, or null when K ^ ipad is not all ASCII (then createHmac).
-const padCache = new Map<string, HmacPads | null>();
-
-function hmacPads(secret: string): HmacPads | null {
-  let p = padCache.get(secret);
-  if (p !== undefined) return p;
-  let key = Buffer.from(secret + '&', 'utf8');
-  if (key.length > BLOCK) key = createHash('sha1').update(key).digest();
-  const ipad = Buffer.alloc(BLOCK, 0x36);
-  const opad = Buffer.alloc(BLOCK, 0x5c);
-  for (let i = 0; i < key.length; i++) {
-    ipad[i] = ipad[i]! ^ key[i]!;
-    opad[i] = opad[i]! ^ key[i]!;
-  }
-  p = ipad.every((b) => b < 0x80) ? { ipad: ipad.toString('latin1'), opad } : null;
-  if (padCache.size >= HMAC_KEY_CACHE_SIZE) padCache.delete(padCache.keys().next().value!);
-  padCache.set(secret, p);
-  return p;
+  return hmacSha1SignatureV1(secret, toSign);
 }
 
 /**

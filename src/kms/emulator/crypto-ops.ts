@@ -3,8 +3,6 @@
 
 import {
   constants,
-  createCipheriv,
-  createDecipheriv,
   createPublicKey,
   privateDecrypt,
   publicEncrypt,
@@ -12,6 +10,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { E } from './api-error.js';
+import { gcmOpen, gcmSeal } from '../../crypto/small-crypto.js';
 
 const VERSION_ID_LEN = 36;
 const IV_LEN = 12;
@@ -42,10 +41,7 @@ export function randomIv(): Buffer {
 /** blob = keyVersionId(36 ascii) | iv(12) | AES-256-GCM(plaintext) | tag(16), base64. */
 export function sealBlob(keyVersionId: string, material: KeyObject | Buffer, plaintext: Buffer, aad: Buffer): string {
   const iv = randomIv();
-  const c = createCipheriv('aes-256-gcm', material, iv);
-  c.setAAD(aad);
-  const ct = Buffer.concat([c.update(plaintext), c.final()]);
-  return Buffer.concat([Buffer.from(keyVersionId, 'latin1'), iv, ct, c.getAuthTag()]).toString('base64');
+  return Buffer.concat([Buffer.from(keyVersionId, 'latin1'), iv, gcmSeal(material, iv, aad, plaintext)]).toString('base64');
 }
 
 export interface ParsedBlob {
@@ -64,18 +60,9 @@ export function parseBlob(blob: string): ParsedBlob {
 
 export function openBlob(parsed: ParsedBlob, material: KeyObject | Buffer, aad: Buffer): Buffer {
   const { raw } = parsed;
-  try {
-    const d = createDecipheriv('aes-256-gcm', material, raw.subarray(VERSION_ID_LEN, VERSION_ID_LEN + IV_LEN));
-    d.setAAD(aad);
-    d.setAuthTag(raw.subarray(raw.length - TAG_LEN));
-    const out = d.update(raw.subarray(VERSION_ID_LEN + IV_LEN, raw.length - TAG_LEN));
-    // GCM is a stream mode: update() returns all of the plaintext and final() only checks the
-    // tag (it throws on a mismatch), so the usual concat is a copy for nothing.
-    const last = d.final();
-    return last.length === 0 ? out : Buffer.concat([out, last]);
-  } catch {
-    throw E.invalidCiphertext();
-  }
+  const opened = gcmOpen(material, raw.subarray(VERSION_ID_LEN, VERSION_ID_LEN + IV_LEN), aad, raw.subarray(VERSION_ID_LEN + IV_LEN));
+  if (!opened) throw E.invalidCiphertext();
+  return opened;
 }
 
 export type WrappingAlgorithm = 'RSAES_OAEP_SHA_256' | 'RSAES_OAEP_SHA_1' | 'RSAES_PKCS1_V1_5';
