@@ -118,16 +118,26 @@ type LoadFactory = (size: number) => Load;
 async function warmUp(port: number, makeLoad: LoadFactory): Promise<void> {
   if (WARMUP_S <= 0) return;
   const load = makeLoad(Math.min(POOL, Math.ceil(WARMUP_S * 15_000)));
+  await autocannon({ url: `http://127.0.0.1:${port}`, connections: CONNECTIONS, duration: WARMUP_S, method: 'POST', ...requestOptions(load) });
+}
+
+/**
+ * autocannon options for a load. Each connection gets its own list of pre-signed requests,
+ * built into request buffers once, before its first request: during the run autocannon only
+ * writes them (a setupRequest hook would rebuild every request and cost the client ~20 µs each
+ * on the same 2 cores as the emulator). Still one request at a time per connection (no
+ * pipelining), each with its own SignatureNonce, exactly as the SDK sends them.
+ * `afterBuild` runs once every connection's requests are built, still before any I/O.
+ */
+function requestOptions(load: Load, afterBuild?: () => void): Partial<autocannon.Options> {
+  if (!('perConnection' in load)) return { requests: [{ method: 'POST', path: load.reusablePath }] };
   let conn = 0;
-  await autocannon({
-    url: `http://127.0.0.1:${port}`,
-    connections: CONNECTIONS,
-    duration: WARMUP_S,
-    method: 'POST',
-    ...('perConnection' in load
-      ? { setupClient: (client: autocannon.Client) => client.setRequests(load.perConnection[conn++ % load.perConnection.length]!.map((path) => ({ method: 'POST' as const, path }))) }
-      : { requests: [{ method: 'POST' as const, path: load.reusablePath }] }),
-  });
+  return {
+    setupClient: (client: autocannon.Client) => {
+      client.setRequests(load.perConnection[conn++ % load.perConnection.length]!.map((path) => ({ method: 'POST' as const, path })));
+      if (conn === CONNECTIONS) afterBuild?.();
+    },
+  };
 }
 
 async function run(name: string, target: { child: ChildProcess; ready: ChildReady }, makeLoad: LoadFactory): Promise<RunResult> {
@@ -137,7 +147,6 @@ async function run(name: string, target: { child: ChildProcess; ready: ChildRead
   // Start every run with the garbage of the previous pools collected, so that no major GC of
   // this process (which times the requests) lands inside the measured run.
   collectGarbage();
-  let conn = 0;
   const cpu0 = await childCpuMicros(target.child);
   let client0 = process.cpuUsage();
   const inst = autocannon({
@@ -145,14 +154,11 @@ async function run(name: string, target: { child: ChildProcess; ready: ChildRead
     connections: CONNECTIONS,
     duration: DURATION_S,
     method: 'POST',
-    // Each connection gets its own list of pre-signed requests, built into request buffers
-    // once, here, before the first request: during the run autocannon only writes them (a
-    // setupRequest hook would rebuild every request and cost the client ~20 µs each on the
-    // same 2 cores as the emulator). Still one request at a time per connection (no pipelining),
-    // each with its own SignatureNonce, exactly as the SDK sends them.
-    ...('perConnection' in load
-      ? { setupClient: (client: autocannon.Client) => client.setRequests(load.perConnection[conn++ % load.perConnection.length]!.map((path) => ({ method: 'POST' as const, path }))) }
-      : { requests: [{ method: 'POST' as const, path: load.reusablePath }] }),
+    // Building ~160k request buffers leaves ~100 MB of young garbage and survivors; collected
+    // during the run, it cost the first ~0.8 s scavenges whose parallel threads took the
+    // emulator's core (its loop stalled 13-22 ms at a time, measured). So: one full GC after the
+    // last connection's build, before autocannon sends anything.
+    ...requestOptions(load, collectGarbage),
   });
   // autocannon's CPU from the start of the run on (after the request buffers were built). The
   // promise form of autocannon() is also its EventEmitter (the typings only give the promise).
