@@ -32,7 +32,11 @@ function gcmKey(material: KeyObject | Buffer): NativeGcmKey {
 
 /** AES-256-GCM: ciphertext || tag. */
 export function gcmSeal(material: KeyObject | Buffer, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-  if (useNativeGcm) return gcmKey(material).seal(iv, aad, plaintext);
+  return useNativeGcm ? gcmKey(material).seal(iv, aad, plaintext) : nodeGcmSeal(material, iv, aad, plaintext);
+}
+
+/** The node:crypto path of gcmSeal (CPUs without AES-NI/PCLMULQDQ; exported for its test). */
+export function nodeGcmSeal(material: KeyObject | Buffer, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
   const c = createCipheriv('aes-256-gcm', material, iv);
   c.setAAD(aad);
   return Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);
@@ -43,7 +47,11 @@ export function gcmOpen(material: KeyObject | Buffer, iv: Buffer, aad: Buffer, s
   if (sealed.length < GCM_TAG) return null;
   const ct = sealed.subarray(0, sealed.length - GCM_TAG);
   const tag = sealed.subarray(sealed.length - GCM_TAG);
-  if (useNativeGcm) return gcmKey(material).open(iv, aad, ct, tag);
+  return useNativeGcm ? gcmKey(material).open(iv, aad, ct, tag) : nodeGcmOpen(material, iv, aad, ct, tag);
+}
+
+/** The node:crypto path of gcmOpen (exported for its test). */
+export function nodeGcmOpen(material: KeyObject | Buffer, iv: Buffer, aad: Buffer, ct: Buffer, tag: Buffer): Buffer | null {
   try {
     const d = createDecipheriv('aes-256-gcm', material, iv);
     d.setAAD(aad);

@@ -7,7 +7,7 @@ import { createCipheriv, createDecipheriv, createHash, createHmac, createSecretK
 import { describe, expect, it } from 'vitest';
 
 import { native } from '../../src/crypto/native.js';
-import { gcmOpen, gcmSeal, hmacSha1SignatureV1 } from '../../src/crypto/small-crypto.js';
+import { gcmOpen, gcmSeal, hmacSha1SignatureV1, nodeGcmOpen, nodeGcmSeal } from '../../src/crypto/small-crypto.js';
 
 function nodeSeal(key: Buffer, iv: Buffer, aad: Buffer, pt: Buffer): Buffer {
   const c = createCipheriv('aes-256-gcm', key, iv);
@@ -47,6 +47,23 @@ describe('AES-256-GCM (native)', () => {
         expect(nodeOpen(key, iv, aad, ours).equals(pt)).toBe(true);
         expect(gcmOpen(key, iv, aad, nodeSeal(key, iv, aad, pt))?.equals(pt), `open len ${len} aad ${aadLen}`).toBe(true);
       }
+    }
+  });
+
+  it('has a node:crypto fallback (CPUs without AES-NI) that agrees with the native path, tampering included', () => {
+    for (const len of LENGTHS) {
+      const key = randomBytes(32);
+      const iv = randomBytes(12);
+      const aad = randomBytes(len % 40);
+      const pt = randomBytes(len);
+      const sealed = nodeGcmSeal(createSecretKey(key), iv, aad, pt);
+      expect(sealed.equals(gcmSeal(key, iv, aad, pt)), `len ${len}`).toBe(true);
+      const ct = sealed.subarray(0, len);
+      const tag = sealed.subarray(len);
+      expect(nodeGcmOpen(key, iv, aad, ct, tag)?.equals(pt)).toBe(true);
+      const bad = Buffer.from(tag);
+      bad[0]! ^= 1;
+      expect(nodeGcmOpen(key, iv, aad, ct, bad)).toBeNull();
     }
   });
 
