@@ -23,6 +23,8 @@ namespace {
 constexpr const char* kInvalid = "KMSDISK_ERR_INVALID_ARGUMENT";
 constexpr const char* kNoAesni = "KMSDISK_ERR_NO_AESNI";
 constexpr const char* kInternal = "KMSDISK_ERR_INTERNAL";
+constexpr const char* kRange = "KMSDISK_ERR_OUT_OF_RANGE";
+constexpr size_t kMaxGcmBytes = size_t{1} << 30;
 
 struct Bytes {
   const uint8_t* data;
@@ -97,7 +99,11 @@ class GcmKeyWrap : public Napi::ObjectWrap<GcmKeyWrap> {
     const GcmKey* k = Live(env);
     Bytes iv = ArgBytes(env, info[0], "iv");
     if (iv.len != 12) ThrowCoded(env, kInvalid, "the GCM IV is 12 bytes", true);
-    return {k, iv.data, ArgBytes(env, info[1], "aad"), ArgBytes(env, info[2], dataName)};
+    Call c{k, iv.data, ArgBytes(env, info[1], "aad"), ArgBytes(env, info[2], dataName)};
+    // GCM's 32-bit block counter covers 2^32 - 2 blocks; callers here seal keys and small texts.
+    if (c.data.len > kMaxGcmBytes || c.aad.len > kMaxGcmBytes)
+      ThrowCoded(env, kRange, std::string(dataName) + " or aad is too large for one GCM call (1 GiB at most)", true);
+    return c;
   }
 
   Napi::Value Seal(const Napi::CallbackInfo& info) {

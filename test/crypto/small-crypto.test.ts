@@ -111,6 +111,9 @@ describe('AES-256-GCM (native)', () => {
     expect(() => k.seal(iv, 'aad' as unknown as Buffer, Buffer.alloc(1))).toThrow(expect.objectContaining({ code: I }));
     expect(() => k.seal(iv, Buffer.alloc(0), new Float64Array(2) as unknown as Buffer)).toThrow(expect.objectContaining({ code: I }));
     expect(() => k.open(iv, Buffer.alloc(0), Buffer.alloc(4), Buffer.alloc(15))).toThrow(expect.objectContaining({ code: I }));
+    // Past GCM's counter range (and far past any blob): a coded error, not a wrapped counter.
+    const huge = new Uint8Array(new ArrayBuffer(2 ** 30 + 16), 0, 2 ** 30 + 16);
+    expect(() => k.seal(iv, Buffer.alloc(0), huge)).toThrow(expect.objectContaining({ code: 'KMSDISK_ERR_OUT_OF_RANGE' }));
     const sealed = k.seal(iv, Buffer.alloc(0), Buffer.from('x'));
     expect(k.open(iv, Buffer.alloc(0), sealed.subarray(0, 1), sealed.subarray(1))?.toString()).toBe('x');
     k.wipe();
