@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, freePort, waitFor } from './helpers.js';
+import { BIN, ROOT, freePort, waitFor } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kmsdisk-demo-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -78,5 +78,37 @@ describe('npm start', () => {
     expect(second.out()).not.toMatch(/event stream lost|keys? slots? wiped|CMK access denied|Aborted|Segmentation/i);
     // Nothing is left listening, the emulator included.
     expect(await listening(kms)).toBe(false);
+  });
+});
+
+describe("the demo's emulator process (KMSDISK_DEMO_CHILD=1)", () => {
+  it('ignores SIGINT, and stops cleanly when the demo that started it goes away (its stdin pipe closes)', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [BIN, 'kms', '--state', join(dir, 'child-kms'), '--listen', `127.0.0.1:${port}`], {
+      env: { ...process.env, KMSDISK_DEMO_CHILD: '1', KMSDISK_LOG_LEVEL: 'warn' },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      await waitFor('the emulator to listen', () => out.includes('listening on') || child.exitCode !== null, 60_000);
+      expect(await listening(port)).toBe(true);
+      // The terminal's Ctrl-C reaches the whole group: the emulator must outlive the agent's shutdown.
+      child.kill('SIGINT');
+      await new Promise((r) => setTimeout(r, 500));
+      expect(child.exitCode).toBeNull();
+      expect(await listening(port)).toBe(true);
+      // The demo died (or let go): its end of the pipe closes, and the emulator stops by itself.
+      child.stdin!.end();
+      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const code = await exited;
+      clearTimeout(t);
+      expect(code).toBe(0);
+      expect(await listening(port)).toBe(false);
+      expect(out).not.toMatch(/Aborted|Segmentation|error/i);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 });

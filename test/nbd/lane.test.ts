@@ -136,6 +136,42 @@ describe('NBD native lane', () => {
     c.destroy();
   });
 
+  it('READs and WRITEs the lane serves wait for a held range lock, then complete in lock order with the right data', async () => {
+    const c = await ready({ structured: true });
+    const base = 9 * MiB;
+    const old = randomBytes(512 * 1024);
+    expect((await c.call(CMD.WRITE, base, old.length, { payload: Buffer.from(old) })).error).toBe(0);
+    const lock = (dev.volume as unknown as { lock: RangeLock }).lock;
+    const held = await lock.acquire(base, base + MiB, true);
+    const big = randomBytes(256 * 1024); // over 64 KiB: a lane worker runs it
+    const small = randomBytes(8 * 1024); // the lane's receiver runs it
+    const cookies: bigint[] = [];
+    try {
+      // Registered one after another, so the lock's FIFO order is known: r1, w1, w2, then r2.
+      cookies.push(c.request(CMD.READ, base, 64 * 1024));
+      await until(() => lock.waitingCount >= 1, 'the first read to wait');
+      cookies.push(c.request(CMD.WRITE, base + 256 * 1024, big.length, { payload: Buffer.from(big) }));
+      await until(() => lock.waitingCount >= 2, 'the large write to wait');
+      cookies.push(c.request(CMD.WRITE, base, small.length, { payload: Buffer.from(small) }));
+      await until(() => lock.waitingCount >= 3, 'the small write to wait');
+      cookies.push(c.request(CMD.READ, base, 512 * 1024));
+      await until(() => lock.waitingCount >= 4, 'the second read to wait');
+      expect(server.connections().find((x) => x.export === 'lane' && x.native)?.inflight).toBe(4);
+    } finally {
+      lock.release(held);
+    }
+    const replies = await c.readReplies(4);
+    for (const ck of cookies) expect(replies.get(ck)?.error).toBe(0);
+    // r1 was granted before either write; r2 after both.
+    expect(replies.get(cookies[0]!)!.data!.equals(old.subarray(0, 64 * 1024))).toBe(true);
+    const expected = Buffer.concat([small, old.subarray(small.length, 256 * 1024), big]);
+    expect(replies.get(cookies[3]!)!.data!.equals(expected)).toBe(true);
+    const onDisk = await decryptVolumeFile(dev.volume.path, 10 * MiB, 512, dev.checkKey);
+    expect(onDisk.subarray(base, base + 512 * 1024).equals(expected)).toBe(true);
+    expect(lock.heldCount).toBe(0);
+    c.destroy();
+  });
+
   it('extended headers: reads and writes round-trip through the lane', async () => {
     const c = await ready({ extended: true });
     expect(c.extended).toBe(true);
