@@ -20,6 +20,7 @@
 #include "kms_crypto_binding.h"
 #include "lane_binding.h"
 #include "napi.h"
+#include "nbd_lane.h"
 #include "xts.h"
 
 namespace kmsdisk {
@@ -406,6 +407,8 @@ Napi::Value ImportKey(const Napi::CallbackInfo& info) {
 
 Napi::Value Wipe(const Napi::CallbackInfo& info) {
   GetSlot(info.Env(), info[0])->Wipe();
+  // Plaintext the lanes sent stays in their cached buffers until reused: not past a wipe.
+  PurgeLaneBuffers();
   return info.Env().Undefined();
 }
 

@@ -114,6 +114,7 @@ struct Lane::Job {
   std::vector<uint8_t> frame;  // a JS reply frame
   bool isFrame = false;
   bool recorded = false;  // a READ's record was taken before its data was sent
+  uint64_t bufEpoch = 0;  // the buffer cache's purge epoch when buf was taken (PutBuffer)
 };
 
 std::shared_ptr<Lane> Lane::Start(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts,
@@ -253,7 +254,7 @@ void Lane::ReceiveLoop() {
         inflightBytes_ += length;
         nativeJobs_++;
       }
-      j->buf = GetBuffer(dataAt + length, &j->cap);
+      j->buf = GetBuffer(dataAt + length, &j->cap, &j->bufEpoch);
       if (j->buf == nullptr) {
         reason = "error: out of memory for a request buffer";
         delete j;
@@ -263,7 +264,7 @@ void Lane::ReceiveLoop() {
       if (type == kCmdWrite) {
         int rr = RecvAll(j->buf, length, false);
         if (rr != 0) {
-          PutBuffer(j->buf, j->cap, length);
+          PutBuffer(j->buf, j->cap, length, j->bufEpoch);
           delete j;
           JobGone(length);
           reason = rr == 2 ? "stopped" : "error: connection lost mid-payload";
@@ -452,7 +453,7 @@ void Lane::Complete(Job* j, uint32_t err, const char* message) {
   if (!j->recorded) Record(j->type, err, j->offset, j->length, NowMs() - j->started, err == 0 ? j->releasedAt : 0);
   // Scrub when the buffer may hold plaintext: a failed write (not encrypted yet) or a read whose
   // data never left (a wipe raced with it).
-  PutBuffer(j->buf, j->cap, err != 0 ? (j->type == kCmdRead ? kReadDataAt : 0) + j->length : 0);
+  PutBuffer(j->buf, j->cap, err != 0 ? (j->type == kCmdRead ? kReadDataAt : 0) + j->length : 0, j->bufEpoch);
   uint64_t len = j->length;
   delete j;
   JobGone(len);
@@ -522,7 +523,7 @@ void Lane::RunRead(Job* j) {
   if (!usable) {
     // The key was wiped or detached while this read ran: the data must not leave.
     explicit_bzero(data, j->length);
-    PurgeBuffers();
+    PurgeLaneBuffers();
     return Complete(j, kEPERM, "data key is no longer usable");
   }
   j->releasedAt = checkAt;
@@ -726,6 +727,7 @@ constexpr size_t kMaxClass = 31;  // 2 GiB (maxPayload < 2^31 plus the read head
 constexpr size_t kClassBytes = 16u << 20;
 std::mutex gCacheMu;
 std::vector<uint8_t*> gFree[kMaxClass + 1];
+uint64_t gPurgeEpoch = 0;  // bumped by PurgeLaneBuffers (under gCacheMu)
 
 size_t ClassOf(size_t n) {
   size_t c = kMinClass;
@@ -736,11 +738,12 @@ size_t ClassOf(size_t n) {
 size_t ClassLimit(size_t c) { return std::max<size_t>(4, kClassBytes >> c); }
 }  // namespace
 
-uint8_t* Lane::GetBuffer(size_t n, size_t* cap) {
+uint8_t* Lane::GetBuffer(size_t n, size_t* cap, uint64_t* epoch) {
   size_t c = ClassOf(n);
   *cap = size_t{1} << c;
   {
     std::lock_guard<std::mutex> g(gCacheMu);
+    *epoch = gPurgeEpoch;
     if (!gFree[c].empty()) {
       uint8_t* p = gFree[c].back();
       gFree[c].pop_back();
@@ -752,12 +755,14 @@ uint8_t* Lane::GetBuffer(size_t n, size_t* cap) {
   return p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
 }
 
-void Lane::PutBuffer(uint8_t* p, size_t cap, size_t scrubBytes) {
+void Lane::PutBuffer(uint8_t* p, size_t cap, size_t scrubBytes, uint64_t epoch) {
   size_t c = ClassOf(cap);
   if (scrubBytes > 0) explicit_bzero(p, std::min(scrubBytes, cap));
   {
     std::lock_guard<std::mutex> g(gCacheMu);
-    if (gFree[c].size() < ClassLimit(c)) {
+    // A buffer taken before a purge (a read that was sending when a key was wiped) may hold
+    // plaintext: it goes back to the kernel, not into the cache.
+    if (epoch == gPurgeEpoch && gFree[c].size() < ClassLimit(c)) {
       gFree[c].push_back(p);
       return;
     }
@@ -765,10 +770,11 @@ void Lane::PutBuffer(uint8_t* p, size_t cap, size_t scrubBytes) {
   munmap(p, cap);  // the kernel zeroes freed pages before anyone else gets them
 }
 
-void Lane::PurgeBuffers() {
+void PurgeLaneBuffers() {
   std::vector<std::pair<uint8_t*, size_t>> all;
   {
     std::lock_guard<std::mutex> g(gCacheMu);
+    gPurgeEpoch++;
     for (size_t c = kMinClass; c <= kMaxClass; c++) {
       for (uint8_t* p : gFree[c]) all.emplace_back(p, size_t{1} << c);
       gFree[c].clear();

@@ -121,9 +121,9 @@ class Lane : public std::enable_shared_from_this<Lane> {
   int RecvAll(uint8_t* p, size_t n, bool stoppable);
   bool SendAll(const uint8_t* p, size_t n);
   void SendError(uint16_t type, const uint8_t cookie[8], uint64_t offset, uint32_t err, const char* message);
-  uint8_t* GetBuffer(size_t n, size_t* cap);
-  void PutBuffer(uint8_t* p, size_t cap, size_t scrubBytes);  // scrubBytes: zero this prefix first
-  void PurgeBuffers();
+  uint8_t* GetBuffer(size_t n, size_t* cap, uint64_t* epoch);
+  // scrubBytes: zero this prefix first; epoch: GetBuffer's (a buffer from before a purge is unmapped)
+  void PutBuffer(uint8_t* p, size_t cap, size_t scrubBytes, uint64_t epoch);
   void Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length, double ms, double releasedAt);
 
   std::shared_ptr<VolumeCore> core_;
@@ -151,5 +151,10 @@ class Lane : public std::enable_shared_from_this<Lane> {
   LaneStats stats_;
   std::shared_ptr<Lane> self_;  // keeps the lane alive until its last thread exits
 };
+
+// Drops the lanes' cache of request buffers (process-wide): READ buffers keep the plaintext they
+// sent until reused, so a key wipe calls this; buffers in use when it runs are unmapped, not
+// cached, when their request ends.
+void PurgeLaneBuffers();
 
 }  // namespace kmsdisk

@@ -1,8 +1,9 @@
-// A memory scan of the agent process: after a revoke, neither the DEK's raw bytes nor its base64
-// occur anywhere in /proc/<pid>/mem. The agent runs as a child process (the test process holds
+// A memory scan of the agent process: after a revoke, neither the DEK's raw bytes nor its base64,
+// nor the plaintext of data the agent served, occur anywhere in /proc/<pid>/mem. The agent runs as a child process (the test process holds
 // the DEK itself, fetched through the emulator's admin ExportDataKey, to know what to look for).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fork, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -125,7 +126,7 @@ describe('memory scan of the agent process', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('finds the DEK only in the key slot before the revoke, and nowhere (raw or base64) after it', async () => {
+  it('finds the DEK only in the key slot before the revoke, and neither it (raw or base64) nor served plaintext after it', async () => {
     // The test learns the DEK through the KMS with admin rights, as an auditor would.
     const { dek } = await kms.admin.openDataKey(ready.ciphertextBlob, ready.encryptionContext);
     expect(dek.length).toBe(64);
@@ -138,13 +139,23 @@ describe('memory scan of the agent process', () => {
     };
     dek.fill(0);
 
-    // The agent serves (decrypts) with the key.
+    // The agent serves (decrypts) with the key. The data is random so that its plaintext can be
+    // searched for too: served by the native lane, a READ's plaintext stays in the lane's cached
+    // request buffer after it is sent, until that buffer is reused or a key wipe purges the cache.
     const client = await NbdClient.connect(ready.nbd, { exportName: 'drill' });
-    expect((await client.write(0, Buffer.alloc(65536, 7))).errno).toBe(0);
-    expect((await client.read(0, 65536)).errno).toBe(0);
+    // (128 KiB: a request-buffer size class of its own, so the refused 64 KiB read after the
+    // revoke cannot reuse and scrub this buffer and hide a missing purge.)
+    const data = randomBytes(128 * 1024);
+    expect((await client.write(0, Buffer.from(data))).errno).toBe(0);
+    const back = await client.read(0, data.length);
+    expect(back.errno).toBe(0);
+    expect(Buffer.from(back.data).equals(data)).toBe(true);
+    const plaintext = { plaintext: Buffer.from(data.subarray(4096, 4096 + 64)) };
 
     const pid = child.pid!;
-    const before = scan(pid, needles);
+    const before = scan(pid, { ...needles, ...plaintext });
+    expect(before.hits.filter((h) => h.needle === 'plaintext').length).toBeGreaterThanOrEqual(1);
+    before.hits = before.hits.filter((h) => h.needle !== 'plaintext');
     expect(before.bytesScanned).toBeGreaterThan(10 << 20);
     const rawBefore = before.hits.filter((h) => h.needle === 'raw');
     // The scanner works: the key is in memory while it is in use ...
@@ -174,7 +185,7 @@ describe('memory scan of the agent process', () => {
     expect((await client.read(0, 65536)).errno).toBe(1);
     await client.disconnect();
 
-    const after = scan(pid, needles);
+    const after = scan(pid, { ...needles, ...plaintext });
     expect(after.bytesScanned).toBeGreaterThan(10 << 20);
     expect(after.hits.map((h) => `${h.needle}@0x${h.address.toString(16)} ${h.region.perms} ${h.region.name}`)).toEqual([]);
   });
