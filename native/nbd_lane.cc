@@ -780,7 +780,16 @@ void PurgeLaneBuffers() {
       gFree[c].clear();
     }
   }
-  for (auto& [p, cap] : all) munmap(p, cap);
+  size_t bytes = 0;
+  for (auto& b : all) bytes += b.second;
+  auto unmapAll = [](const std::vector<std::pair<uint8_t*, size_t>>& v) {
+    for (auto& [p, cap] : v) munmap(p, cap);
+  };
+  // Unmapping tens of MiB of touched pages takes milliseconds: not on the wipe's path (the key is
+  // already zeroed and the cache emptied; those pages go back to the kernel just after). A few
+  // MiB take well under a millisecond and are unmapped right here.
+  if (bytes <= (4u << 20)) return unmapAll(all);
+  std::thread([all = std::move(all), unmapAll] { unmapAll(all); }).detach();
 }
 
 }  // namespace kmsdisk
