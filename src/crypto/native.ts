@@ -107,6 +107,8 @@ export interface NativeHmacSha1 {
 export interface NativeAddon {
   importKey(dek: ArrayBufferView): NativeSlot;
   wipe(slot: NativeSlot): void;
+  /** Drops the NBD lanes' cache of request buffers (they may hold plaintext that was sent). */
+  purgeLaneBuffers(): void;
   slotInfo(slot: NativeSlot): NativeSlotInfo;
   slotWiped(slot: NativeSlot): boolean;
   _debugReadSlotKeyBytesForTests(slot: NativeSlot): Buffer;
