@@ -20,36 +20,14 @@
 #include "kms_crypto_binding.h"
 #include "lane_binding.h"
 #include "napi.h"
+#include "napi_errors.h"
 #include "nbd_lane.h"
 #include "xts.h"
 
 namespace kmsdisk {
 namespace {
 
-// ---------------------------------------------------------------------------------------------
-// Errors: every thrown/rejected error carries `code` from src/errors.ts.
-
-enum class ErrKind { Type, Range, Plain };
-
-Napi::Error MakeError(Napi::Env env, ErrKind kind, const char* code, const std::string& message) {
-  Napi::Error err = kind == ErrKind::Type    ? Napi::TypeError::New(env, message)
-                    : kind == ErrKind::Range ? Napi::RangeError::New(env, message)
-                                             : Napi::Error::New(env, message);
-  err.Value().Set("code", Napi::String::New(env, code));
-  return err;
-}
-
-[[noreturn]] void Throw(Napi::Env env, ErrKind kind, const char* code, const std::string& message) {
-  throw MakeError(env, kind, code, message);
-}
-
-constexpr const char* kInvalid = "KMSDISK_ERR_INVALID_ARGUMENT";
-constexpr const char* kRange = "KMSDISK_ERR_OUT_OF_RANGE";
-constexpr const char* kBadKey = "KMSDISK_ERR_BAD_KEY";
-constexpr const char* kWiped = "KMSDISK_ERR_KEY_WIPED";
-constexpr const char* kNoAesni = "KMSDISK_ERR_NO_AESNI";
-constexpr const char* kIo = "KMSDISK_ERR_IO";
-constexpr const char* kInternal = "KMSDISK_ERR_INTERNAL";
+// Errors (napi_errors.h): every thrown/rejected error carries `code` from src/errors.ts.
 
 constexpr uint64_t kMaxSafeInteger = (1ULL << 53) - 1;
 

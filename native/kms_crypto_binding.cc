@@ -1,4 +1,4 @@
-// N-API surface of kms_crypto.h, used by the KMS emulator (src/kms/emulator/fast-crypto.ts):
+// N-API surface of kms_crypto.h, used by the KMS emulator through src/crypto/small-crypto.ts:
 //   new NativeGcmKey(key32)            AES-256-GCM key; seal(iv, aad, pt) -> ct||tag,
 //                                      open(iv, aad, ct, tag) -> pt | null, wipe()
 //   new NativeHmacSha1(secret)         signBase64(latin1 string) -> base64 HMAC-SHA1
@@ -20,10 +20,6 @@
 namespace kmsdisk {
 namespace {
 
-constexpr const char* kInvalid = "KMSDISK_ERR_INVALID_ARGUMENT";
-constexpr const char* kNoAesni = "KMSDISK_ERR_NO_AESNI";
-constexpr const char* kInternal = "KMSDISK_ERR_INTERNAL";
-constexpr const char* kRange = "KMSDISK_ERR_OUT_OF_RANGE";
 constexpr size_t kMaxGcmBytes = size_t{1} << 30;
 
 struct Bytes {
@@ -33,7 +29,7 @@ struct Bytes {
 
 Bytes ArgBytes(Napi::Env env, const Napi::Value& v, const char* name) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    ThrowCoded(env, kInvalid, std::string(name) + " must be a Buffer or Uint8Array", true);
+    Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a Buffer or Uint8Array");
   Napi::Uint8Array a = v.As<Napi::Uint8Array>();
   return {a.Data(), a.ByteLength()};
 }
@@ -75,15 +71,15 @@ class GcmKeyWrap : public Napi::ObjectWrap<GcmKeyWrap> {
 
   explicit GcmKeyWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GcmKeyWrap>(info) {
     Napi::Env env = info.Env();
-    if (!gcm_supported()) ThrowCoded(env, kNoAesni, "AES-GCM needs AES-NI and PCLMULQDQ");
+    if (!gcm_supported()) Throw(env, ErrKind::Plain, kNoAesni, "AES-GCM needs AES-NI and PCLMULQDQ");
     Bytes key = ArgBytes(env, info[0], "key");
-    if (key.len != 32) ThrowCoded(env, kInvalid, "an AES-256-GCM key is 32 bytes", true);
+    if (key.len != 32) Throw(env, ErrKind::Type, kInvalid, "an AES-256-GCM key is 32 bytes");
     gcm_init_aesni(key.data, key_.get());
   }
 
  private:
   const GcmKey* Live(Napi::Env env) {
-    if (!key_.get()) ThrowCoded(env, kInvalid, "this GCM key was wiped");
+    if (!key_.get()) Throw(env, ErrKind::Plain, kInvalid, "this GCM key was wiped");
     return key_.get();
   }
 
@@ -98,11 +94,11 @@ class GcmKeyWrap : public Napi::ObjectWrap<GcmKeyWrap> {
     Napi::Env env = info.Env();
     const GcmKey* k = Live(env);
     Bytes iv = ArgBytes(env, info[0], "iv");
-    if (iv.len != 12) ThrowCoded(env, kInvalid, "the GCM IV is 12 bytes", true);
+    if (iv.len != 12) Throw(env, ErrKind::Type, kInvalid, "the GCM IV is 12 bytes");
     Call c{k, iv.data, ArgBytes(env, info[1], "aad"), ArgBytes(env, info[2], dataName)};
     // GCM's 32-bit block counter covers 2^32 - 2 blocks; callers here seal keys and small texts.
     if (c.data.len > kMaxGcmBytes || c.aad.len > kMaxGcmBytes)
-      ThrowCoded(env, kRange, std::string(dataName) + " or aad is too large for one GCM call (1 GiB at most)", true);
+      Throw(env, ErrKind::Range, kRange, std::string(dataName) + " or aad is too large for one GCM call (1 GiB at most)");
     return c;
   }
 
@@ -116,7 +112,7 @@ class GcmKeyWrap : public Napi::ObjectWrap<GcmKeyWrap> {
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Call c = Args(info, "ciphertext");
     Bytes tag = ArgBytes(info.Env(), info[3], "tag");
-    if (tag.len != 16) ThrowCoded(info.Env(), kInvalid, "the GCM tag is 16 bytes", true);
+    if (tag.len != 16) Throw(info.Env(), ErrKind::Type, kInvalid, "the GCM tag is 16 bytes");
     Napi::Buffer<uint8_t> out = Napi::Buffer<uint8_t>::New(info.Env(), c.data.len);
     if (!gcm_open_aesni(c.key, c.iv, c.aad.data, c.aad.len, c.data.data, c.data.len, tag.data, out.Data()))
       return info.Env().Null();
@@ -146,10 +142,10 @@ class HmacSha1Wrap : public Napi::ObjectWrap<HmacSha1Wrap> {
   // The message as latin1 (strings to sign are percent-encoded ASCII); the result in base64.
   Napi::Value SignBase64(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!info[0].IsString()) ThrowCoded(env, kInvalid, "the message must be a string", true);
+    if (!info[0].IsString()) Throw(env, ErrKind::Type, kInvalid, "the message must be a string");
     napi_value s = info[0];
     size_t len = 0;
-    if (napi_get_value_string_latin1(env, s, nullptr, 0, &len) != napi_ok) ThrowCoded(env, kInternal, "cannot read the message");
+    if (napi_get_value_string_latin1(env, s, nullptr, 0, &len) != napi_ok) Throw(env, ErrKind::Plain, kInternal, "cannot read the message");
     // Reused across calls: the emulator signs on its one JS thread.
     static thread_local std::string buf;
     buf.resize(len + 1);

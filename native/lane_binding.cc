@@ -15,19 +15,16 @@
 #include "keyslot.h"
 #include "lane_binding.h"
 #include "napi.h"
+#include "napi_errors.h"
 #include "nbd_lane.h"
 #include "range_lock.h"
-#include "napi_errors.h"
 #include "volume_core.h"
 
 namespace kmsdisk {
 namespace {
 
-constexpr const char* kInvalid = "KMSDISK_ERR_INVALID_ARGUMENT";
-constexpr const char* kIo = "KMSDISK_ERR_IO";
-
 double Num(Napi::Env env, const Napi::Value& v, const char* name) {
-  if (!v.IsNumber()) ThrowCoded(env, kInvalid, std::string(name) + " must be a number", true);
+  if (!v.IsNumber()) Throw(env, ErrKind::Type, kInvalid, std::string(name) + " must be a number");
   return v.As<Napi::Number>().DoubleValue();
 }
 
@@ -35,7 +32,7 @@ double Num(Napi::Env env, const Napi::Value& v, const char* name) {
 uint64_t Pos(Napi::Env env, const Napi::Value& v, const char* name) {
   double d = Num(env, v, name);
   if (std::isnan(d) || d < 0 || (std::isfinite(d) && std::floor(d) != d))
-    ThrowCoded(env, kInvalid, std::string(name) + " must be a non-negative integer or Infinity");
+    Throw(env, ErrKind::Plain, kInvalid, std::string(name) + " must be a non-negative integer or Infinity");
   if (!std::isfinite(d) || d >= 18446744073709551615.0) return RangeLock::kEnd;
   return static_cast<uint64_t>(d);
 }
@@ -43,7 +40,7 @@ uint64_t Pos(Napi::Env env, const Napi::Value& v, const char* name) {
 uint64_t Count(Napi::Env env, const Napi::Value& v, const char* name, uint64_t max) {
   double d = Num(env, v, name);
   if (!std::isfinite(d) || d < 0 || std::floor(d) != d || d > static_cast<double>(max))
-    ThrowCoded(env, kInvalid, std::string(name) + " must be an integer in [0, " + std::to_string(max) + "]");
+    Throw(env, ErrKind::Plain, kInvalid, std::string(name) + " must be an integer in [0, " + std::to_string(max) + "]");
   return static_cast<uint64_t>(d);
 }
 
@@ -76,7 +73,7 @@ class RangeLockWrap : public Napi::ObjectWrap<RangeLockWrap> {
 
   explicit RangeLockWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RangeLockWrap>(info) {
     Napi::Env env = info.Env();
-    if (!info[0].IsFunction()) ThrowCoded(env, kInvalid, "onGrant must be a function", true);
+    if (!info[0].IsFunction()) Throw(env, ErrKind::Type, kInvalid, "onGrant must be a function");
     lock = std::make_shared<RangeLock>();
     grants_ = std::make_shared<JsGrants>();
     grants_->jsThread = std::this_thread::get_id();
@@ -102,7 +99,7 @@ class RangeLockWrap : public Napi::ObjectWrap<RangeLockWrap> {
   Napi::Value TryAcquire(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint64_t s = Pos(env, info[0], "start"), e = Pos(env, info[1], "end");
-    if (!(s < e)) ThrowCoded(env, kInvalid, "empty lock range");
+    if (!(s < e)) Throw(env, ErrKind::Plain, kInvalid, "empty lock range");
     return Napi::Number::New(env, static_cast<double>(lock->TryAcquire(s, e, info[2].ToBoolean())));
   }
 
@@ -110,7 +107,7 @@ class RangeLockWrap : public Napi::ObjectWrap<RangeLockWrap> {
   Napi::Value Acquire(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint64_t s = Pos(env, info[0], "start"), e = Pos(env, info[1], "end");
-    if (!(s < e)) ThrowCoded(env, kInvalid, "empty lock range");
+    if (!(s < e)) Throw(env, ErrKind::Plain, kInvalid, "empty lock range");
     std::shared_ptr<JsGrants> g = grants_;
     auto [id, now] = lock->AcquireOrQueue(s, e, info[2].ToBoolean(), [g](uint64_t gid) {
       std::lock_guard<std::mutex> lk(g->mu);
@@ -166,9 +163,9 @@ class VolumeCoreWrap : public Napi::ObjectWrap<VolumeCoreWrap> {
     uint64_t dataOffset = Count(env, info[1], "dataOffset", (1ull << 53) - 1);
     uint64_t size = Count(env, info[2], "size", (1ull << 53) - 1);
     uint64_t ss = Count(env, info[3], "sectorSize", 4096);
-    if (ss != 512 && ss != 4096) ThrowCoded(env, kInvalid, "sectorSize must be 512 or 4096");
+    if (ss != 512 && ss != 4096) Throw(env, ErrKind::Plain, kInvalid, "sectorSize must be 512 or 4096");
     if (!info[5].IsObject() || !info[5].As<Napi::Object>().InstanceOf(gRangeLockCtor->Value()))
-      ThrowCoded(env, kInvalid, "lock must be a NativeRangeLock", true);
+      Throw(env, ErrKind::Type, kInvalid, "lock must be a NativeRangeLock");
     RangeLockWrap* lw = RangeLockWrap::Unwrap(info[5].As<Napi::Object>());
     core = std::make_shared<VolumeCore>(fd, dataOffset, size, static_cast<uint32_t>(ss), info[4].ToBoolean(), lw->lock);
   }
@@ -182,9 +179,9 @@ class VolumeCoreWrap : public Napi::ObjectWrap<VolumeCoreWrap> {
       core->SetSlot(nullptr);
       return env.Undefined();
     }
-    if (!info[0].IsExternal()) ThrowCoded(env, kInvalid, "slot must be a key slot handle", true);
+    if (!info[0].IsExternal()) Throw(env, ErrKind::Type, kInvalid, "slot must be a key slot handle");
     void* p = info[0].As<Napi::External<void>>().Data();
-    if (!KeySlot::IsLive(p)) ThrowCoded(env, kInvalid, "slot is not a kmsdisk key slot", true);
+    if (!KeySlot::IsLive(p)) Throw(env, ErrKind::Type, kInvalid, "slot is not a kmsdisk key slot");
     core->SetSlot(static_cast<KeySlot*>(p));
     return env.Undefined();
   }
@@ -249,9 +246,9 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
     Napi::Env env = info.Env();
     int fd = static_cast<int>(Count(env, info[0], "fd", 0x7fffffff));
     if (!info[1].IsObject() || !info[1].As<Napi::Object>().InstanceOf(gVolumeCoreCtor->Value()))
-      ThrowCoded(env, kInvalid, "core must be a NativeVolumeCore", true);
+      Throw(env, ErrKind::Type, kInvalid, "core must be a NativeVolumeCore");
     std::shared_ptr<VolumeCore> core = VolumeCoreWrap::Unwrap(info[1].As<Napi::Object>())->core;
-    if (!info[2].IsObject()) ThrowCoded(env, kInvalid, "opts must be an object", true);
+    if (!info[2].IsObject()) Throw(env, ErrKind::Type, kInvalid, "opts must be an object");
     Napi::Object o = info[2].As<Napi::Object>();
     LaneOptions opts;
     opts.structured = o.Get("structured").ToBoolean();
@@ -263,15 +260,15 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
     opts.record = o.Get("record").ToBoolean();
     opts.workers = static_cast<uint32_t>(Count(env, o.Get("workers"), "workers", 64));
     if (opts.maxPayload < 4096 || opts.maxInflightRequests == 0 || opts.workers == 0)
-      ThrowCoded(env, kInvalid, "maxPayload >= 4096, maxInflightRequests >= 1 and workers >= 1 are required");
+      Throw(env, ErrKind::Plain, kInvalid, "maxPayload >= 4096, maxInflightRequests >= 1 and workers >= 1 are required");
     std::vector<uint8_t> leftover;
     if (info[3].IsBuffer()) {
       auto b = info[3].As<Napi::Buffer<uint8_t>>();
       leftover.assign(b.Data(), b.Data() + b.Length());
     }
-    if (!info[4].IsFunction()) ThrowCoded(env, kInvalid, "onEvent must be a function", true);
+    if (!info[4].IsFunction()) Throw(env, ErrKind::Type, kInvalid, "onEvent must be a function");
     int dupFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (dupFd < 0) ThrowCoded(env, kIo, std::string("dup of the connection failed: ") + strerror(errno));
+    if (dupFd < 0) Throw(env, ErrKind::Plain, kIo, std::string("dup of the connection failed: ") + strerror(errno));
     int fl = fcntl(dupFd, F_GETFL);
     if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(dupFd, F_SETFL, fl | O_NONBLOCK);
     // The lane's threads may outlive the environment (process exit with a connection open): the
@@ -298,7 +295,7 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
  private:
   Napi::Value Reply(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!info[0].IsBuffer()) ThrowCoded(env, kInvalid, "frame must be a Buffer", true);
+    if (!info[0].IsBuffer()) Throw(env, ErrKind::Type, kInvalid, "frame must be a Buffer");
     auto b = info[0].As<Napi::Buffer<uint8_t>>();
     lane_->Reply(std::vector<uint8_t>(b.Data(), b.Data() + b.Length()));
     return env.Undefined();

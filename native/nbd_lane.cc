@@ -772,16 +772,16 @@ void Lane::PutBuffer(uint8_t* p, size_t cap, size_t scrubBytes, uint64_t epoch) 
 
 void PurgeLaneBuffers() {
   std::vector<std::pair<uint8_t*, size_t>> all;
+  size_t bytes = 0;
   {
     std::lock_guard<std::mutex> g(gCacheMu);
     gPurgeEpoch++;
     for (size_t c = kMinClass; c <= kMaxClass; c++) {
       for (uint8_t* p : gFree[c]) all.emplace_back(p, size_t{1} << c);
+      bytes += gFree[c].size() << c;
       gFree[c].clear();
     }
   }
-  size_t bytes = 0;
-  for (auto& b : all) bytes += b.second;
   auto unmapAll = [](const std::vector<std::pair<uint8_t*, size_t>>& v) {
     for (auto& [p, cap] : v) munmap(p, cap);
   };
