@@ -200,6 +200,8 @@ const EARLIER_RUNS = [
   '',
   '| run (UTC) | server | 1-min load | seq write / nbdkit | seq read / nbdkit | rand write / nbdkit | rand read / nbdkit | seq write / LUKS | seq read / LUKS | peak RSS |',
   '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  '| 28th 07:11 | native lanes (session 4, before the lane buffer purge epoch) | 1.5 | 0.69x (1748 MiB/s) | 0.86x (1840 MiB/s) | 1.14x (36.4k) | 1.11x (44.3k) | 8.52x | 8.14x | 124.3 MiB |',
+  '| 28th 06:49 | native lanes, first run with sync + median of 3 | 2.1 | 0.60x (1696 MiB/s) | 0.80x (2027 MiB/s) | 0.91x (38.3k) | 1.16x (49.9k) | 7.96x | 8.30x | 125.6 MiB |',
   '| 28th 05:52 | native lanes, READ records before send (best of 2, no sync) | 2.7 | 0.65x (1644 MiB/s) | 0.88x (1713 MiB/s) | 0.99x (35.0k) | 0.98x (42.9k) | 8.6x | 8.0x | 127 MiB |',
   '| 28th 05:35 | native lanes, receiver serves every READ | 2.5 | 0.64x (1469 MiB/s) | 0.90x (1546 MiB/s) | 1.07x (32.0k) | 0.97x (46.2k) | 7.72x | 7.03x | 122.6 MiB |',
   '| 28th 05:12 | native lanes, receiver serves requests up to 64 KiB | 3.4 | 0.72x (1463 MiB/s) | 0.70x (1338 MiB/s) | 0.94x (32.0k) | 0.88x (44.3k) | 7.10x | 5.99x | 143.8 MiB |',
