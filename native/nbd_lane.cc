@@ -1,6 +1,8 @@
 #include "nbd_lane.h"
 
 #include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -44,6 +46,20 @@ constexpr size_t kReadDataAt = 4096;
 // large WRITE served here did (its payload must be read first): fio spent more CPU per GiB
 // (0.42 vs 0.33 s) and throughput did not improve, so large WRITEs keep the workers.
 constexpr uint64_t kInlineMax = 64 * 1024;
+// Before a lane thread sleeps (the receiver on an empty socket, a worker on an empty queue) it
+// keeps looking for work this long, yielding its CPU to any runnable thread between looks. On a
+// VM, a thread that sleeps when its vCPU has nothing else to run halts the vCPU, and waking it
+// costs a VM exit and an IPI; with two vCPUs shared by client and server that happened several
+// times per 1 MiB request and left the vCPUs idle 5-7% of a fio run. Alternating 4 s fio runs,
+// 1 MiB QD 8 writes (4 rounds, means): 2036 MiB/s with the spin vs 1966 without (1825 with
+// neither this nor kLowatMax). Bounded, so an idle connection costs nothing after its last request.
+constexpr double kSpinMs = 0.03;
+// While the receiver waits for a payload it asks the kernel to wake it only once this much of it
+// (or all of it, if less) has arrived (SO_RCVLOWAT; TCP honours it, Unix sockets ignore it): a
+// 1 MiB payload otherwise arrives as a wake-up and a recv per loopback segment (~9 recvs, 3
+// polls and 5 context switches per request, against 2.7 reads for nbdkit). Measured with the
+// same alternation: 1966 vs 1825 MiB/s.
+constexpr size_t kLowatMax = 1u << 20;
 
 inline void put16(uint8_t* p, uint16_t v) {
   p[0] = v >> 8;
@@ -162,6 +178,29 @@ void Lane::ThreadExit() {
 
 // ------------------------------------------------------------------------------------ receiving
 
+// Calls ready() between sched_yield()s until it returns true (true) or kSpinMs has passed (false).
+template <class Ready>
+bool SpinUntil(Ready ready) {
+  const double until = NowMs() + kSpinMs;
+  for (;;) {
+    if (ready()) return true;
+    if (NowMs() >= until) return false;
+    sched_yield();
+  }
+}
+
+void Lane::SetLowat(size_t want) {
+  int v = static_cast<int>(std::min(std::max<size_t>(want, 1), kLowatMax));
+  if (v == lowat_) return;
+  // A failure leaves the default wake-ups (one per arriving segment): slower, never stuck.
+  if (setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v) == 0) lowat_ = v;
+}
+
+bool Lane::Readable() {
+  int avail = 0;
+  return ioctl(fd_, FIONREAD, &avail) == 0 && avail > 0;
+}
+
 int Lane::RecvAll(uint8_t* p, size_t n, bool stoppable) {
   size_t got = 0;
   if (leftoverPos_ < leftover_.size()) {
@@ -171,15 +210,25 @@ int Lane::RecvAll(uint8_t* p, size_t n, bool stoppable) {
     got = k;
     if (leftoverPos_ == leftover_.size()) std::vector<uint8_t>().swap(leftover_), leftoverPos_ = 0;
   }
+  bool spun = false;
   while (got < n) {
     ssize_t r = recv(fd_, p + got, n - got, MSG_DONTWAIT);
     if (r > 0) {
       got += static_cast<size_t>(r);
+      spun = false;
       continue;
     }
     if (r == 0) return got == 0 ? 1 : -1;
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+    if (!spun) {
+      spun = true;
+      if (SpinUntil([this] { return Readable(); })) continue;
+    }
+    spun = false;
+    // Never more than this call still needs: a mark above what the client will send would
+    // leave the receiver asleep with the bytes it needs already queued.
+    SetLowat(n - got);
     struct pollfd fds[3] = {{fd_, POLLIN, 0}, {killFd_, POLLIN, 0}, {stopFd_, POLLIN, 0}};
     int pr = poll(fds, stoppable ? 3 : 2, -1);
     if (pr < 0 && errno != EINTR) return -1;
@@ -281,6 +330,7 @@ void Lane::ReceiveLoop() {
       {
         std::lock_guard<std::mutex> g(mu_);
         queue_.push_back(j);
+        queued_.store(queue_.size(), std::memory_order_relaxed);
       }
       workCv_.notify_one();
       continue;
@@ -334,6 +384,9 @@ void Lane::ReceiveLoop() {
     }
     emit_(ev);
   }
+  // The descriptor is shared with JS (which closes it after the lane): leave the socket as the
+  // lane found it. The DISC drain below also waits for any byte.
+  SetLowat(1);
   // DISC: wait for everything in flight (ours and JS's), then half-close our side.
   if (disc) {
     std::unique_lock<std::mutex> lk(mu_);
@@ -399,10 +452,16 @@ void Lane::WorkerLoop() {
       std::unique_lock<std::mutex> lk(mu_);
       // A dead lane's workers stay until its last job is done: a job waiting for a range lock
       // comes back through the queue once granted and must release that lock.
+      if (queue_.empty()) {
+        lk.unlock();
+        SpinUntil([this] { return queued_.load(std::memory_order_relaxed) > 0; });
+        lk.lock();
+      }
       workCv_.wait(lk, [&] { return !queue_.empty() || (dead_ && nativeJobs_ == 0); });
       if (queue_.empty()) break;
       j = queue_.front();
       queue_.pop_front();
+      queued_.store(queue_.size(), std::memory_order_relaxed);
     }
     Run(j);
   }
@@ -440,6 +499,7 @@ void Lane::LockGranted(Job* j, uint64_t id) {
     std::lock_guard<std::mutex> g(mu_);
     // Granted jobs go first: they hold a lock others may wait for.
     queue_.push_front(j);
+    queued_.store(queue_.size(), std::memory_order_relaxed);
   }
   workCv_.notify_one();
 }
@@ -633,6 +693,7 @@ void Lane::Reply(std::vector<uint8_t> frame) {
       return;
     }
     queue_.push_back(j);
+    queued_.store(queue_.size(), std::memory_order_relaxed);
   }
   workCv_.notify_one();
 }
@@ -670,6 +731,7 @@ void Lane::Kill() {
       else drop.push_back(j);
     }
     queue_.swap(drop);
+    queued_.store(queue_.size(), std::memory_order_relaxed);
   }
   uint64_t one = 1;
   (void)!write(killFd_, &one, sizeof one);

@@ -8,6 +8,8 @@
 // thread parses requests straight off the socket, and worker threads serve sector-aligned READ
 // and WRITE end to end (range lock, key slot, pread/pwrite, XTS, reply); every READ and WRITEs
 // up to 64 KiB the receiver serves itself, which beats the hand-off (nbd_lane.cc: kInlineMax).
+// The threads look for work a few tens of microseconds before they sleep, and the receiver sleeps
+// through a payload's arrival instead of waking per segment (kSpinMs, kLowatMax).
 // Everything else (block status, trim, write zeroes, flush, cache, unaligned I/O, bad requests)
 // goes to JS as a SlowRequest, and JS hands its reply frames back; the lane is the only writer
 // on the socket.
@@ -119,6 +121,9 @@ class Lane : public std::enable_shared_from_this<Lane> {
   void ThreadExit();
   // Receives exactly n bytes (leftover first). 0 ok, 1 EOF before any byte, 2 stopped/killed, -1 error/EOF mid-way.
   int RecvAll(uint8_t* p, size_t n, bool stoppable);
+  // Sets the socket's receive low-water mark (SO_RCVLOWAT) to min(want, kLowatMax) if it changed.
+  void SetLowat(size_t want);
+  bool Readable();  // bytes are waiting on the socket (FIONREAD)
   bool SendAll(const uint8_t* p, size_t n);
   void SendError(uint16_t type, const uint8_t cookie[8], uint64_t offset, uint32_t err, const char* message);
   uint8_t* GetBuffer(size_t n, size_t* cap, uint64_t* epoch);
@@ -131,6 +136,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   const LaneOptions opts_;
   std::vector<uint8_t> leftover_;
   size_t leftoverPos_ = 0;
+  int lowat_ = 1;  // the socket's SO_RCVLOWAT as the receiver last set it
   Emit emit_;
   int stopFd_ = -1;  // eventfd: stop reading
   int killFd_ = -1;  // eventfd: connection gone, abandon sends
@@ -139,6 +145,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   std::condition_variable cv_;       // receiver: in-flight dropped / stop / kill
   std::condition_variable workCv_;   // workers: queue / kill
   std::deque<Job*> queue_;
+  std::atomic<size_t> queued_{0};  // queue_.size(), for a spinning worker (read without mu_)
   uint64_t inflight_ = 0, inflightBytes_ = 0;
   uint64_t nativeJobs_ = 0;  // READ/WRITE jobs alive (queued, waiting for a lock or running)
   bool stopping_ = false, receiverDone_ = false, stoppedSent_ = false, dead_ = false;

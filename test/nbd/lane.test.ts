@@ -221,6 +221,40 @@ describe('NBD native lane', () => {
     expect(nativeConnections()).toBe(0);
   });
 
+  it('a WRITE whose payload trickles in is served, and so is the small request after it', async () => {
+    // While the receiver waits for a payload it asks the kernel to wake it only once the rest has
+    // arrived (SO_RCVLOWAT); the next request header is far smaller, so the mark must come down
+    // again or the receiver would sleep on a header that is already there.
+    const c = await ready({ structured: true });
+    const data = randomBytes(MAX_PAYLOAD);
+    const pieces = [0, 100 * 1024, 300 * 1024, 700 * 1024, MAX_PAYLOAD];
+    const write = c.request(CMD.WRITE, 10 * MiB, data.length, { payload: data.subarray(0, pieces[1]) });
+    for (let i = 1; i + 1 < pieces.length; i++) {
+      await new Promise((r) => setTimeout(r, 30));
+      c.write(data.subarray(pieces[i], pieces[i + 1]));
+    }
+    expect((await c.readReplies(1)).get(write)?.error).toBe(0);
+    await new Promise((r) => setTimeout(r, 50)); // the receiver is asleep again, waiting for a header
+    expect((await c.call(CMD.READ, 10 * MiB + 4096, 4096)).data!.equals(data.subarray(4096, 8192))).toBe(true);
+    const plain = await decryptVolumeFile(dev.volume.path, 11 * MiB, 512, dev.checkKey);
+    expect(plain.subarray(10 * MiB).equals(data)).toBe(true);
+    c.destroy();
+  });
+
+  it('an idle connection costs no CPU: the lane threads stop looking for work and sleep', async () => {
+    // They poll briefly before sleeping (kSpinMs, tens of microseconds); this catches a poll that
+    // never ends. A busy loop in any of the three threads would use most of a core here.
+    const c = await ready();
+    expect((await c.call(CMD.READ, 0, 4096)).error).toBe(0);
+    await new Promise((r) => setTimeout(r, 50));
+    const before = process.cpuUsage();
+    await new Promise((r) => setTimeout(r, 500));
+    const used = process.cpuUsage(before);
+    expect((used.user + used.system) / 1000).toBeLessThan(100);
+    expect((await c.call(CMD.READ, 0, 4096)).error).toBe(0);
+    c.destroy();
+  });
+
   it('a read-only export refuses writes through the lane', async () => {
     const c = await ready({}, 'lane-ro');
     expect(nativeConnections('lane-ro')).toBe(1);
