@@ -124,6 +124,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   // Sets the socket's receive low-water mark (SO_RCVLOWAT) to min(want, kLowatMax) if it changed.
   void SetLowat(size_t want);
   bool Readable();  // bytes are waiting on the socket (FIONREAD)
+  void WaitForWorker();  // until fewer than kReadAhead jobs wait for a worker (or the lane is dead)
   bool SendAll(const uint8_t* p, size_t n);
   void SendError(uint16_t type, const uint8_t cookie[8], uint64_t offset, uint32_t err, const char* message);
   uint8_t* GetBuffer(size_t n, size_t* cap, uint64_t* epoch);
@@ -149,6 +150,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   uint64_t inflight_ = 0, inflightBytes_ = 0;
   uint64_t nativeJobs_ = 0;  // READ/WRITE jobs alive (queued, waiting for a lock or running)
   bool stopping_ = false, receiverDone_ = false, stoppedSent_ = false, dead_ = false;
+  bool receiverWaits_ = false;  // in WaitForWorker: a worker that takes a job wakes it (cv_)
   int threads_ = 0;
 
   std::mutex sendMu_;
