@@ -468,13 +468,13 @@ void Lane::WorkerLoop() {
     bool wakeReceiver;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      // A dead lane's workers stay until its last job is done: a job waiting for a range lock
-      // comes back through the queue once granted and must release that lock.
       if (queue_.empty()) {
         lk.unlock();
         SpinUntil([this] { return queued_.load(std::memory_order_relaxed) > 0; });
         lk.lock();
       }
+      // A dead lane's workers stay until its last job is done: a job waiting for a range lock
+      // comes back through the queue once granted and must release that lock.
       workCv_.wait(lk, [&] { return !queue_.empty() || (dead_ && nativeJobs_ == 0); });
       if (queue_.empty()) break;
       j = queue_.front();

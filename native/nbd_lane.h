@@ -143,10 +143,10 @@ class Lane : public std::enable_shared_from_this<Lane> {
   int killFd_ = -1;  // eventfd: connection gone, abandon sends
 
   std::mutex mu_;
-  std::condition_variable cv_;       // receiver: in-flight dropped / stop / kill
+  std::condition_variable cv_;       // receiver: in-flight dropped / stop / kill / a worker took a job
   std::condition_variable workCv_;   // workers: queue / kill
   std::deque<Job*> queue_;
-  std::atomic<size_t> queued_{0};  // queue_.size(), for a spinning worker (read without mu_)
+  std::atomic<size_t> queued_{0};  // queue_.size(), for the threads' spins (read without mu_)
   uint64_t inflight_ = 0, inflightBytes_ = 0;
   uint64_t nativeJobs_ = 0;  // READ/WRITE jobs alive (queued, waiting for a lock or running)
   bool stopping_ = false, receiverDone_ = false, stoppedSent_ = false, dead_ = false;
