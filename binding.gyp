@@ -32,6 +32,7 @@
       "sources": [
         "native/addon.cc",
         "native/keyslot.cc",
+        "native/secret_pages.cc",
         "native/dispatch.cc",
         "native/io.cc",
         "native/xts_portable.cc",

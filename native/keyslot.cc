@@ -1,8 +1,5 @@
 #include "keyslot.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -30,37 +27,12 @@ KeySlot* KeySlot::Create(const uint8_t key[64], Kernel expandWith, void* owner) 
   static std::once_flag atexitOnce;
   std::call_once(atexitOnce, [] { std::atexit(wipe_at_exit); });
 
-  long ps = sysconf(_SC_PAGESIZE);
-  size_t page = ps > 0 ? static_cast<size_t>(ps) : 4096;
-  size_t pageLen = (sizeof(SlotPage) + page - 1) / page * page;
-  size_t total = pageLen + 2 * page;  // guard page | key page(s) | guard page
-  void* m = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) return nullptr;
-  uint8_t* base = static_cast<uint8_t*>(m);
-  uint8_t* usable = base + page;
-  if (mprotect(usable, pageLen, PROT_READ | PROT_WRITE) != 0) {
-    int e = errno;
-    munmap(m, total);
-    errno = e;
-    return nullptr;
-  }
-  // Keep the key out of core dumps and out of forked children, and (if RLIMIT_MEMLOCK allows)
-  // out of swap. mlock failure is recorded, not fatal: the other protections still apply.
-  madvise(usable, pageLen, MADV_DONTDUMP);
-#ifdef MADV_WIPEONFORK
-  madvise(usable, pageLen, MADV_WIPEONFORK);
-#endif
+  SecretPages pages;
+  if (!AllocSecretPages(sizeof(SlotPage), &pages)) return nullptr;
   auto* slot = new KeySlot();
-  slot->mapping_ = base;
-  slot->mappingLen_ = total;
-  slot->pageLen_ = pageLen;
+  slot->pages_ = pages;
   slot->owner_ = owner;
-  if (mlock(usable, pageLen) == 0) {
-    slot->locked_ = true;
-  } else {
-    slot->lockErrno_ = errno;
-  }
-  slot->page_ = reinterpret_cast<SlotPage*>(usable);
+  slot->page_ = reinterpret_cast<SlotPage*>(pages.data);
   std::memcpy(slot->page_->rawKey, key, 64);
   xts_expand(expandWith, slot->page_->rawKey, &slot->page_->schedule);
   {
@@ -73,7 +45,7 @@ KeySlot* KeySlot::Create(const uint8_t key[64], Kernel expandWith, void* owner) 
 void KeySlot::Wipe() {
   // Flag first: a job that finishes crypto after this point sees the flag and discards output.
   wiped_.store(true, std::memory_order_seq_cst);
-  explicit_bzero(page_, pageLen_);
+  explicit_bzero(page_, pages_.len);
 }
 
 void KeySlot::Unref() {
@@ -88,8 +60,7 @@ void KeySlot::Unref() {
 
 KeySlot::~KeySlot() {
   Wipe();
-  if (locked_) munlock(page_, pageLen_);
-  munmap(mapping_, mappingLen_);
+  FreeSecretPages(&pages_);
 }
 
 bool KeySlot::IsLive(const void* p) {

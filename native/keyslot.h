@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "secret_pages.h"
 #include "xts.h"
 
 namespace kmsdisk {
@@ -21,8 +22,8 @@ class KeySlot {
   // Zeroes the key material at once; later uses see wiped() == true. Idempotent.
   void Wipe();
   bool wiped() const { return wiped_.load(std::memory_order_acquire); }
-  bool locked() const { return locked_; }
-  int lockErrno() const { return lockErrno_; }
+  bool locked() const { return pages_.locked; }
+  int lockErrno() const { return pages_.lockErrno; }
   const XtsKeySchedule* schedule() const { return &page_->schedule; }
   const SlotPage* page() const { return page_; }
   void* owner() const { return owner_; }
@@ -40,12 +41,8 @@ class KeySlot {
  private:
   KeySlot() = default;
   ~KeySlot();
-  uint8_t* mapping_ = nullptr;
-  size_t mappingLen_ = 0;
-  size_t pageLen_ = 0;
+  SecretPages pages_;
   SlotPage* page_ = nullptr;
-  bool locked_ = false;
-  int lockErrno_ = 0;
   void* owner_ = nullptr;
   std::atomic<bool> wiped_{false};
   std::atomic<int> refs_{1};

@@ -4,10 +4,8 @@
 //   new NativeHmacSha1(secret)         signBase64(latin1 string) -> base64 HMAC-SHA1
 //   gcmSupported()                     false on CPUs without AES-NI/PCLMULQDQ (JS falls back)
 //   _sha1PortableForTests(data)        SHA-1 through the portable rounds
-// Key material sits in a page-aligned, mlock()ed (best effort) allocation zeroed on wipe and on
-// garbage collection.
-#include <sys/mman.h>
-
+// Key material sits in secret pages (guard pages, locked, kept out of dumps and forks), zeroed
+// on wipe and on garbage collection.
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -16,6 +14,7 @@
 #include "kms_crypto.h"
 #include "kms_crypto_binding.h"
 #include "napi_errors.h"
+#include "secret_pages.h"
 
 namespace kmsdisk {
 namespace {
@@ -34,30 +33,25 @@ Bytes ArgBytes(Napi::Env env, const Napi::Value& v, const char* name) {
   return {a.Data(), a.ByteLength()};
 }
 
-// A secret in its own locked allocation; zeroed before it is freed.
+// A secret in its own secret pages (secret_pages.h); zeroed before they are unmapped.
 template <typename T>
 class Locked {
  public:
   Locked() {
-    void* p = nullptr;
-    if (posix_memalign(&p, 4096, sizeof(T)) != 0) throw std::bad_alloc();
-    mlock(p, sizeof(T));  // best effort: RLIMIT_MEMLOCK may refuse, the data is zeroed anyway
-    madvise(p, sizeof(T), MADV_DONTDUMP);
-    ptr_ = new (p) T();
+    if (!AllocSecretPages(sizeof(T), &pages_)) throw std::bad_alloc();
+    ptr_ = new (pages_.data) T();
   }
   ~Locked() { Wipe(); }
   Locked(const Locked&) = delete;
   Locked& operator=(const Locked&) = delete;
   void Wipe() {
-    if (!ptr_) return;
-    explicit_bzero(ptr_, sizeof(T));
-    munlock(ptr_, sizeof(T));
-    free(ptr_);
     ptr_ = nullptr;
+    FreeSecretPages(&pages_);
   }
   T* get() const { return ptr_; }
 
  private:
+  SecretPages pages_;
   T* ptr_ = nullptr;
 };
 
