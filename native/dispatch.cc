@@ -21,6 +21,7 @@ const CpuFeatures& cpu_features() {
     // "avx2" also requires the OS to save ymm state (XCR0), checked by libgcc.
     c.avx2 = __builtin_cpu_supports("avx2");
     c.avx512f = __builtin_cpu_supports("avx512f");
+    c.sha = __builtin_cpu_supports("sha");
     // Testing aid: KMSDISK_CPU_MASK=noaesni|novaes pretends the CPU lacks those features, so the
     // portable fallback and the "unsupported kernel" errors can be exercised on any machine.
     if (const char* mask = std::getenv("KMSDISK_CPU_MASK")) {

@@ -52,8 +52,8 @@ void blocks_portable(uint32_t s[5], const uint8_t* p, size_t n) {
 // SHA extensions when the CPU has them (~10x the portable rounds), chosen once.
 using BlocksFn = void (*)(uint32_t s[5], const uint8_t* p, size_t n);
 BlocksFn pick_blocks() {
-  __builtin_cpu_init();  // this runs from a static initializer, maybe before libgcc's own
-  return __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") ? sha1_blocks_shani : blocks_portable;
+  const CpuFeatures& f = cpu_features();
+  return f.sha && f.sse41 ? sha1_blocks_shani : blocks_portable;
 }
 const BlocksFn blocks = pick_blocks();
 

@@ -58,6 +58,7 @@ void xts_raw_vaes(const XtsKeySchedule*, const uint8_t*, const uint8_t*, uint8_t
 
 struct CpuFeatures {
   bool aesni, pclmul, sse41, vaes, vpclmulqdq, avx2, avx512f;
+  bool sha;  // SHA extensions (sha1_shani.cc; not part of the JS cpuFeatures())
 };
 const CpuFeatures& cpu_features();
 bool kernel_supported(Kernel k);
