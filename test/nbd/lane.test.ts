@@ -22,6 +22,7 @@ describe('NBD native lane', () => {
   let dir: { path: string; remove(): Promise<void> };
   let server: NbdServer;
   let port = 0;
+  let sock = '';
   let uri: (name: string) => string;
   let dev: EncryptedTestDevice;
   const clients: RawClient[] = [];
@@ -44,6 +45,8 @@ describe('NBD native lane', () => {
     server = s.server;
     port = s.port;
     uri = s.uri;
+    sock = join(dir.path, 'lane.sock');
+    expect(await server.listen({ path: sock })).toBe(sock);
     server.addExport('lane', { device: dev.device });
     server.addExport('lane-ro', { device: dev.device, readOnly: true });
     server.on('request', (e: NbdRequestEvent) => events.push(e));
@@ -239,6 +242,18 @@ describe('NBD native lane', () => {
     const plain = await decryptVolumeFile(dev.volume.path, 11 * MiB, 512, dev.checkKey);
     expect(plain.subarray(10 * MiB).equals(data)).toBe(true);
     c.destroy();
+  });
+
+  it('serves a Unix-socket connection through a lane too (the kernel ignores the wake-up mark there)', async () => {
+    const from = events.length;
+    await mustRun('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 12M 1M', '-c', 'read -P 0x5c 12M 1M', '-c', 'write -P 0x3a 13M 64k', `nbd+unix:///lane?socket=${sock}`]);
+    server.flushStats();
+    const mine = events.slice(from);
+    expect(mine.some((e) => e.native === true && e.command === 'write' && e.length === MiB && e.errno === 0)).toBe(true);
+    expect(mine.some((e) => e.native === true && e.command === 'read' && e.length === MiB && e.errno === 0)).toBe(true);
+    const plain = await decryptVolumeFile(dev.volume.path, 14 * MiB, 512, dev.checkKey);
+    expect(plain.subarray(12 * MiB, 13 * MiB).equals(Buffer.alloc(MiB, 0x5c))).toBe(true);
+    expect(plain.subarray(13 * MiB, 13 * MiB + 65536).equals(Buffer.alloc(65536, 0x3a))).toBe(true);
   });
 
   it('an idle connection costs no CPU: the lane threads stop looking for work and sleep', async () => {
