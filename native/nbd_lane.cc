@@ -337,8 +337,7 @@ void Lane::ReceiveLoop() {
       }
       {
         std::lock_guard<std::mutex> g(mu_);
-        queue_.push_back(j);
-        queued_.store(queue_.size(), std::memory_order_relaxed);
+        Enqueue(j, false);
       }
       workCv_.notify_one();
       continue;
@@ -442,6 +441,21 @@ void Lane::WaitForWorker() {
   receiverWaits_ = false;
 }
 
+void Lane::Enqueue(Job* j, bool front) {
+  if (front)
+    queue_.push_front(j);
+  else
+    queue_.push_back(j);
+  queued_.store(queue_.size(), std::memory_order_relaxed);
+}
+
+Lane::Job* Lane::Dequeue() {
+  Job* j = queue_.front();
+  queue_.pop_front();
+  queued_.store(queue_.size(), std::memory_order_relaxed);
+  return j;
+}
+
 void Lane::DecInflight(uint64_t bytes) {
   bool sendStopped = false;
   {
@@ -477,9 +491,7 @@ void Lane::WorkerLoop() {
       // comes back through the queue once granted and must release that lock.
       workCv_.wait(lk, [&] { return !queue_.empty() || (dead_ && nativeJobs_ == 0); });
       if (queue_.empty()) break;
-      j = queue_.front();
-      queue_.pop_front();
-      queued_.store(queue_.size(), std::memory_order_relaxed);
+      j = Dequeue();
       wakeReceiver = receiverWaits_ && queue_.size() < kReadAhead;
     }
     if (wakeReceiver) cv_.notify_all();
@@ -518,8 +530,7 @@ void Lane::LockGranted(Job* j, uint64_t id) {
   {
     std::lock_guard<std::mutex> g(mu_);
     // Granted jobs go first: they hold a lock others may wait for.
-    queue_.push_front(j);
-    queued_.store(queue_.size(), std::memory_order_relaxed);
+    Enqueue(j, true);
   }
   workCv_.notify_one();
 }
@@ -712,8 +723,7 @@ void Lane::Reply(std::vector<uint8_t> frame) {
       delete j;
       return;
     }
-    queue_.push_back(j);
-    queued_.store(queue_.size(), std::memory_order_relaxed);
+    Enqueue(j, false);
   }
   workCv_.notify_one();
 }

@@ -125,6 +125,10 @@ class Lane : public std::enable_shared_from_this<Lane> {
   void SetLowat(size_t want);
   bool Readable();  // bytes are waiting on the socket (FIONREAD)
   void WaitForWorker();  // until fewer than kReadAhead jobs wait for a worker (or the lane is dead)
+  // Pushes and pops of queue_ go through these (mu_ held), so queued_ keeps equal to queue_.size()
+  // (Kill, which replaces the whole queue, stores it itself).
+  void Enqueue(Job* j, bool front);
+  Job* Dequeue();
   bool SendAll(const uint8_t* p, size_t n);
   void SendError(uint16_t type, const uint8_t cookie[8], uint64_t offset, uint32_t err, const char* message);
   uint8_t* GetBuffer(size_t n, size_t* cap, uint64_t* epoch);
