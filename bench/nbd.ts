@@ -173,7 +173,7 @@ async function measureAll(dir: string, source: string): Promise<Measured> {
           const r = running[(k + round) % running.length]!;
           execFileSync('sync');
           const before = cpuSeconds(r.child.pid!);
-          const report = await runNbdBench({ uri: r.uri, sizeBytes: SIZE, runtimeSeconds: RUNTIME, workloads: [w], quiet: true, sourceFile: source });
+          const report = await runNbdBench({ uri: r.uri, sizeBytes: SIZE, runtimeSeconds: RUNTIME, workloads: [w], quiet: true, sourceFile: source, overwrite: true });
           const cpu = cpuSeconds(r.child.pid!) - before;
           const fig = report.results[0]!;
           (runs[`${r.name} ${w}`] ??= []).push({ mibPerSec: fig.mibPerSec, iops: fig.iops, cpuSeconds: cpu });

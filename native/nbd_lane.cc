@@ -394,11 +394,17 @@ void Lane::ReceiveLoop() {
   // The descriptor is shared with JS (which closes it after the lane): leave the socket as the
   // lane found it. The DISC drain below also waits for any byte.
   SetLowat(1);
-  // DISC: wait for everything in flight (ours and JS's), then half-close our side.
-  if (disc) {
+  // Everything in flight (ours and JS's, their reply frames included) is answered before the lane
+  // reports the end: at DISC, as the spec asks; and when the client shut down its sending side
+  // after its last request, or cut one short, the complete requests before it still get their
+  // replies. A client that closed both sides makes the sends fail at once, so this never waits
+  // longer than the requests' own work. Only a protocol error (garbage on the wire) ends at once.
+  if (!protocolError) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_.wait(lk, [&] { return dead_ || inflight_ == 0; });
-    lk.unlock();
+  }
+  // DISC: then half-close our side.
+  if (disc) {
     shutdown(fd_, SHUT_WR);
     // Let the client close first (bounded): closing with its bytes unread would reset the connection.
     uint8_t sink[4096];
@@ -504,6 +510,7 @@ void Lane::Run(Job* j) {
   if (j->isFrame) {
     SendAll(j->frame.data(), j->frame.size());
     delete j;
+    DecInflight(0);  // counted by Reply: a DISC or EOF drain waits for the frame to leave
     return;
   }
   if (j->type == kCmdRead)
@@ -723,6 +730,10 @@ void Lane::Reply(std::vector<uint8_t> frame) {
       delete j;
       return;
     }
+    // In flight until a worker has sent it: JS calls Finish for its request right after this,
+    // and a drain that saw the count reach zero in between would half-close the socket with the
+    // reply still queued (replies to requests sent before a DISC were lost that way).
+    inflight_++;
     Enqueue(j, false);
   }
   workCv_.notify_one();
@@ -757,8 +768,12 @@ void Lane::Kill() {
     // Queued reply frames are dropped; queued I/O jobs still run (they reply nothing: sends are
     // abandoned) so that locks they hold are released by the normal path.
     for (Job* j : queue_) {
-      if (j->isFrame) delete j;
-      else drop.push_back(j);
+      if (j->isFrame) {
+        delete j;
+        inflight_--;  // counted by Reply
+      } else {
+        drop.push_back(j);
+      }
     }
     queue_.swap(drop);
     queued_.store(queue_.size(), std::memory_order_relaxed);

@@ -1,7 +1,10 @@
 // `kmsdisk bench nbd`: throughput of any NBD export with the clients users actually run
 // (fio's nbd engine and nbdcopy). Also the measuring core of `npm run bench:nbd`.
 //
-// Write workloads overwrite the first `sizeBytes` of the export.
+// Write workloads overwrite the first `sizeBytes` of the export, so they run only when the caller
+// says so (`overwrite`, the CLI's --overwrite); --read-only runs the read workloads alone. A
+// read-only export, an unknown export and a TLS URI whose key file fio cannot open are found
+// before anything runs, never halfway through.
 
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -24,6 +27,8 @@ export type NbdBenchWorkload = (typeof NBD_BENCH_WORKLOADS)[number];
 export interface NbdBenchOptions {
   /** nbd://host:port/export, nbd+unix:///export?socket=..., nbds://... */
   uri: string;
+  /** Write workloads destroy the first `sizeBytes` of the export: they run only with this set. */
+  overwrite?: boolean;
   /** Bytes of the export to exercise; default: the export size, at most 1 GiB. */
   sizeBytes?: number;
   /** Seconds per fio workload (time-based). Default 5. */
@@ -53,7 +58,11 @@ export interface NbdBenchReport {
   sizeBytes: number;
   runtimeSeconds: number;
   results: NbdBenchFigure[];
+  /** Workloads that could not run against this URI, with why (e.g. fio and a TLS key file). */
+  skipped: Array<{ workload: NbdBenchWorkload; reason: string }>;
 }
+
+export const NBD_BENCH_READ_WORKLOADS: readonly NbdBenchWorkload[] = NBD_BENCH_WORKLOADS.filter((w) => w.includes('read'));
 
 const CLIENT_PATH = `/usr/bin:/usr/sbin:/bin:${process.env.PATH ?? ''}`;
 const GiB = 1024 * 1024 * 1024;
@@ -76,12 +85,42 @@ function exec(cmd: string, args: string[], timeoutMs: number): Promise<string> {
   });
 }
 
-/** Export size as the server reports it (nbdinfo --size). */
+/** What the server says of the export (nbdinfo --json): its size and whether it takes writes. */
+export async function probeExport(uri: string): Promise<{ size: number; readOnly: boolean }> {
+  let out: string;
+  try {
+    out = await exec('nbdinfo', ['--json', '--no-content', uri], 30_000);
+  } catch (err) {
+    // nbdinfo says "No such file or directory for export: NAME" when the server has no such export.
+    if (err instanceof KmsdiskError && /for export|no export named/i.test(err.message)) {
+      throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `the NBD server at ${uri} has no such export (nbdinfo --list shows what it has)`, { cause: err });
+    }
+    throw err;
+  }
+  const info = JSON.parse(out) as { exports?: Array<{ 'export-size'?: number; is_read_only?: boolean }> };
+  const e = info.exports?.[0];
+  const n = e?.['export-size'];
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n <= 0) throw new KmsdiskError('KMSDISK_ERR_IO', `nbdinfo reported no export size for ${uri}`);
+  return { size: n, readOnly: e?.is_read_only === true };
+}
+
+/** Export size as the server reports it. */
 export async function exportSize(uri: string): Promise<number> {
-  const out = await exec('nbdinfo', ['--size', uri], 30_000);
-  const n = Number(out.trim());
-  if (!Number.isSafeInteger(n) || n <= 0) throw new KmsdiskError('KMSDISK_ERR_IO', `nbdinfo --size returned ${out.trim()}`);
-  return n;
+  return (await probeExport(uri)).size;
+}
+
+/**
+ * fio's nbd engine opens URIs without libnbd's permission to read local files, so a URI that names
+ * one (tls-psk-file, tls-certificates) cannot work with fio; nbdcopy allows it.
+ */
+export function fioCannotOpen(uri: string): string | null {
+  const q = uri.indexOf('?');
+  if (q < 0) return null;
+  const params = new URLSearchParams(uri.slice(q + 1));
+  for (const p of ['tls-psk-file', 'tls-certificates']) {
+    if (params.has(p)) return `fio's nbd engine cannot open a URI with ${p} (libnbd refuses local file access there); nbdcopy can`;
+  }
+  return null;
 }
 
 interface FioJob {
@@ -149,10 +188,22 @@ export async function runNbdBench(opts: NbdBenchOptions): Promise<NbdBenchReport
   for (const w of workloads) {
     if (!NBD_BENCH_WORKLOADS.includes(w)) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `unknown workload ${w}`);
   }
-  const size = await exportSize(opts.uri);
+  const { size, readOnly } = await probeExport(opts.uri);
   const sizeBytes = Math.min(opts.sizeBytes ?? Math.min(size, GiB), size);
   if (sizeBytes < MiB) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'the benchmark needs at least 1 MiB of the export');
   const aligned = Math.floor(sizeBytes / MiB) * MiB;
+  const writes = workloads.filter((w) => w.includes('write'));
+  if (writes.length > 0 && readOnly) {
+    throw new KmsdiskError('KMSDISK_ERR_READ_ONLY', `${opts.uri} is read-only: the write workloads (${writes.join(', ')}) cannot run; use --read-only`);
+  }
+  if (writes.length > 0 && !opts.overwrite) {
+    throw new KmsdiskError(
+      'KMSDISK_ERR_INVALID_ARGUMENT',
+      `the write workloads overwrite the first ${aligned / MiB} MiB of ${opts.uri} with random data: pass --overwrite to allow that, or --read-only to run only the read workloads`,
+    );
+  }
+  const fioBlocked = fioCannotOpen(opts.uri);
+  const skipped: NbdBenchReport['skipped'] = [];
 
   say(`kmsdisk bench nbd: ${opts.uri}, ${aligned / MiB} MiB, ${runtime} s per fio workload`);
   const results: NbdBenchFigure[] = [];
@@ -160,6 +211,11 @@ export async function runNbdBench(opts: NbdBenchOptions): Promise<NbdBenchReport
   try {
     for (const w of workloads) {
       let fig: NbdBenchFigure;
+      if (!w.startsWith('nbdcopy') && fioBlocked) {
+        skipped.push({ workload: w, reason: fioBlocked });
+        say(`  ${w.padEnd(20)} skipped: ${fioBlocked}`);
+        continue;
+      }
       if (w.startsWith('nbdcopy')) {
         let seconds: number;
         if (w === 'nbdcopy-read') {
@@ -188,7 +244,7 @@ export async function runNbdBench(opts: NbdBenchOptions): Promise<NbdBenchReport
   } finally {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   }
-  const report: NbdBenchReport = { uri: opts.uri, sizeBytes: aligned, runtimeSeconds: runtime, results };
+  const report: NbdBenchReport = { uri: opts.uri, sizeBytes: aligned, runtimeSeconds: runtime, results, skipped };
   if (opts.json && !opts.quiet) write(JSON.stringify(report));
   return report;
 }

@@ -122,7 +122,10 @@ export class NbdServer extends EventEmitter {
 
   listen(target: ListenTarget): Promise<net.AddressInfo | string> {
     if (this.closing) return Promise.reject(new KmsdiskError('KMSDISK_ERR_SHUTTING_DOWN'));
-    const server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // allowHalfOpen: a client that shuts down its sending side (or sends a TLS close_notify) after
+    // its last request still gets the replies; Node would otherwise end our side at its EOF and
+    // drop them (TransmissionSession answers what it received, then ends the socket itself).
+    const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
     server.on('error', (err) => this.log.error({ err: err.message }, 'nbd listener error'));
     this.servers.push(server);
     return new Promise((resolve, reject) => {

@@ -111,6 +111,9 @@ export class TransmissionSession {
     if (this.readingPaused) this.maybeResume();
   };
   private idleWaiters: Array<() => void> = [];
+  /** The client shut down its sending side: once every complete request it sent is taken, the
+   * session answers them and ends the socket (drainAfterPeerEnd). */
+  private peerEnded = false;
   private readonly closed: Promise<void>;
   /** Lane mode: the device's native core and the socket's descriptor, until start() hands them over. */
   private laneStart: { core: NativeVolumeCore; fd: number } | null = null;
@@ -145,6 +148,12 @@ export class TransmissionSession {
       this.queue.push(chunk);
       this.parse();
     });
+    // 'end' comes once every byte the client sent has been delivered through 'data'.
+    this.stream.on('end', () => {
+      this.peerEnded = true;
+      this.parse();
+    });
+    if (this.stream.readableEnded) this.peerEnded = true;
     this.stream.on('drain', () => this.maybeResume());
   }
 
@@ -300,14 +309,14 @@ export class TransmissionSession {
           this.queue.copyInto(p.buf, p.filled, n);
           p.filled += n;
         }
-        if (p.filled < p.buf.length) return;
+        if (p.filled < p.buf.length) return this.drainIfPeerEnded();
         this.pending = null;
         this.dispatch(p.req, p.buf, true);
         continue;
       }
       if (this.skipLeft > 0) {
         this.skipLeft -= this.queue.skip(this.skipLeft);
-        if (this.skipLeft > 0) return;
+        if (this.skipLeft > 0) return this.drainIfPeerEnded();
         const req = this.skipReq!;
         this.skipReq = null;
         this.stats.requests[CMD_NAMES[req.type] ?? 'unknown'] = (this.stats.requests[CMD_NAMES[req.type] ?? 'unknown'] ?? 0) + 1;
@@ -318,7 +327,7 @@ export class TransmissionSession {
         this.pauseReading();
         return;
       }
-      if (this.queue.length < this.requestSize) return;
+      if (this.queue.length < this.requestSize) return this.drainIfPeerEnded();
       const h = this.queue.take(this.requestSize);
       const magic = h.readUInt32BE(0);
       const expected = this.extended ? EXTENDED_REQUEST_MAGIC : REQUEST_MAGIC;
@@ -366,6 +375,23 @@ export class TransmissionSession {
     }
     // Not running: a DISC or a close arrived; anything else the client sends is dropped.
     if (this.queue.length > 0) this.queue.skip(this.queue.length);
+  }
+
+  /**
+   * Called where parsing needs more bytes: if the client has shut down its sending side, none
+   * will come, so the requests already taken are answered and the socket is ended (a payload or
+   * header cut short is dropped, never written).
+   */
+  private drainIfPeerEnded(): void {
+    if (!this.peerEnded || this.state !== 'running') return;
+    this.state = 'disconnecting';
+    if (this.pending) {
+      this.recyclePayload(this.pending.buf, true);
+      this.pending = null;
+    }
+    this.queue.skip(this.queue.length);
+    this.log.debug({ inflight: this.inflight }, 'nbd client closed its sending side; answering what it sent');
+    void this.whenIdle().then(() => this.endSocket());
   }
 
   private overLimits(): boolean {
