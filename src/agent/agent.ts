@@ -13,7 +13,7 @@ import { KmsdiskError } from '../errors.js';
 import { createKeyService } from '../kms/alibaba.js';
 import type { KeyService, KmsCredentials } from '../kms/key-service.js';
 import { KeyGuard, type RestoredEvent, type RevokedEvent } from '../keys/key-guard.js';
-import type { Metrics } from '../metrics/registry.js';
+import { recordKmsCall, type Metrics } from '../metrics/registry.js';
 import { NbdServer, type TlsCertConfig } from '../nbd/index.js';
 import { errnoName, type NbdRequestEvent } from '../nbd/stats.js';
 import type { Logger } from '../util/logger.js';
@@ -180,6 +180,9 @@ export function createAgent(config: AgentConfig): Agent {
         credentials,
         ...(config.kms.timeoutMs !== undefined ? { timeoutMs: config.kms.timeoutMs } : {}),
         ...(config.kms.retries !== undefined ? { retries: config.kms.retries } : {}),
+        // Every SDK request of the agent (data keys, lease renewals, key management) lands in
+        // kmsdisk_kms_call_seconds / kmsdisk_kms_errors_total.
+        onCall: (ev) => recordKmsCall(metrics, ev),
       });
     const kms: KeyService = kmsClient(config.kms.agent);
     const adminKms: KeyService | undefined = config.kms.admin ? kmsClient(config.kms.admin) : undefined;

@@ -10,6 +10,7 @@ import { Volume } from '../volume/index.js';
 import type { AttachmentRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
+import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
 import type { PskStore } from './psk.js';
 
@@ -197,7 +198,9 @@ export class AttachmentsService {
     } catch (err) {
       if (opts.keyMustLoad) {
         await volume.close();
-        throw err;
+        // An attach the KMS refuses answers like a disk create does (ECS codes, the
+        // `key authorize` hint), not with the raw KMS code of the unwrap.
+        throw cmkRefusal(err, volume.header.kms.keyId);
       }
       keyError = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message };
       this.ctx.logger.warn({ disk: row.disk, code: keyError.code }, 'attached disk restored without its key: I/O is refused until the KMS allows the unwrap');

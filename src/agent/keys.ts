@@ -43,6 +43,25 @@ export interface KeysServiceOptions {
 
 const GRANT_NAME_PREFIX = 'kmsdisk-agent:';
 
+/** Aliases under alias/acs/ belong to cloud services' keys (alias/acs/ecs for ECS disks). */
+const SERVICE_ALIAS_PREFIX = 'alias/acs/';
+
+/** Pending window for a CMK rolled back by `create`: the shortest the KMS allows (7-30 days). */
+const ORPHAN_PENDING_WINDOW_DAYS = 7;
+
+export interface AuthorizeResult {
+  keyId: string;
+  authorized: true;
+  /** The service key: nothing was granted, none is needed. */
+  service: boolean;
+  /** The agent's grant (absent for the service key). */
+  grantId?: string;
+  /** A grant was created by this call. */
+  created: boolean;
+  /** Why nothing was done, for the service key. */
+  note?: string;
+}
+
 export class KeysService {
   constructor(
     private readonly ctx: AgentContext,
@@ -97,25 +116,94 @@ export class KeysService {
       throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `alias must look like alias/NAME, got ${JSON.stringify(req.alias)}`);
     }
     if (req.alias?.startsWith('alias/acs/')) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'alias/acs/ is reserved for service keys');
+    // CreateKey and CreateAlias are two KMS calls: check the alias first so the common mistake
+    // (an alias that is taken) creates nothing. Another client can still take it in between;
+    // then the new key is rolled back below.
+    if (req.alias) await this.refuseTakenAlias(req.alias);
     const meta = await admin.createKey({
       ...(req.description !== undefined ? { description: req.description } : {}),
       origin: req.origin ?? 'Aliyun_KMS',
     });
-    if (req.alias) await admin.createAlias(req.alias, meta.keyId);
+    if (req.alias) {
+      try {
+        await admin.createAlias(req.alias, meta.keyId);
+      } catch (err) {
+        throw await this.rollBackCreate(meta.keyId, req.alias, err);
+      }
+    }
     this.ctx.logger.info({ keyId: meta.keyId, origin: meta.origin }, 'customer CMK created');
     return viewOf(meta.keyId, meta, req.alias ? [req.alias] : [], false, false, []);
+  }
+
+  /**
+   * AliasAlreadyExists, the code CreateAlias would give, when `alias` names a CMK already.
+   * ListAliases rather than DescribeKey(alias): a free alias must not count as a failed KMS
+   * call in kmsdisk_kms_errors_total.
+   */
+  private async refuseTakenAlias(alias: string): Promise<void> {
+    const owner = (await this.admin().listAliases()).find((a) => a.aliasName === alias)?.keyId;
+    if (owner !== undefined) {
+      throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `the alias ${alias} already exists (CMK ${owner}); no CMK was created`, {
+        ecsCode: 'AliasAlreadyExists',
+        details: { alias, keyId: owner },
+      });
+    }
+  }
+
+  /**
+   * CreateAlias failed after CreateKey: schedule the new, alias-less key for deletion (KMS has no
+   * immediate delete; the shortest pending window is 7 days) and return the original error,
+   * saying what happened to the key.
+   */
+  private async rollBackCreate(keyId: string, alias: string, err: unknown): Promise<unknown> {
+    let note: string;
+    let rolledBack = false;
+    try {
+      await this.admin().scheduleKeyDeletion(keyId, ORPHAN_PENDING_WINDOW_DAYS);
+      rolledBack = true;
+      note = `the CMK ${keyId} created for it was scheduled for deletion in ${ORPHAN_PENDING_WINDOW_DAYS} days`;
+      this.ctx.logger.warn({ keyId, alias, code: errorCodeOf(err) }, 'creating the alias failed: the new CMK was scheduled for deletion');
+    } catch (rbErr) {
+      note = `the CMK ${keyId} created for it could not be scheduled for deletion (${errorCodeOf(rbErr) ?? 'error'}): schedule its deletion in the KMS`;
+      this.ctx.logger.error({ keyId, alias, code: errorCodeOf(err), rollbackCode: errorCodeOf(rbErr) }, 'creating the alias failed and the new CMK could not be rolled back');
+    }
+    if (!(err instanceof KmsdiskError)) return err;
+    return new KmsdiskError(err.code, `${err.message} (${note})`, {
+      cause: err,
+      ...(err.ecsCode ? { ecsCode: err.ecsCode } : {}),
+      ...(err.requestId ? { requestId: err.requestId } : {}),
+      details: { ...err.details, alias, orphanKeyId: keyId, orphanScheduledForDeletion: rolledBack },
+    });
   }
 
   private async resolve(keyId: string): Promise<KeyMetadata> {
     return this.admin().describeKey(keyId);
   }
 
-  /** The console's "Confirm Authorization": a grant for the agent. Idempotent. */
-  async authorize(keyId: string): Promise<{ keyId: string; authorized: true; grantId: string; created: boolean }> {
+  /**
+   * The service alias (alias/acs/...) of a resolved key, or undefined for a customer CMK. By the
+   * KMS's aliases, not by the argument's spelling: the key id or ARN of the service key counts.
+   */
+  private async serviceAlias(arg: string, meta: KeyMetadata): Promise<string | undefined> {
+    if (arg.startsWith(SERVICE_ALIAS_PREFIX)) return arg;
+    const aliases = await this.admin().listAliases(meta.keyId);
+    return aliases.find((a) => a.aliasName.startsWith(SERVICE_ALIAS_PREFIX))?.aliasName;
+  }
+
+  /**
+   * The console's "Confirm Authorization": a grant for the agent. Idempotent. The service key
+   * needs none (every disk may use it, as in ECS): authorizing it succeeds without a grant, so a
+   * script can authorize whatever CMK it is about to use.
+   */
+  async authorize(keyId: string): Promise<AuthorizeResult> {
     const admin = this.admin();
     const meta = await this.resolve(keyId);
+    const service = await this.serviceAlias(keyId, meta);
+    if (service) {
+      return { keyId: meta.keyId, authorized: true, service: true, created: false, note: `the service key ${service} needs no authorization` };
+    }
     const existing = (await admin.listGrants(meta.keyId)).find((g) => this.isAgentGrant(g));
-    if (existing) return { keyId: meta.keyId, authorized: true, grantId: existing.grantId, created: false };
+    if (existing) return { keyId: meta.keyId, authorized: true, service: false, grantId: existing.grantId, created: false };
     const g = await admin.createGrant({
       keyId: meta.keyId,
       granteePrincipal: this.ctx.agentPrincipal,
@@ -125,13 +213,25 @@ export class KeysService {
     this.ctx.logger.info({ keyId: meta.keyId, grantId: g.grantId }, 'CMK authorized for the agent');
     // Disks of this CMK that were revoked come back through the key guard (event stream/lease).
     this.ctx.bumpVersion();
-    return { keyId: meta.keyId, authorized: true, grantId: g.grantId, created: true };
+    return { keyId: meta.keyId, authorized: true, service: false, grantId: g.grantId, created: true };
   }
 
-  /** Revokes every grant the agent holds on the CMK: its disks stop serving. */
+  /**
+   * Revokes every grant the agent holds on the CMK: its disks stop serving. Refused for the
+   * service key: its use is not an authorization that can be taken away, and answering
+   * "authorized false" would claim its disks stopped when they did not.
+   */
   async revokeAuthorization(keyId: string): Promise<{ keyId: string; authorized: false; revokedGrants: string[]; revocationAcks?: MutationResult['revocationAcks'] }> {
     const admin = this.admin();
     const meta = await this.resolve(keyId);
+    const service = await this.serviceAlias(keyId, meta);
+    if (service) {
+      throw new KmsdiskError(
+        'KMSDISK_ERR_INVALID_ARGUMENT',
+        `the service key ${service} needs no authorization, so there is none to revoke (it cannot be disabled either); to stop a disk on it from serving, detach the disk`,
+        { details: { keyId: meta.keyId, service: true } },
+      );
+    }
     const grants = (await admin.listGrants(meta.keyId)).filter((g) => this.isAgentGrant(g));
     const revoked: string[] = [];
     let acks: MutationResult['revocationAcks'];

@@ -1,5 +1,5 @@
-// Turns a KMS refusal met while creating an encrypted disk (or image) into the ECS console's
-// answer, so scripts written against ECS branch on the same codes:
+// Turns a KMS refusal met while creating an encrypted disk (or image) or attaching one into the
+// ECS console's answer, so scripts written against ECS branch on the same codes:
 //   no grant for the agent         -> InvalidParameter.KMSKeyId.KMSUnauthorized (403)
 //   CMK disabled / pending ...     -> InvalidParameter.KMSKeyId.CMKNotEnabled (400)
 //   unknown key or alias           -> InvalidOperation.KMSKeyIdNotFound

@@ -11,6 +11,7 @@
 // used for DEKs.
 
 import { constants, generateKeyPair, privateDecrypt, type KeyObject } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { KmsdiskError } from '../errors.js';
 import { describeKmsFailure, toKmsdiskError } from './error-map.js';
@@ -26,6 +27,7 @@ import type {
   KeyMetadata,
   KeyService,
   KeyVersionInfo,
+  KmsCallObserver,
   KmsClientConfig,
   KmsKeyState,
   MutationResult,
@@ -113,6 +115,9 @@ function mutation(raw: RawResponse): MutationResult {
 
 export class AlibabaKeyService implements KeyService {
   readonly endpoint: string;
+  /** scheme://host[:port], for error messages (the signed request URL never is). */
+  private readonly endpointUrl: string;
+  private readonly onCall: KmsCallObserver | undefined;
   private readonly client: KmsClient;
   private readonly retries: number;
   private readonly retryBaseMs: number;
@@ -124,6 +129,8 @@ export class AlibabaKeyService implements KeyService {
       throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'KMS endpoint must be host[:port] without a scheme');
     }
     this.endpoint = config.endpoint;
+    this.endpointUrl = `${config.protocol ?? 'https'}://${config.endpoint}`;
+    this.onCall = config.onCall;
     this.retries = config.retries ?? 3;
     this.retryBaseMs = config.retryBaseMs ?? 50;
     this.wrappingKeyBits = config.wrappingKeyBits ?? 2048;
@@ -144,18 +151,35 @@ export class AlibabaKeyService implements KeyService {
 
   // --- plumbing ---------------------------------------------------------------------------------
 
-  /** One KMS call with retries (throttling, 5xx, transport only) and error mapping. */
+  /**
+   * One KMS call with retries (throttling, 5xx, transport only) and error mapping. Every SDK
+   * request of the client goes through here, so this is also where each attempt is reported to
+   * the onCall observer (metrics).
+   */
   private async call<T>(action: string, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
+      const started = performance.now();
       try {
-        return await fn();
+        const result = await fn();
+        this.observe(action, started, undefined);
+        return result;
       } catch (err) {
         const info = describeKmsFailure(err);
-        if (!info.retryable || attempt >= this.retries) throw toKmsdiskError(err, action);
+        this.observe(action, started, info.kmsCode ?? 'unknown');
+        if (!info.retryable || attempt >= this.retries) throw toKmsdiskError(err, action, this.endpointUrl);
         // Exponential backoff with full jitter, capped at 2 s.
         const cap = Math.min(2000, this.retryBaseMs * 2 ** attempt);
         await sleep(Math.random() * cap);
       }
+    }
+  }
+
+  private observe(action: string, started: number, errorCode: string | undefined): void {
+    if (!this.onCall) return;
+    try {
+      this.onCall({ action, seconds: (performance.now() - started) / 1000, ...(errorCode !== undefined ? { errorCode } : {}) });
+    } catch {
+      // An observer bug must not turn a KMS answer into a failure (or a denial into a success).
     }
   }
 

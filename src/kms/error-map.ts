@@ -75,8 +75,32 @@ const BY_KMS_CODE: Record<string, ErrorCode> = {
 
 const BLOB_ACTIONS = new Set(['Decrypt', 'ExportDataKey', 'ReEncrypt']);
 
-/** Map any failure of a KMS call to a KmsdiskError (ecsCode = KMS Code, requestId kept). */
-export function toKmsdiskError(err: unknown, action: string): KmsdiskError {
+/**
+ * The sentence for a call that got no KMS answer. The SDK's own message is useless to a reader
+ * (httpx glues "POST <signed url> failed." onto Node's text without a space, and the URL must be
+ * cut anyway), so it is rebuilt from the error code: "KMS endpoint http://h:p unreachable
+ * (ECONNREFUSED)". `where` names the endpoint when the caller knows it.
+ */
+function transportMessage(where: string, action: string, info: KmsFailureInfo): string {
+  const code = info.kmsCode;
+  // Node socket / DNS errors: ECONNREFUSED, ECONNRESET, EHOSTUNREACH, ENOTFOUND, EAI_AGAIN, ...
+  if (code !== undefined && /^E[A-Z0-9_]+$/.test(code)) return `${where} unreachable (${code})`;
+  if (code === 'RequestTimeoutError') {
+    // httpx: "ConnectTimeout: Connect <url> failed." or "ReadTimeout(3000). ..." / "ReadTimeout: 3000. ..."
+    const ms = /Timeout(?:\(|: )(\d+)/.exec(info.message)?.[1];
+    if (/ConnectTimeout/.test(info.message)) return `${where} unreachable (connect timeout)`;
+    return `${where} did not answer ${action} within ${ms !== undefined ? `${ms} ms` : 'the timeout'} (read timeout)`;
+  }
+  // An answer came but was not a KMS reply (HTML error page, truncated JSON, ...).
+  const first = info.message.split('\n', 1)[0]!.replace(/\s*(?:GET|POST|PUT|DELETE|HEAD|PATCH|OPTIONS)?\s*<url>.*$/, '').slice(0, 200);
+  return `${where} sent an unreadable reply to ${action} (${code ?? 'error'}${first ? `: ${first}` : ''})`;
+}
+
+/**
+ * Map any failure of a KMS call to a KmsdiskError (ecsCode = KMS Code, requestId kept).
+ * `endpoint` (scheme://host:port) names the KMS in transport-failure messages.
+ */
+export function toKmsdiskError(err: unknown, action: string, endpoint?: string): KmsdiskError {
   if (err instanceof KmsdiskError) return err;
   const info = describeKmsFailure(err);
   let code: ErrorCode;
@@ -85,10 +109,17 @@ export function toKmsdiskError(err: unknown, action: string): KmsdiskError {
   else if (info.httpStatus !== undefined && info.httpStatus >= 500) code = 'KMSDISK_ERR_KMS_UNAVAILABLE';
   else if (info.kmsCode === 'InvalidParameter' && BLOB_ACTIONS.has(action) && /CiphertextBlob/.test(info.message)) code = 'KMSDISK_ERR_KMS_INVALID_CIPHERTEXT';
   else code = 'KMSDISK_ERR_KMS_REQUEST';
-  const what = info.transport ? `KMS ${action} failed: ${info.kmsCode ?? 'transport error'}: ${info.message}` : `KMS ${action} refused: ${info.kmsCode}: ${info.message}`;
+  const what = info.transport
+    ? transportMessage(endpoint ? `KMS endpoint ${endpoint}` : 'KMS', action, info)
+    : `KMS ${action} refused: ${info.kmsCode}: ${info.message}`;
   return new KmsdiskError(code, what, {
     ...(info.kmsCode && !info.transport ? { ecsCode: info.kmsCode } : {}),
     ...(info.requestId ? { requestId: info.requestId } : {}),
-    details: { action, ...(info.httpStatus ? { httpStatus: info.httpStatus } : {}), ...(info.transport && info.kmsCode ? { transportCode: info.kmsCode } : {}) },
+    details: {
+      action,
+      ...(endpoint ? { endpoint } : {}),
+      ...(info.httpStatus ? { httpStatus: info.httpStatus } : {}),
+      ...(info.transport && info.kmsCode ? { transportCode: info.kmsCode } : {}),
+    },
   });
 }

@@ -176,7 +176,7 @@ export function subscribeKmsEvents(
     }, delay);
   };
 
-  const transportError = (code: string): KmsdiskError => toKmsdiskError(Object.assign(new Error(`event stream ${code}`), { code }), 'SubscribeEvents');
+  const transportError = (code: string): KmsdiskError => toKmsdiskError(Object.assign(new Error(`event stream ${code}`), { code }), 'SubscribeEvents', base);
 
   function connect(): void {
     if (closed) return;

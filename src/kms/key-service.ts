@@ -37,7 +37,30 @@ export interface KmsClientConfig {
   retryBaseMs?: number;
   /** RSA size of the agent's wrapping key pair (default 2048). */
   wrappingKeyBits?: 2048 | 3072;
+  /**
+   * Told about every SDK request when it ends (the agent feeds its Prometheus metrics from it).
+   * A throw from it is ignored: metrics must never fail a KMS call.
+   */
+  onCall?: KmsCallObserver;
 }
+
+/**
+ * One SDK request. A call the client retries is reported once per attempt, so a flapping KMS
+ * shows in the error counts even when the last attempt succeeded.
+ */
+export interface KmsCallEvent {
+  /** The KMS action (DescribeKey, ExportDataKey, ...). */
+  action: string;
+  /** Wall time of the request, in seconds. */
+  seconds: number;
+  /**
+   * Absent on success. Otherwise the KMS error Code (e.g. Rejected.Disabled) or, when no KMS
+   * answer came back, the transport error (e.g. ECONNREFUSED, RequestTimeoutError).
+   */
+  errorCode?: string;
+}
+
+export type KmsCallObserver = (ev: KmsCallEvent) => void;
 
 /** A fresh DEK: `dek` is the only plaintext copy; the caller moves it into a key slot and zeroes it. */
 export interface DataKey {

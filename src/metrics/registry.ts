@@ -26,8 +26,9 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
     disks: new Gauge({ name: 'kmsdisk_disks', help: 'Disks in the catalog by state', labelNames: ['state'] as const, registers: r }),
     // --- per CMK ------------------------------------------------------------------------------
     leaseRenewals: new Counter({ name: 'kmsdisk_key_lease_renewals_total', help: 'Key lease renewals per CMK and outcome', labelNames: ['key_id', 'outcome'] as const, registers: r }),
-    kmsCalls: new Histogram({ name: 'kmsdisk_kms_call_seconds', help: 'KMS call latency per action', labelNames: ['action'] as const, buckets: KMS_BUCKETS, registers: r }),
-    kmsErrors: new Counter({ name: 'kmsdisk_kms_errors_total', help: 'KMS call errors per action and KMS code', labelNames: ['action', 'code'] as const, registers: r }),
+    // Both fed by recordKmsCall, once per SDK request of the agent's KMS clients (each retry too).
+    kmsCalls: new Histogram({ name: 'kmsdisk_kms_call_seconds', help: 'KMS request latency per action and outcome (ok, error)', labelNames: ['action', 'outcome'] as const, buckets: KMS_BUCKETS, registers: r }),
+    kmsErrors: new Counter({ name: 'kmsdisk_kms_errors_total', help: 'Failed KMS requests per action and KMS error code (or transport error, e.g. ECONNREFUSED)', labelNames: ['action', 'code'] as const, registers: r }),
     revocations: new Counter({ name: 'kmsdisk_key_revocations_total', help: 'Revocations per CMK and cause', labelNames: ['key_id', 'cause'] as const, registers: r }),
     revokeToWipe: new Histogram({ name: 'kmsdisk_key_revoke_to_wipe_seconds', help: 'Time from the revocation signal to every slot of the CMK wiped', labelNames: ['key_id'] as const, buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 2], registers: r }),
     keyState: new Gauge({ name: 'kmsdisk_key_access', help: '1 when the agent can use the CMK, 0 when access is denied', labelNames: ['key_id'] as const, registers: r }),
@@ -43,3 +44,18 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+// Label values come from the KMS's answers; a misbehaving endpoint must not be able to mint
+// unbounded series, so anything that does not look like an action or error code is folded.
+const LABEL_RE = /^[A-Za-z][A-Za-z0-9._-]{0,63}$/;
+const label = (v: string): string => (LABEL_RE.test(v) ? v : 'other');
+
+/**
+ * One KMS request of the agent (the KmsCallEvent of src/kms, structurally: the metrics module
+ * does not depend on the KMS client): its latency, and on failure its error code.
+ */
+export function recordKmsCall(m: Metrics, ev: { action: string; seconds: number; errorCode?: string | undefined }): void {
+  const action = label(ev.action);
+  m.kmsCalls.observe({ action, outcome: ev.errorCode === undefined ? 'ok' : 'error' }, ev.seconds);
+  if (ev.errorCode !== undefined) m.kmsErrors.inc({ action, code: label(ev.errorCode) });
+}

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KmsEmulator } from '../../src/kms/emulator/index.js';
 import { AlibabaKeyService } from '../../src/kms/alibaba.js';
+import type { KmsCallEvent } from '../../src/kms/key-service.js';
 import { readKmsCredentials, defaultCredentialsPath } from '../../src/kms/credentials.js';
 import { KmsdiskError } from '../../src/errors.js';
 import { stripUrls, toKmsdiskError } from '../../src/kms/error-map.js';
@@ -119,7 +120,9 @@ describe('transport errors', () => {
     expect(everything).not.toContain(emu.credentials.agent.accessKeyId);
     expect(everything).not.toContain('SignatureNonce');
     expect(err.cause).toBeUndefined();
-    expect(err.details).toMatchObject({ action: 'ExportDataKey', transportCode: 'ECONNREFUSED' });
+    expect(err.details).toMatchObject({ action: 'ExportDataKey', transportCode: 'ECONNREFUSED', endpoint: `http://127.0.0.1:${port}` });
+    // One clean sentence: which endpoint, and why (not Node's text glued to "POST <url> failed.").
+    expect(err.message).toBe(`KMS endpoint http://127.0.0.1:${port} unreachable (ECONNREFUSED)`);
   });
 
   it('a silent KMS times out -> KMSDISK_ERR_KMS_UNAVAILABLE without the URL', async () => {
@@ -128,7 +131,8 @@ describe('transport errors', () => {
       const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${p.port}`, protocol: 'http', credentials: emu.credentials.agent, retries: 0, timeoutMs: 200 });
       const err = (await svc.describeKey('k').catch((e: unknown) => e)) as KmsdiskError;
       expect(err.code).toBe('KMSDISK_ERR_KMS_UNAVAILABLE');
-      expect(err.message).not.toMatch(/Signature|AccessKeyId|http:\/\//);
+      expect(err.message).toBe(`KMS endpoint http://127.0.0.1:${p.port} did not answer DescribeKey within 200 ms (read timeout)`);
+      expect(err.message).not.toMatch(/Signature|AccessKeyId|<url>/);
     } finally {
       p.server.closeAllConnections();
       p.server.close();
@@ -140,11 +144,57 @@ describe('transport errors', () => {
     expect(stripUrls(msg)).toBe('connect ECONNREFUSED 127.0.0.1:1 <url>');
     const e = toKmsdiskError(Object.assign(new Error(msg), { code: 'ECONNREFUSED' }), 'Decrypt');
     expect(e.message).not.toContain('Signature');
+    expect(e.message).toBe('KMS unreachable (ECONNREFUSED)');
+    // httpx appends "POST <url> failed." without a space; a non-socket failure keeps its own text, minus that.
+    const bad = toKmsdiskError(Object.assign(new SyntaxError(`Unexpected token '<', "<html>" is not valid JSONPOST ${msg.slice(msg.indexOf('http'))} failed.`)), 'Decrypt', 'http://127.0.0.1:1');
+    expect(bad.message).toBe(`KMS endpoint http://127.0.0.1:1 sent an unreadable reply to Decrypt (SyntaxError: Unexpected token '<', "<html>" is not valid JSON)`);
     const refused = toKmsdiskError(Object.assign(new Error('Forbidden.NoPermissionError: code: 403, This operation is forbidden by permission system. requestid: R1'), {
       code: 'Forbidden.NoPermissionError',
       data: { Code: 'Forbidden.NoPermission', Message: 'This operation is forbidden by permission system.', RequestId: 'R1' },
     }), 'ExportDataKey');
     expect(refused).toMatchObject({ code: 'KMSDISK_ERR_KMS_NO_PERMISSION', ecsCode: 'Forbidden.NoPermission', requestId: 'R1' });
+  });
+});
+
+describe('call observer (metrics feed)', () => {
+  it('reports every SDK request once it ends: action, seconds, and the KMS or transport error code', async () => {
+    const seen: KmsCallEvent[] = [];
+    const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${emu.port}`, protocol: 'http', credentials: emu.credentials.agent, retries: 0, onCall: (ev) => seen.push(ev) });
+    await svc.describeKey('alias/acs/ecs');
+    const dk = await svc.createDataKey('alias/acs/ecs', { v: '1' });
+    dk.dek.fill(0);
+    const admin = keyService(emu, emu.credentials.admin);
+    const cmk = (await admin.createKey()).keyId;
+    // The agent holds no grant on a fresh customer CMK: the KMS denies the data key.
+    expect(await codeOf(svc.createDataKey(cmk, { v: '2' }))).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
+    expect(seen.map((e) => [e.action, e.errorCode])).toEqual([
+      ['DescribeKey', undefined],
+      ['GenerateAndExportDataKey', undefined],
+      ['GenerateAndExportDataKey', 'Forbidden.NoPermission'],
+    ]);
+    for (const e of seen) expect(e.seconds).toBeGreaterThan(0);
+    for (const e of seen) expect(e.seconds).toBeLessThan(5);
+  });
+
+  it('reports each retried attempt (transport code), and a throwing observer changes nothing', async () => {
+    const p = await listen(() => undefined);
+    const port = p.port;
+    await new Promise<void>((r) => p.server.close(() => r()));
+    const seen: KmsCallEvent[] = [];
+    const down = new AlibabaKeyService({ endpoint: `127.0.0.1:${port}`, protocol: 'http', credentials: emu.credentials.agent, retries: 2, retryBaseMs: 5, onCall: (ev) => seen.push(ev) });
+    expect(await codeOf(down.describeKey('alias/acs/ecs'))).toBe('KMSDISK_ERR_KMS_UNAVAILABLE');
+    expect(seen.map((e) => [e.action, e.errorCode])).toEqual(Array.from({ length: 3 }, () => ['DescribeKey', 'ECONNREFUSED']));
+    const throwing = new AlibabaKeyService({
+      endpoint: `127.0.0.1:${emu.port}`,
+      protocol: 'http',
+      credentials: emu.credentials.admin,
+      retries: 0,
+      onCall: () => {
+        throw new Error('observer bug');
+      },
+    });
+    expect((await throwing.describeKey('alias/acs/ecs')).keyState).toBe('Enabled');
+    expect(await codeOf(throwing.describeKey('11111111-2222-3333-4444-555555555555'))).toBe('KMSDISK_ERR_KEY_NOT_FOUND');
   });
 });
 

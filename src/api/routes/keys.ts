@@ -49,11 +49,21 @@ export function registerKeyRoutes(app: FastifyInstance, s: AgentServices): void 
     '/v1/keys/:keyId/authorize',
     {
       schema: {
-        summary: "authorize the CMK for the agent (the console's Confirm Authorization: a grant for the agent's principal)",
+        summary: "authorize the CMK for the agent (the console's Confirm Authorization: a grant for the agent's principal); for the service key alias/acs/ecs a no-op (service: true, no grant)",
         tags: ['keys'],
         params: keyParams,
         response: {
-          200: { type: 'object', properties: { keyId: { type: 'string' }, authorized: { type: 'boolean' }, grantId: { type: 'string' }, created: { type: 'boolean' } } },
+          200: {
+            type: 'object',
+            properties: {
+              keyId: { type: 'string' },
+              authorized: { type: 'boolean' },
+              service: { type: 'boolean' },
+              grantId: { type: 'string' },
+              created: { type: 'boolean' },
+              note: { type: 'string' },
+            },
+          },
           ...errorResponses(403, 404, 409, 503),
         },
       },
@@ -65,7 +75,7 @@ export function registerKeyRoutes(app: FastifyInstance, s: AgentServices): void 
     '/v1/keys/:keyId/authorize',
     {
       schema: {
-        summary: "revoke the agent's authorization (every grant of the agent on the CMK): its disks stop serving",
+        summary: "revoke the agent's authorization (every grant of the agent on the CMK): its disks stop serving; refused (400) for the service key, which needs none",
         tags: ['keys'],
         params: keyParams,
         response: {

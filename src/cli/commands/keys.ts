@@ -38,7 +38,7 @@ export function registerKeys(program: Command): void {
     .description('create a customer CMK (Aliyun_AES_256); --external for BYOK (then `key import`)')
     .option('--description <text>', 'description')
     .option('--external', 'Origin=EXTERNAL: bring your own key material')
-    .option('--alias <alias>', 'also create this alias (alias/NAME)')
+    .option('--alias <alias>', 'also create this alias (alias/NAME); a taken alias is refused before any CMK is created')
     .action(async (opts: ClientOpts) => {
       const body: Record<string, unknown> = {};
       if (opts.description) body.description = opts.description;
@@ -72,8 +72,8 @@ export function registerKeys(program: Command): void {
     });
 
   for (const [verb, path, method, what] of [
-    ['authorize', 'authorize', 'post', "authorize the agent to use the CMK (the console's Confirm Authorization: a grant for the agent)"],
-    ['revoke-authorization', 'authorize', 'delete', "revoke the agent's authorization (its disks on this CMK stop serving)"],
+    ['authorize', 'authorize', 'post', "authorize the agent to use the CMK (the console's Confirm Authorization: a grant for the agent); the service key alias/acs/ecs needs none: a no-op that says so"],
+    ['revoke-authorization', 'authorize', 'delete', "revoke the agent's authorization (its disks on this CMK stop serving); refused for the service key alias/acs/ecs, which needs none"],
     ['disable', 'disable', 'post', 'disable the CMK (admin; its disks stop serving)'],
     ['enable', 'enable', 'post', 'enable the CMK (admin)'],
   ] as const) {

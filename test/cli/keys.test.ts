@@ -1,0 +1,98 @@
+// The KMS answers as a CLI user meets them, with real `kmsdisk kms` and `kmsdisk serve`
+// processes: exit codes and messages of `key create --alias` on a taken alias, of authorize /
+// revoke-authorization on the service key, of attach refused by the KMS, and of the KMS down;
+// and the KMS figures on the agent's /metrics.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cli, stop, startDaemonStack, type DaemonStack } from './helpers.js';
+
+let stack: DaemonStack;
+let env: NodeJS.ProcessEnv;
+
+beforeAll(async () => {
+  stack = await startDaemonStack('kmsdisk-cli-keys-');
+  env = stack.env;
+});
+afterAll(async () => {
+  await stack?.close();
+});
+
+function ok(args: string[]): Record<string, any> {
+  const r = cli([...args, '--json'], env);
+  if (r.status !== 0) throw new Error(`kmsdisk ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.json as Record<string, any>;
+}
+
+/** Set-up steps go straight to the admin API: each CLI process costs a second or more here. */
+async function api(method: string, path: string, body?: unknown): Promise<Record<string, any>> {
+  const token = readFileSync(join(String(env.KMSDISK_STATE), 'api-token'), 'utf8').trim();
+  const r = await fetch(stack.apiUrl + path, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const json = (await r.json()) as Record<string, any>;
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+function refused(args: string[], exit: number, code: string, ecsCode?: string): { code: string; message: string; ecsCode?: string } {
+  const r = cli([...args, '--json'], env);
+  expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(exit);
+  const err = (r.json as { error: { code: string; message: string; ecsCode?: string } }).error;
+  expect(err.code).toBe(code);
+  expect(err.ecsCode).toBe(ecsCode);
+  return err;
+}
+
+describe('kmsdisk key / attach against real daemons', () => {
+  it('key create --alias on a taken alias exits 4 (AliasAlreadyExists) and leaves no new CMK', async () => {
+    const k = ok(['key', 'create', '--alias', 'alias/cust']);
+    const count = async () => ((await api('GET', '/v1/keys')).keys as unknown[]).length;
+    const before = await count();
+    const err = refused(['key', 'create', '--alias', 'alias/cust'], 4, 'KMSDISK_ERR_ALREADY_EXISTS', 'AliasAlreadyExists');
+    expect(err.message).toBe(`the alias alias/cust already exists (CMK ${k.keyId}); no CMK was created`);
+    expect(await count()).toBe(before);
+  });
+
+  it('the service key: authorize is a no-op that says so (exit 0), revoke-authorization a usage error (exit 2)', () => {
+    const text = cli(['key', 'authorize', 'alias/acs/ecs'], env);
+    expect(text.status, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/service\s+true/);
+    expect(text.stdout).toContain('the service key alias/acs/ecs needs no authorization');
+    expect(ok(['key', 'authorize', 'alias/acs/ecs'])).toMatchObject({ authorized: true, service: true, created: false });
+    const err = refused(['key', 'revoke-authorization', 'alias/acs/ecs'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(err.message).toMatch(/service key alias\/acs\/ecs needs no authorization, so there is none to revoke/);
+  });
+
+  it('attach refused by the KMS gives the ECS codes and hint of disk create', async () => {
+    const k = (await api('POST', '/v1/keys', { alias: 'alias/att' })).keyId as string;
+    await api('POST', `/v1/keys/${k}/authorize`);
+    await api('POST', '/v1/disks', { name: 'd1', size: '4M', kmsKeyId: k });
+    await api('DELETE', `/v1/keys/${k}/authorize`);
+    const unauth = refused(['attach', 'd1'], 5, 'KMSDISK_ERR_CMK_UNAUTHORIZED', 'InvalidParameter.KMSKeyId.KMSUnauthorized');
+    expect(unauth.message).toContain(`run \`kmsdisk key authorize ${k}\` first`);
+    await api('POST', `/v1/keys/${k}/authorize`);
+    await api('POST', `/v1/keys/${k}/disable`);
+    refused(['attach', 'd1'], 5, 'KMSDISK_ERR_CMK_NOT_ENABLED', 'InvalidParameter.KMSKeyId.CMKNotEnabled');
+    await api('POST', `/v1/keys/${k}/enable`);
+  });
+
+  it('/metrics counts the KMS requests and the denials', async () => {
+    const text = await (await fetch(`${stack.apiUrl}/metrics`)).text();
+    expect(text).toMatch(/^kmsdisk_kms_call_seconds_count\{action="GenerateAndExportDataKey",outcome="ok"\} [1-9]/m);
+    expect(text).toMatch(/^kmsdisk_kms_errors_total\{action="ExportDataKey",code="Forbidden.NoPermission"\} 1$/m);
+    expect(text).toMatch(/^kmsdisk_kms_errors_total\{action="ExportDataKey",code="Rejected.Disabled"\} 1$/m);
+  });
+
+  // Last: stops the emulator.
+  it('with the KMS down, attach exits 6 naming the endpoint and the cause', async () => {
+    await stop(stack.kms);
+    const err = refused(['attach', 'd1'], 6, 'KMSDISK_ERR_KMS_UNAVAILABLE');
+    expect(err.message).toBe(`KMS endpoint http://${env.KMSDISK_KMS} unreachable (ECONNREFUSED)`);
+    const text = await (await fetch(`${stack.apiUrl}/metrics`)).text();
+    expect(text).toMatch(/^kmsdisk_kms_errors_total\{action="ExportDataKey",code="ECONNREFUSED"\} [1-9]/m);
+  });
+});
