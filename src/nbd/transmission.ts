@@ -158,7 +158,7 @@ export class TransmissionSession {
     this.closed = this.stream.destroyed ? Promise.resolve() : new Promise((resolve) => this.stream.once('close', () => resolve()));
     if (this.stream.destroyed) this.state = 'closed';
     this.stream.on('close', () => this.onClose());
-    this.stream.on('error', (err: Error) => this.log.debug({ err: err.message }, 'nbd connection error'));
+    this.stream.on('error', (err: Error) => this.log.debug({ export: this.entry.name, err: err.message }, 'nbd connection error'));
     const core = nativeLanesEnabled() && !this.stream.destroyed ? (this.entry.device.nativeCore ?? null) : null;
     const fd = core ? laneSocketFd(this.stream) : null;
     if (core && fd !== null) {
