@@ -69,3 +69,46 @@ export function kmsAddress(flag?: string): HostPort {
 export function nbdAddress(flag?: string): HostPort {
   return parseHostPort(setting(flag, 'KMSDISK_NBD', DEFAULTS.nbd), 'NBD address');
 }
+
+/** The listeners, for messages: what each is and the flag / environment variable that moves it. */
+export const LISTENERS = {
+  api: { what: 'the admin API', setBy: '--api HOST:PORT or KMSDISK_API' },
+  nbd: { what: 'the NBD server', setBy: '--nbd HOST:PORT or KMSDISK_NBD' },
+  nbdSocket: { what: 'the NBD Unix socket', setBy: '--nbd-socket PATH' },
+  kms: { what: 'the KMS emulator', setBy: '--listen HOST:PORT or KMSDISK_KMS' },
+} as const;
+export type ListenerName = keyof typeof LISTENERS;
+
+/**
+ * A failed listen() as an error from the table, naming the address and how to pick another; any
+ * other error is returned as it is. Only errors of the listen itself (syscall listen or bind) are
+ * mapped: an EACCES from creating a state file is not an address problem.
+ */
+export function listenError(err: unknown, listener: ListenerName, address: string): unknown {
+  const e = err as NodeJS.ErrnoException | null;
+  if (e?.syscall !== 'listen' && e?.syscall !== 'bind') return err;
+  const { what, setBy } = LISTENERS[listener];
+  const cannot = `${what} cannot listen on ${address}`;
+  const opts = { cause: err, details: { listener, address, errno: e.code } };
+  const socket = listener === 'nbdSocket';
+  switch (e.code) {
+    case 'EADDRINUSE':
+      return new KmsdiskError(
+        'KMSDISK_ERR_ADDRESS_IN_USE',
+        socket
+          ? `${cannot}: a socket file is already there (another agent's, or left by one that crashed: remove it if no agent runs); choose another with ${setBy}`
+          : `${cannot}: the address is already in use (another kmsdisk, or another program); choose another with ${setBy}`,
+        opts,
+      );
+    case 'EACCES':
+      return new KmsdiskError(
+        'KMSDISK_ERR_ADDRESS_UNAVAILABLE',
+        `${cannot}: permission denied (${socket ? "the socket's folder is not writable" : 'ports below 1024 need root or CAP_NET_BIND_SERVICE'}); choose another with ${setBy}`,
+        opts,
+      );
+    case 'EADDRNOTAVAIL':
+      return new KmsdiskError('KMSDISK_ERR_ADDRESS_UNAVAILABLE', `${cannot}: that is not an address of this host; choose another with ${setBy}`, opts);
+    default:
+      return err;
+  }
+}

@@ -53,6 +53,10 @@ export const ERRORS = {
   KMSDISK_ERR_NOT_SUPPORTED: { http: 501, nbd: NBD_ERR.ENOTSUP, exit: EXIT.usage, summary: 'the operation is not supported here (e.g. NBD FAST_ZERO with NO_HOLE)' },
   KMSDISK_ERR_CANCELLED: { http: 409, nbd: NBD_ERR.EIO, exit: EXIT.conflict, summary: 'the job was cancelled' },
 
+  // --- listen addresses (agent API and NBD, KMS emulator) ------------------------------------
+  KMSDISK_ERR_ADDRESS_IN_USE: { http: 409, nbd: NBD_ERR.EIO, exit: EXIT.conflict, summary: 'a listen address is already in use by another process' },
+  KMSDISK_ERR_ADDRESS_UNAVAILABLE: { http: 503, nbd: NBD_ERR.EIO, exit: EXIT.unavailable, summary: 'a listen address cannot be used here (not an address of this host, or permission denied)' },
+
   // --- crypto engine and key slots ---------------------------------------------------------
   KMSDISK_ERR_KEY_WIPED: { http: 403, nbd: NBD_ERR.EPERM, exit: EXIT.keyAccess, summary: 'the data key was wiped (revoked or closed)' },
   KMSDISK_ERR_BAD_KEY: { http: 400, nbd: NBD_ERR.EINVAL, exit: EXIT.usage, summary: 'key of the wrong length or form' },

@@ -7,7 +7,7 @@ import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
-import type { HostPort, StatePaths } from '../config.js';
+import { formatHostPort, listenError, type HostPort, type StatePaths } from '../config.js';
 import { setDumpable } from '../crypto/index.js';
 import { KmsdiskError } from '../errors.js';
 import { createKeyService } from '../kms/alibaba.js';
@@ -300,12 +300,23 @@ export function createAgent(config: AgentConfig): Agent {
     jobs.resumeAll();
     policies.start();
 
-    const nbdAddr = await nbd.listen(config.nbd);
+    // Listen failures (port taken, not a local address) become table errors naming the address
+    // and the flag that sets it, instead of a bare EADDRINUSE with exit 1.
+    const nbdAddr = await nbd.listen(config.nbd).catch((err: unknown) => {
+      throw listenError(err, 'nbd', formatHostPort(config.nbd));
+    });
     if (typeof nbdAddr !== 'string') nbdBound = { host: config.nbd.host, port: nbdAddr.port };
-    if (config.nbdSocket) await nbd.listen({ path: config.nbdSocket });
+    const nbdSocket = config.nbdSocket;
+    if (nbdSocket) {
+      await nbd.listen({ path: nbdSocket }).catch((err: unknown) => {
+        throw listenError(err, 'nbdSocket', nbdSocket);
+      });
+    }
 
     api = await buildApiServer({ services, token, protectMetrics: Boolean(config.protectMetrics), logger, metrics });
-    await api.listen({ host: config.api.host, port: config.api.port });
+    await api.listen({ host: config.api.host, port: config.api.port }).catch((err: unknown) => {
+      throw listenError(err, 'api', formatHostPort(config.api));
+    });
     const addr = api.server.address() as AddressInfo;
     apiBound = { host: config.api.host, port: addr.port };
     logger.info({ api: apiBound, nbd: nbdBound, disks: catalog.listDisks().length, attachments: catalog.listAttachments().length }, 'kmsdisk agent started');

@@ -3,7 +3,7 @@
 // unknown routes KMSDISK_ERR_NOT_FOUND (404); anything unexpected KMSDISK_ERR_INTERNAL (500,
 // logged with its stack, never echoed).
 
-import type { FastifyError, FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifySchemaValidationError } from 'fastify';
 import { ERRORS, KmsdiskError, errorCodeOf, type ErrorCode } from '../errors.js';
 
 interface ErrorBody {
@@ -13,6 +13,32 @@ interface ErrorBody {
   ecsCode?: string;
   kmsRequestId?: string;
   details?: Record<string, unknown>;
+}
+
+/**
+ * Fastify's schemaErrorFormatter: its default prints ajv's own words, which for an enum are "must
+ * be equal to one of the allowed values" and never say which (a CLI user typing --sector-size
+ * 1024 learns nothing). Same shape as the default ("body/sectorSize ..."), with the values named.
+ */
+export function formatSchemaErrors(errors: readonly FastifySchemaValidationError[], dataVar: string): Error {
+  return new Error(errors.map((e) => `${dataVar}${e.instancePath} ${schemaIssue(e)}`).join(', '));
+}
+
+function schemaIssue(e: FastifySchemaValidationError): string {
+  const show = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
+  switch (e.keyword) {
+    case 'enum':
+      if (Array.isArray(e.params.allowedValues)) return `must be one of: ${e.params.allowedValues.map(show).join(', ')}`;
+      break;
+    case 'const':
+      if ('allowedValue' in e.params) return `must be ${show(e.params.allowedValue)}`;
+      break;
+    case 'additionalProperties':
+      // ajv says "must NOT have additional properties" without naming the one it found.
+      if (typeof e.params.additionalProperty === 'string') return `has an unknown property "${e.params.additionalProperty}"`;
+      break;
+  }
+  return e.message ?? `fails the schema's ${e.keyword} rule`;
 }
 
 export function toErrorBody(err: unknown, requestId: string): { status: number; body: ErrorBody } {

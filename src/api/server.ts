@@ -13,7 +13,7 @@ import type { Logger } from '../util/logger.js';
 import { createTokenCheck, installAuth } from './auth.js';
 import { createDiskListCache } from './disk-list.js';
 import { createFastPath } from './fast-path.js';
-import { installErrorHandling } from './errors.js';
+import { formatSchemaErrors, installErrorHandling } from './errors.js';
 import { sharedSchemas } from './schemas.js';
 import { registerSystemRoutes } from './routes/system.js';
 import { registerKeyRoutes } from './routes/keys.js';
@@ -62,6 +62,8 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
     childLoggerFactory: (logger) => logger,
     genReqId: () => randomUUID(),
     bodyLimit: 1024 * 1024,
+    // Validation messages that name what is allowed (enum values, the unknown property).
+    schemaErrorFormatter: formatSchemaErrors,
     ajv: {
       customOptions: {
         // Unknown properties are an error (400), not silently dropped.

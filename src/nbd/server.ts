@@ -248,7 +248,9 @@ export class NbdServer extends EventEmitter {
       const session = new TransmissionSession(
         neg,
         { maxPayload: this.maxPayload, maxInflightRequests: this.maxInflightRequests, maxInflightBytes: this.maxInflightBytes, pool: this.pool },
-        log.child({ export: neg.entry.name }),
+        // The connection's logger (conn, remote): the session names the export in each line itself,
+        // so a child bound to it too would print the key twice ("export":"d","export":"d").
+        log,
         this.stats,
         this,
       );

@@ -81,6 +81,30 @@ function writeU64(buf: Buffer, pos: number, value: number): void {
 
 type State = 'running' | 'disconnecting' | 'closed';
 
+/** A request refused before it reaches the device: the NBD error and the cause, for people. */
+interface Refusal {
+  errno: NbdErrno;
+  message: string;
+}
+
+/** The spec's name of a command ("READ", "WRITE_ZEROES"), or its number if unknown. */
+function commandLabel(type: number): string {
+  return CMD_NAMES[type]?.toUpperCase() ?? `command ${type}`;
+}
+
+/** readU64 turns values past 2^53 into Infinity: say so rather than print "Infinity". */
+function formatU64(value: number): string {
+  return Number.isFinite(value) ? String(value) : 'at or past 2^53';
+}
+
+function pastEndMessage(req: RequestHeader, size: number): string {
+  return `offset ${formatU64(req.offset)} + length ${formatU64(req.length)} is past the end of the ${size}-byte export`;
+}
+
+function tooLongMessage(length: number, max: number): string {
+  return `length ${formatU64(length)} over the maximum ${max}`;
+}
+
 export class TransmissionSession {
   readonly entry: ExportEntry;
   readonly stream: Duplex;
@@ -137,7 +161,7 @@ export class TransmissionSession {
     this.closed = this.stream.destroyed ? Promise.resolve() : new Promise((resolve) => this.stream.once('close', () => resolve()));
     if (this.stream.destroyed) this.state = 'closed';
     this.stream.on('close', () => this.onClose());
-    this.stream.on('error', (err: Error) => this.log.debug({ err: err.message }, 'nbd connection error'));
+    this.stream.on('error', (err: Error) => this.log.debug({ export: this.entry.name, err: err.message }, 'nbd connection error'));
     const core = nativeLanesEnabled() && !this.stream.destroyed ? (this.entry.device.nativeCore ?? null) : null;
     const fd = core ? laneSocketFd(this.stream) : null;
     if (core && fd !== null) {
@@ -203,7 +227,7 @@ export class TransmissionSession {
     }
     if (r.skipped) {
       this.count(CMD_NAMES[req.type] ?? 'unknown', 0);
-      this.sendError(req, NBD_ERR.EINVAL, 'payload longer than the maximum');
+      this.sendError(req, NBD_ERR.EINVAL, this.payloadRefusal(req));
       lane.finish(r.acct);
       return;
     }
@@ -320,7 +344,7 @@ export class TransmissionSession {
         const req = this.skipReq!;
         this.skipReq = null;
         this.stats.requests[CMD_NAMES[req.type] ?? 'unknown'] = (this.stats.requests[CMD_NAMES[req.type] ?? 'unknown'] ?? 0) + 1;
-        this.sendError(req, NBD_ERR.EINVAL, 'payload longer than the maximum');
+        this.sendError(req, NBD_ERR.EINVAL, this.payloadRefusal(req));
         continue;
       }
       if (this.overLimits()) {
@@ -471,8 +495,11 @@ export class TransmissionSession {
 
   // ---------------------------------------------------------------- execution
 
-  /** Validation shared by all commands; returns 0 or the NBD errno to reply. */
-  private validate(req: RequestHeader): number {
+  /**
+   * Validation shared by all commands: null, or the NBD error to reply with and a message naming
+   * the cause (it reaches the client in structured error chunks, where a person may read it).
+   */
+  private validate(req: RequestHeader): Refusal | null {
     const ro = this.entry.readOnly;
     const size = this.entry.device.size;
     const f = req.flags;
@@ -494,16 +521,32 @@ export class TransmissionSession {
       case CMD.CACHE:
         break;
       default:
-        return NBD_ERR.EINVAL;
+        return { errno: NBD_ERR.EINVAL, message: `unknown command ${req.type}` };
     }
-    if ((f & ~allowed) !== 0) return NBD_ERR.EINVAL;
-    if (req.type === CMD.FLUSH) return 0;
-    if (ro && (req.type === CMD.WRITE || req.type === CMD.TRIM || req.type === CMD.WRITE_ZEROES)) return NBD_ERR.EPERM;
-    const isWrite = req.type === CMD.WRITE || req.type === CMD.WRITE_ZEROES;
-    if (req.length === 0 || req.offset + req.length > size) return isWrite ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
-    if (req.type === CMD.READ && req.length > this.limits.maxPayload) return NBD_ERR.EINVAL;
-    if (req.type === CMD.BLOCK_STATUS && !this.baseAllocation) return NBD_ERR.EINVAL;
-    return 0;
+    const name = commandLabel(req.type);
+    if ((f & ~allowed) !== 0) return { errno: NBD_ERR.EINVAL, message: `flag 0x${(f & ~allowed).toString(16)} not allowed on ${name}` };
+    if (req.type === CMD.FLUSH) return null;
+    if (ro && (req.type === CMD.WRITE || req.type === CMD.TRIM || req.type === CMD.WRITE_ZEROES)) {
+      return { errno: NBD_ERR.EPERM, message: `${name} refused: the export is read-only` };
+    }
+    // The spec leaves a zero length unspecified for every command that takes one (the server
+    // "SHOULD NOT disconnect"): one answer for all of them, EINVAL, as for any request that
+    // makes no sense. (ENOSPC would tell a client the disk is full.)
+    if (req.length === 0) return { errno: NBD_ERR.EINVAL, message: `length 0 not allowed on ${name}` };
+    if (req.offset + req.length > size) {
+      // Past the end: ENOSPC for the commands that write (the spec's "no space"), else EINVAL.
+      const isWrite = req.type === CMD.WRITE || req.type === CMD.WRITE_ZEROES;
+      return { errno: isWrite ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL, message: pastEndMessage(req, size) };
+    }
+    if (req.type === CMD.READ && req.length > this.limits.maxPayload) return { errno: NBD_ERR.EINVAL, message: tooLongMessage(req.length, this.limits.maxPayload) };
+    if (req.type === CMD.BLOCK_STATUS && !this.baseAllocation) return { errno: NBD_ERR.EINVAL, message: 'no metadata context negotiated' };
+    return null;
+  }
+
+  /** Why a request whose payload was read and discarded is refused (see parse and the lane). */
+  private payloadRefusal(req: RequestHeader): string {
+    if (req.type !== CMD.WRITE) return `flag 0x${CMD_FLAG.PAYLOAD_LEN.toString(16)} (a payload) not allowed on ${commandLabel(req.type)}`;
+    return tooLongMessage(req.length, this.limits.maxPayload);
   }
 
   /**
@@ -514,9 +557,10 @@ export class TransmissionSession {
     const command = CMD_NAMES[req.type] ?? 'unknown';
     const dataBytes = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
     this.count(command, req.type === CMD.FLUSH ? 0 : req.length === Infinity ? 0 : req.length);
-    const errno = this.validate(req);
-    if (errno !== 0) {
-      this.sendError(req, errno, 'request refused');
+    const refusal = this.validate(req);
+    if (refusal !== null) {
+      const { errno } = refusal;
+      this.sendError(req, errno, refusal.message);
       this.emitRequest(command, req, errno, 0);
       if (pooled) this.recyclePayload(payload!, true);
       done?.();

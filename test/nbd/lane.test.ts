@@ -191,6 +191,14 @@ describe('NBD native lane', () => {
     expect((await c.call(CMD.READ, SIZE - 512, 1024)).error).toBe(NBD_ERR.EINVAL); // past the end
     expect((await c.call(CMD.WRITE, SIZE, 512, { payload: Buffer.alloc(512) })).error).toBe(NBD_ERR.ENOSPC);
     expect((await c.call(CMD.READ, 0, 0)).error).toBe(NBD_ERR.EINVAL); // empty
+    // A zero-length WRITE (or WRITE_ZEROES) is refused like any empty request: EINVAL, not ENOSPC.
+    expect((await c.call(CMD.WRITE, 0, 0, { payload: Buffer.alloc(0) })).error).toBe(NBD_ERR.EINVAL);
+    expect((await c.call(CMD.WRITE, SIZE, 0, { payload: Buffer.alloc(0) })).error).toBe(NBD_ERR.EINVAL);
+    expect((await c.call(CMD.WRITE_ZEROES, 0, 0)).error).toBe(NBD_ERR.EINVAL);
+    // What the lane hands to Node comes back with the cause in the error chunk.
+    expect((await c.call(CMD.READ, SIZE - 512, 1024)).message).toBe(`offset ${SIZE - 512} + length 1024 is past the end of the ${SIZE}-byte export`);
+    expect((await c.call(CMD.READ, 0, 4096, { flags: 1 << 9 })).message).toBe('flag 0x200 not allowed on READ');
+    expect((await c.call(CMD.READ, 0, MAX_PAYLOAD + 4096)).message).toBe(`length ${MAX_PAYLOAD + 4096} over the maximum ${MAX_PAYLOAD}`);
     expect((await c.call(CMD.READ, 0, 4096, { flags: 1 << 9 })).error).toBe(NBD_ERR.EINVAL); // unknown flag
     expect((await c.call(99, 0, 4096)).error).toBe(NBD_ERR.EINVAL); // unknown command
     expect((await c.call(CMD.READ, 0, MAX_PAYLOAD + 4096)).error).toBe(NBD_ERR.EINVAL); // read too long

@@ -181,6 +181,60 @@ describe('NBD protocol handling (raw client)', () => {
       expect(c.closed).toBe(false);
     });
 
+    it('a zero length is EINVAL for every command that takes a length (never ENOSPC), and the connection stays usable', async () => {
+      // The spec leaves length 0 unspecified (the server SHOULD NOT disconnect): one answer for all.
+      const variants: Array<{ structured?: boolean; baseAllocation?: boolean; extended?: boolean }> = [{ structured: true, baseAllocation: true }, { extended: true, baseAllocation: true }, {}];
+      for (const opts of variants) {
+        const c = await ready(opts);
+        for (const offset of [0, SIZE]) {
+          expect((await c.call(CMD.READ, offset, 0)).error).toBe(NBD_ERR.EINVAL);
+          expect((await c.call(CMD.WRITE, offset, 0, { payload: Buffer.alloc(0), ...(opts.extended ? { flags: CMD_FLAG.PAYLOAD_LEN } : {}) })).error).toBe(NBD_ERR.EINVAL);
+          expect((await c.call(CMD.WRITE_ZEROES, offset, 0)).error).toBe(NBD_ERR.EINVAL);
+          expect((await c.call(CMD.TRIM, offset, 0)).error).toBe(NBD_ERR.EINVAL);
+          expect((await c.call(CMD.CACHE, offset, 0)).error).toBe(NBD_ERR.EINVAL);
+          if (opts.baseAllocation) expect((await c.call(CMD.BLOCK_STATUS, offset, 0)).error).toBe(NBD_ERR.EINVAL);
+        }
+        expect((await c.call(CMD.WRITE, 0, 512, { payload: Buffer.alloc(512, 3), ...(opts.extended ? { flags: CMD_FLAG.PAYLOAD_LEN } : {}) })).error).toBe(0);
+        expect(c.closed).toBe(false);
+        c.destroy();
+      }
+    });
+
+    it('error chunks say what was wrong with the request', async () => {
+      const message = async (c: RawClient, type: number, offset: number, length: number, opts: { flags?: number; payload?: Buffer } = {}): Promise<string | undefined> => {
+        const r = await c.call(type, offset, length, opts);
+        expect(r.error).not.toBe(0);
+        return r.message;
+      };
+      // Structured replies: READ and BLOCK_STATUS errors come as chunks with a message.
+      const s = await ready({ structured: true });
+      expect(await message(s, CMD.READ, 123, SIZE)).toBe(`offset 123 + length ${SIZE} is past the end of the ${SIZE}-byte export`);
+      expect(await message(s, CMD.READ, 2 ** 62, 512)).toBe(`offset at or past 2^53 + length 512 is past the end of the ${SIZE}-byte export`);
+      expect(await message(s, CMD.READ, 0, 512, { flags: 0x40 })).toBe('flag 0x40 not allowed on READ');
+      expect(await message(s, CMD.READ, 0, 512, { flags: CMD_FLAG.NO_HOLE | CMD_FLAG.FUA })).toBe('flag 0x2 not allowed on READ');
+      expect(await message(s, CMD.READ, 0, MAX_PAYLOAD + 512)).toBe(`length ${MAX_PAYLOAD + 512} over the maximum ${MAX_PAYLOAD}`);
+      expect(await message(s, CMD.READ, 0, 0)).toBe('length 0 not allowed on READ');
+      expect(await message(s, CMD.BLOCK_STATUS, 0, 4096)).toBe('no metadata context negotiated');
+      // Extended headers: every reply is a chunk, so every refusal carries its cause.
+      const x = await ready({ extended: true });
+      const P = { flags: CMD_FLAG.PAYLOAD_LEN };
+      expect(await message(x, 99, 0, 0)).toBe('unknown command 99');
+      expect(await message(x, CMD.WRITE, SIZE - 10, 20, { ...P, payload: Buffer.alloc(20) })).toBe(`offset ${SIZE - 10} + length 20 is past the end of the ${SIZE}-byte export`);
+      expect(await message(x, CMD.WRITE, 0, 0, { ...P, payload: Buffer.alloc(0) })).toBe('length 0 not allowed on WRITE');
+      expect(await message(x, CMD.WRITE_ZEROES, 0, 0)).toBe('length 0 not allowed on WRITE_ZEROES');
+      expect(await message(x, CMD.TRIM, SIZE, 1)).toBe(`offset ${SIZE} + length 1 is past the end of the ${SIZE}-byte export`);
+      expect(await message(x, CMD.TRIM, 0, 512, { flags: CMD_FLAG.REQ_ONE })).toBe('flag 0x8 not allowed on TRIM');
+      // A payload that is consumed and refused says why too.
+      expect(await message(x, CMD.WRITE, 0, MAX_PAYLOAD + 1, { ...P, payload: Buffer.alloc(MAX_PAYLOAD + 1) })).toBe(`length ${MAX_PAYLOAD + 1} over the maximum ${MAX_PAYLOAD}`);
+      expect(await message(x, CMD.READ, 0, 16, { ...P, payload: Buffer.alloc(16) })).toBe('flag 0x20 (a payload) not allowed on READ');
+      const ro = await ready({ extended: true }, 'ro');
+      expect(await message(ro, CMD.TRIM, 0, 512)).toBe('TRIM refused: the export is read-only');
+      for (const c of [s, x, ro]) {
+        expect(c.closed).toBe(false);
+        c.destroy();
+      }
+    });
+
     it('refuses writes on a read-only export with EPERM', async () => {
       const c = await ready({}, 'ro');
       expect((await c.call(CMD.WRITE, 0, 512, { payload: Buffer.alloc(512, 1) })).error).toBe(NBD_ERR.EPERM);

@@ -29,6 +29,8 @@ export interface Reply {
   data: Buffer | null;
   /** Structured chunks received for this cookie (type, payload). */
   chunks: Array<{ type: number; flags: number; payload: Buffer }>;
+  /** The human-readable message of an error chunk (structured replies only). */
+  message?: string;
 }
 
 export class RawClient {
@@ -216,7 +218,10 @@ export class RawClient {
       pendingChunks.set(cookie, r);
       r.chunks.push({ type, flags, payload });
       if (type === 1) r.data = r.data ? Buffer.concat([r.data, payload.subarray(8)]) : Buffer.from(payload.subarray(8));
-      if (type >= 32769) r.error = payload.readUInt32BE(0);
+      if (type >= 32769) {
+        r.error = payload.readUInt32BE(0);
+        r.message = payload.toString('utf8', 6, 6 + payload.readUInt16BE(4));
+      }
       if (flags & 1) {
         this.readLengths.delete(cookie);
         return r;

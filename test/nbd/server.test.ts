@@ -2,6 +2,7 @@
 // request events and counters, graceful close.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
+import { pino } from 'pino';
 import type { AddressInfo } from 'node:net';
 import { NbdServer } from '../../src/nbd/server.js';
 import type { NbdRequestEvent } from '../../src/nbd/stats.js';
@@ -79,6 +80,38 @@ describe('NbdServer API', () => {
     c.destroy();
   });
 
+  it('log lines name each field once (the export is not both bound to the logger and passed again)', async () => {
+    const lines: string[] = [];
+    const logged = new NbdServer({ logger: pino({ level: 'debug' }, { write: (line: string) => void lines.push(line) }) });
+    logged.addExport('disk', { device: dev.device });
+    const lport = ((await logged.listen({ host: '127.0.0.1', port: 0 })) as AddressInfo).port;
+    try {
+      // A DISC and a protocol error: both log lines of the session name the export.
+      const a = await RawClient.connect(lport);
+      await a.greet();
+      await a.go('disk', { structured: true });
+      a.request(CMD.DISC, 0, 0);
+      expect(await a.waitClosed()).toBe(true);
+      const b = await RawClient.connect(lport);
+      await b.greet();
+      await b.go('disk');
+      b.request(CMD.READ, 0, 512, { magic: 0xdeadbeef });
+      expect(await b.waitClosed()).toBe(true);
+      await until(() => lines.filter((l) => l.includes('nbd client disconnected')).length === 2, 'both disconnects logged');
+    } finally {
+      await logged.close();
+    }
+    const messages = lines.map((l) => (JSON.parse(l) as { msg: string }).msg);
+    for (const msg of ['nbd client sent DISC', 'nbd protocol error, disconnecting client', 'nbd transmission started', 'nbd client disconnected']) {
+      expect(messages).toContain(msg);
+    }
+    for (const line of lines) {
+      expect(duplicateKeys(line), line).toEqual([]);
+      const rec = JSON.parse(line) as { msg: string; export?: string };
+      if (rec.msg.startsWith('nbd client sent DISC') || rec.msg.startsWith('nbd protocol error')) expect(rec.export).toBe('disk');
+    }
+  });
+
   it('close() answers in-flight requests, then closes every connection and refuses new ones', async () => {
     const c = await RawClient.connect(port);
     await c.greet();
@@ -102,3 +135,38 @@ describe('NbdServer API', () => {
     expect(check.every((b) => b === 0x77)).toBe(true);
   });
 });
+
+/** Keys that occur twice in one object of a JSON text (JSON.parse silently keeps the last). */
+function duplicateKeys(text: string): string[] {
+  const dups: string[] = [];
+  // One entry per open container: the keys seen so far in an object, null for an array.
+  const open: Array<Set<string> | null> = [];
+  let atKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      const keys = open[open.length - 1];
+      if (atKey && keys) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (keys.has(key)) dups.push(key);
+        keys.add(key);
+      }
+      atKey = false;
+      i = j;
+    } else if (ch === '{') {
+      open.push(new Set());
+      atKey = true;
+    } else if (ch === '[') {
+      open.push(null);
+      atKey = false;
+    } else if (ch === '}' || ch === ']') {
+      open.pop();
+      atKey = false;
+    } else if (ch === ',') {
+      atKey = (open[open.length - 1] ?? null) !== null;
+    }
+  }
+  return dups;
+}

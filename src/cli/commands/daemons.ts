@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { formatHostPort, kmsAddress, statePaths, type HostPort } from '../../config.js';
+import { formatHostPort, kmsAddress, listenError, statePaths, type HostPort } from '../../config.js';
 import { KmsdiskError } from '../../errors.js';
 import { createLogger } from '../../util/logger.js';
 import { projectRoot } from '../version-info.js';
@@ -31,6 +31,8 @@ export function registerDaemons(program: Command): void {
         syncRevocation: opts.syncRevocation,
         syncRevocationTimeoutMs: Number(opts.syncRevocationTimeout),
         logger,
+      }).catch((err: unknown) => {
+        throw listenError(err, 'kms', formatHostPort(listen));
       });
       process.stderr.write(`kmsdisk kms: listening on ${kms.url} (credentials in ${join(stateDir, 'credentials.json')})\n`);
       await (process.env[DEMO_CHILD_ENV] === '1' ? untilParentLetsGo() : untilSignal());

@@ -1,0 +1,38 @@
+// Schema refusals name what is allowed: an enum lists its values, a const its value, an unknown
+// property its name (ajv alone says "must be equal to one of the allowed values").
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, type Stack } from './helpers.js';
+
+describe('schema violation messages', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack();
+  });
+  afterAll(async () => {
+    await s?.close();
+  });
+
+  const refused = async (method: string, path: string, body?: unknown): Promise<string> => {
+    const r = await s.api(method, path, body);
+    expect(r.status, `${method} ${path} ${JSON.stringify(body)}`).toBe(400);
+    expect(r.body.code).toBe('KMSDISK_ERR_INVALID_ARGUMENT');
+    return r.body.message as string;
+  };
+
+  it('an enum names its allowed values, wherever it is', async () => {
+    expect(await refused('POST', '/v1/disks', { name: 'd1', size: '4M', sectorSize: 1024 })).toBe('invalid body: body/sectorSize must be one of: 512, 4096');
+    expect(await refused('GET', '/v1/disks?view=everything')).toBe('invalid querystring: querystring/view must be one of: summary, full');
+    expect(await refused('POST', '/v1/images', { path: '/nonexistent', name: 'i1', format: 'vmdk' })).toBe('invalid body: body/format must be one of: raw, qcow2');
+    expect(await refused('POST', '/v1/keys', { origin: 'HSM' })).toBe('invalid body: body/origin must be one of: Aliyun_KMS, EXTERNAL');
+    expect(await refused('POST', '/v1/drills', { disk: 'd1', action: 'unplug' })).toBe(
+      'invalid body: body/action must be one of: disable-key, revoke-grant, schedule-deletion, disable-accesskey',
+    );
+  });
+
+  it('a const names its value and an unknown property is named; other rules keep their wording', async () => {
+    expect(await refused('POST', '/v1/images/i1/copy', { dest: 'i2', encrypt: false })).toBe('invalid body: body/encrypt must be true');
+    expect(await refused('POST', '/v1/disks', { name: 'd1', size: '4M', colour: 'blue' })).toBe('invalid body: body has an unknown property "colour"');
+    expect(await refused('POST', '/v1/disks', { size: '4M' })).toBe("invalid body: body must have required property 'name'");
+  });
+});

@@ -1,0 +1,74 @@
+// Error messages people meet at the command line, through the real CLI and real daemons: a schema
+// refusal names the allowed values, and a daemon that cannot listen says where and how to move it,
+// with a stable code and the exit class of the error table.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
+
+let stack: DaemonStack;
+/** A second state folder with the emulator's credentials, for agents that must fail to start. */
+let spare: string;
+
+beforeAll(async () => {
+  stack = await startDaemonStack('kmsdisk-cli-errors-');
+  spare = mkdtempSync(join(tmpdir(), 'kmsdisk-cli-spare-'));
+  mkdirSync(join(spare, 'kms'), { recursive: true });
+  copyFileSync(join(stack.dir, 'state', 'kms', 'credentials.json'), join(spare, 'kms', 'credentials.json'));
+});
+
+afterAll(async () => {
+  await stack?.close();
+  if (spare) rmSync(spare, { recursive: true, force: true });
+});
+
+/** The error a failed command printed on stderr ("kmsdisk: error CODE: message"), after checking its exit code. */
+function failed(args: string[], exit: number): { code: string; message: string } {
+  const r = cli(args, stack.env);
+  expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(exit);
+  const m = /^kmsdisk: error (\S+): (.*)$/m.exec(r.stderr);
+  expect(m, r.stderr).not.toBeNull();
+  return { code: m![1]!, message: m![2]! };
+}
+
+describe('kmsdisk CLI error messages', () => {
+  it('disk create --sector-size 1024 names the allowed sector sizes', () => {
+    const expected = { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: 'invalid body: body/sectorSize must be one of: 512, 4096' };
+    expect(failed(['disk', 'create', 'odd', '--size', '4M', '--sector-size', '1024'], 2)).toEqual(expected);
+    const json = cli(['disk', 'create', 'odd', '--size', '4M', '--sector-size', '1024', '--json'], stack.env);
+    expect(json.status).toBe(2);
+    expect((json.json as { error: unknown }).error).toMatchObject(expected);
+  });
+
+  it('an emulator on a taken address: KMSDISK_ERR_ADDRESS_IN_USE, exit 4, naming the address and --listen / KMSDISK_KMS', () => {
+    const taken = stack.env.KMSDISK_KMS!;
+    expect(failed(['kms', '--state', join(spare, 'kms2'), '--listen', taken], 4)).toEqual({
+      code: 'KMSDISK_ERR_ADDRESS_IN_USE',
+      message: `the KMS emulator cannot listen on ${taken}: the address is already in use (another kmsdisk, or another program); choose another with --listen HOST:PORT or KMSDISK_KMS`,
+    });
+  });
+
+  it('an agent on a taken NBD or API address, or on an address of no interface here, says which and how to move it', () => {
+    const base = ['serve', '--state', spare];
+    const nbdTaken = stack.env.KMSDISK_NBD!;
+    const apiTaken = stack.env.KMSDISK_API!;
+    const nbd = failed([...base, '--nbd', nbdTaken, '--api', '127.0.0.1:0'], 4);
+    expect(nbd.code).toBe('KMSDISK_ERR_ADDRESS_IN_USE');
+    expect(nbd.message).toBe(`the NBD server cannot listen on ${nbdTaken}: the address is already in use (another kmsdisk, or another program); choose another with --nbd HOST:PORT or KMSDISK_NBD`);
+    const api = failed([...base, '--nbd', '127.0.0.1:0', '--api', apiTaken], 4);
+    expect(api.code).toBe('KMSDISK_ERR_ADDRESS_IN_USE');
+    expect(api.message).toContain(`the admin API cannot listen on ${apiTaken}`);
+    expect(api.message).toContain('--api HOST:PORT or KMSDISK_API');
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: the listen fails, nothing is exposed.
+    const foreign = failed([...base, '--nbd', '192.0.2.1:10809', '--api', '127.0.0.1:0'], 6);
+    expect(foreign).toEqual({
+      code: 'KMSDISK_ERR_ADDRESS_UNAVAILABLE',
+      message: 'the NBD server cannot listen on 192.0.2.1:10809: that is not an address of this host; choose another with --nbd HOST:PORT or KMSDISK_NBD',
+    });
+    // The failed starts left the spare state usable (lock released), and the running agent serves on.
+    expect(readFileSync(join(spare, 'api-token'), 'utf8')).toMatch(/^[0-9a-f]{64}/);
+    expect(cli(['disk', 'list', '--json'], stack.env).status).toBe(0);
+  });
+});
