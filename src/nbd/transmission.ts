@@ -414,7 +414,7 @@ export class TransmissionSession {
       this.pending = null;
     }
     this.queue.skip(this.queue.length);
-    this.log.debug({ inflight: this.inflight }, 'nbd client closed its sending side; answering what it sent');
+    this.log.debug({ export: this.entry.name, inflight: this.inflight }, 'nbd client closed its sending side; answering what it sent');
     void this.whenIdle().then(() => this.endSocket());
   }
 
