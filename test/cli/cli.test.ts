@@ -183,6 +183,18 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     refused(['snapshot', 'policy', 'sys', '--interval', '5'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
   });
 
+  it('a disk from a snapshot keeps its sector size: a different --sector-size exits 2, the same or none is accepted', () => {
+    ok(['snapshot', 'create', 'data', 'data-snap']); // `data` has 512-byte sectors
+    const err = refused(['disk', 'create', 'data-4k', '--from-snapshot', 'data-snap', '--sector-size', '4096'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(err.message).toMatch(/512-byte sectors/);
+    refused(['disk', 'show', 'data-4k'], 3, 'KMSDISK_ERR_NOT_FOUND');
+    expect(ok(['disk', 'create', 'data-512', '--from-snapshot', 'data-snap', '--sector-size', '512']).sectorSize).toBe(512);
+    expect(ok(['disk', 'create', 'data-copy', '--from-snapshot', 'data-snap']).sectorSize).toBe(512);
+    const text = cli(['disk', 'create', 'data-4k', '--from-snapshot', 'data-snap', '--sector-size', '4096'], env);
+    expect(text.status).toBe(2);
+    expect(text.stdout).not.toContain('created');
+  }, 120_000);
+
   it('resize grows a disk and refuses to shrink it', () => {
     expect(ok(['disk', 'resize', 'sys', '--size', '128M']).size).toBe(128 * 2 ** 20);
     const e = cli(['disk', 'resize', 'sys', '--size', '16M', '--json'], env);
