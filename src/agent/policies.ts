@@ -64,7 +64,7 @@ export class PoliciesService {
       retain: p.retain,
       lastRunAt: p.lastRunAt,
       nextRunAt: t ? new Date(t.at).toISOString() : null,
-      snapshots: this.ctx.catalog.listSnapshots(p.disk).filter((s) => s.trigger === 'policy').map((s) => s.name),
+      snapshots: this.snapshots.list({ disk: p.disk }).filter((s) => s.trigger === 'policy').map((s) => s.name),
       lastError: this.lastErrors.get(p.disk) ?? null,
     };
   }
@@ -119,9 +119,10 @@ export class PoliciesService {
     const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'z').toLowerCase();
     const name = `${disk.slice(0, 40)}.auto.${stamp}.${Math.floor(Math.random() * 1296).toString(36).padStart(2, '0')}`;
     try {
-      await this.snapshots.create(disk, name, 'policy');
+      const taken = await this.snapshots.create(disk, name, 'policy');
       this.lastErrors.delete(disk);
-      await this.prune(disk, p.retain);
+      // Prune by the id of the disk just snapshotted: never another disk that had this name.
+      if (taken.diskId !== null) await this.prune(disk, taken.diskId, p.retain);
     } catch (err) {
       this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
       this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, 'automatic snapshot failed');
@@ -131,8 +132,8 @@ export class PoliciesService {
     this.schedule(this.ctx.catalog.getPolicy(disk)!);
   }
 
-  private async prune(disk: string, retain: number): Promise<void> {
-    const auto = this.ctx.catalog.listSnapshots(disk).filter((s) => s.trigger === 'policy');
+  private async prune(disk: string, diskId: string, retain: number): Promise<void> {
+    const auto = this.ctx.catalog.listSnapshots({ diskId }).filter((s) => s.trigger === 'policy');
     for (const s of auto.slice(0, Math.max(0, auto.length - retain))) {
       await this.snapshots.delete(s.name);
       this.ctx.logger.info({ disk, snapshot: s.name }, 'automatic snapshot pruned');

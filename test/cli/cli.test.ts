@@ -195,6 +195,22 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     expect(text.stdout).not.toContain('created');
   }, 120_000);
 
+  it('snapshot list --disk shows the current disk only; --include-deleted and the list mark a deleted one', () => {
+    ok(['disk', 'create', 'reused', '--size', '8M']);
+    ok(['snapshot', 'create', 'reused', 'reused-old']);
+    ok(['disk', 'delete', 'reused']);
+    ok(['disk', 'create', 'reused', '--size', '4M']);
+    ok(['snapshot', 'create', 'reused', 'reused-new']);
+    const names = (args: string[]) => (ok(['snapshot', 'list', ...args]).snapshots as Array<{ name: string }>).map((x) => x.name);
+    expect(names(['--disk', 'reused'])).toEqual(['reused-new']);
+    expect(names(['--disk', 'reused', '--include-deleted'])).toEqual(['reused-old', 'reused-new']);
+    const table = cli(['snapshot', 'list'], env);
+    expect(table.status).toBe(0);
+    expect(table.stdout).toMatch(/reused-old\s+reused \(deleted\)/);
+    expect(table.stdout).toMatch(/reused-new\s+reused\s/);
+    refused(['snapshot', 'list', '--include-deleted'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+  }, 120_000);
+
   it('resize grows a disk and refuses to shrink it', () => {
     expect(ok(['disk', 'resize', 'sys', '--size', '128M']).size).toBe(128 * 2 ** 20);
     const e = cli(['disk', 'resize', 'sys', '--size', '16M', '--json'], env);
