@@ -1,8 +1,14 @@
 // Snapshots belong to a disk's id, not its name: a disk created with the name of a deleted disk
-// neither lists nor prunes (retention) the old disk's snapshots, which stay findable. A snapshot's
-// copy method survives an agent restart. Real emulator, agent, files.
+// neither lists nor prunes (retention) the old disk's snapshots, which stay findable. Automatic
+// snapshots get valid names for the longest disk names, and a failed run shows in the policy's
+// lastError until a run succeeds. A snapshot's copy method survives an agent restart. Real
+// emulator, agent, files.
 
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MAX_NAME_LENGTH, NAME_PATTERN } from '../../src/agent/names.js';
+import { autoSnapshotName } from '../../src/agent/policies.js';
 import { startStack, until, type Stack } from '../api/helpers.js';
 
 interface Snap {
@@ -21,7 +27,26 @@ interface Policy {
   lastError: { code: string; message: string } | null;
 }
 
-describe('snapshot ownership', () => {
+const NAME_RE = new RegExp(NAME_PATTERN);
+
+describe('automatic snapshot names', () => {
+  it('keep short disk names whole and always fit the name limit, distinct for long names with one prefix', () => {
+    const at = new Date('2024-01-31T23:59:59.123Z');
+    expect(autoSnapshotName('db', at, 35)).toBe('db.auto.20240131t235959z.0z');
+    const a = `${'a'.repeat(50)}-${'x'.repeat(12)}`;
+    const b = `${'a'.repeat(50)}-${'y'.repeat(12)}`;
+    expect(a.length).toBe(MAX_NAME_LENGTH);
+    const na = autoSnapshotName(a, at, 0);
+    const nb = autoSnapshotName(b, at, 0);
+    for (const n of [na, nb, autoSnapshotName('z'.repeat(38), at, 1295), autoSnapshotName('z'.repeat(39), at, 1295)]) {
+      expect(n.length).toBeLessThanOrEqual(MAX_NAME_LENGTH);
+      expect(n).toMatch(NAME_RE);
+    }
+    expect(na).not.toBe(nb);
+  });
+});
+
+describe('snapshot ownership and automatic snapshots', () => {
   let s: Stack;
   beforeAll(async () => {
     s = await startStack();
@@ -79,6 +104,37 @@ describe('snapshot ownership', () => {
     expect(listed.length).toBeGreaterThan(0);
     expect(listed.every((n) => names.has(n))).toBe(true);
     expect(new Set((await snapshots('?disk=rep1&includeDeleted=true')).map((x) => x.name))).toEqual(new Set([...orphans.map((o) => o.name), ...names]));
+  });
+
+  it('takes automatic snapshots of a 63-character disk name; a failed run shows in lastError until a run succeeds', async () => {
+    const disk = `${'long-disk-name.'.repeat(4)}end`;
+    expect(disk.length).toBe(MAX_NAME_LENGTH);
+    expect((await s.api('POST', '/v1/disks', { name: disk, size: '4M' })).status).toBe(201);
+    expect((await s.api('PUT', `/v1/disks/${disk}/snapshot-policy`, { intervalSeconds: 1, retain: 1 })).status).toBe(200);
+    const first = await until(async () => (await snapshots(`?disk=${disk}`))[0], 'an automatic snapshot of the long-named disk', 15_000, 100);
+    expect(first.name.length).toBeLessThanOrEqual(MAX_NAME_LENGTH);
+    expect(first.name).toMatch(NAME_RE);
+    expect((await policy(disk)).lastError).toBeNull();
+
+    // Make runs fail: a file where the snapshots folder was.
+    const dir = join(s.root, 'snapshots');
+    const away = join(s.root, 'snapshots.away');
+    renameSync(dir, away);
+    writeFileSync(dir, 'not a folder');
+    try {
+      const failed = await until(async () => (await policy(disk)).lastError, 'lastError of a failed run', 15_000, 100);
+      expect(failed.code).toMatch(/^KMSDISK_ERR_/);
+      expect(failed.message).not.toBe('');
+      // Still shown after the next (also failing) run re-armed the timer.
+      const runAt = (await policy(disk)).lastRunAt;
+      await until(async () => (await policy(disk)).lastRunAt !== runAt, 'another run', 15_000, 100);
+      expect((await policy(disk)).lastError).not.toBeNull();
+    } finally {
+      rmSync(dir, { force: true });
+      renameSync(away, dir);
+    }
+    await until(async () => (await policy(disk)).lastError === null, 'a successful run clears lastError', 15_000, 100);
+    expect((await s.api('DELETE', `/v1/disks/${disk}/snapshot-policy`)).status).toBe(200);
   });
 
   it('keeps a snapshot’s copy method, disk id and deleted mark across an agent restart', async () => {
