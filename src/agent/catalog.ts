@@ -22,10 +22,29 @@ export interface DiskRow {
 export interface SnapshotRow {
   name: string;
   id: string;
+  /** Name of the source disk when the snapshot was taken (names can be reused after a delete). */
   disk: string;
+  /**
+   * Id of the source disk (disks.id): what a snapshot belongs to. Null only for snapshots of
+   * disks deleted before the catalog recorded ids (schema version 1).
+   */
+  diskId: string | null;
   path: string;
   trigger: 'manual' | 'policy';
+  /** How the file was copied (reflink | sparse-copy); null for snapshots from schema version 1. */
+  method: string | null;
   createdAt: string;
+}
+
+/** A snapshot row as read back, with whether its source disk is gone. */
+export interface SnapshotRecord extends SnapshotRow {
+  diskDeleted: boolean;
+}
+
+/** Which snapshots listSnapshots returns: all, those of one disk (by id), or those taken from any disk of that name. */
+export interface SnapshotFilter {
+  diskId?: string;
+  diskName?: string;
 }
 
 export interface ImageRow {
@@ -131,6 +150,19 @@ const MIGRATIONS: readonly string[] = [
     created_at TEXT NOT NULL
   );
   `,
+  // v2: snapshots belong to a disk's id, not its name -- a name can be reused after a delete, and
+  // the new disk must neither list nor prune (retention) the old disk's snapshots. Rows from v1
+  // get the id of the disk of that name only if that disk already existed when the snapshot was
+  // taken: a snapshot older than the disk now holding the name came from an earlier, deleted disk
+  // (its id is unknown: NULL). And the copy method, which v1 kept only in memory.
+  `
+  ALTER TABLE snapshots ADD COLUMN disk_id TEXT;
+  ALTER TABLE snapshots ADD COLUMN method TEXT;
+  UPDATE snapshots SET disk_id = (
+    SELECT d.id FROM disks d WHERE d.name = snapshots.disk AND d.created_at <= snapshots.created_at
+  );
+  CREATE INDEX snapshots_by_disk_id ON snapshots (disk_id, created_at);
+  `,
 ];
 
 export const CATALOG_SCHEMA_VERSION = MIGRATIONS.length;
@@ -143,16 +175,22 @@ const parse = <T>(v: unknown): T | null => (typeof v === 'string' ? (JSON.parse(
 function toDisk(r: Row): DiskRow {
   return { name: String(r.name), id: String(r.id), path: String(r.path), createdAt: String(r.created_at) };
 }
-function toSnapshot(r: Row): SnapshotRow {
+function toSnapshot(r: Row): SnapshotRecord {
   return {
     name: String(r.name),
     id: String(r.id),
     disk: String(r.disk),
+    diskId: r.disk_id === null ? null : String(r.disk_id),
     path: String(r.path),
     trigger: r.trigger === 'policy' ? 'policy' : 'manual',
+    method: r.method === null ? null : String(r.method),
     createdAt: String(r.created_at),
+    diskDeleted: r.disk_deleted === 1,
   };
 }
+
+/** Snapshot rows with whether the source disk still exists (no disk row with that id). */
+const SNAPSHOT_SELECT = 'SELECT s.*, (d.id IS NULL) AS disk_deleted FROM snapshots s LEFT JOIN disks d ON d.id = s.disk_id';
 function toImage(r: Row): ImageRow {
   return {
     name: String(r.name),
@@ -282,19 +320,24 @@ export class Catalog {
   insertSnapshot(s: SnapshotRow): void {
     guardUnique(`snapshot ${s.name}`, () =>
       this.db
-        .prepare('INSERT INTO snapshots (name, id, disk, path, trigger, created_at) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(s.name, s.id, s.disk, s.path, s.trigger, s.createdAt),
+        .prepare('INSERT INTO snapshots (name, id, disk, disk_id, path, trigger, method, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(s.name, s.id, s.disk, s.diskId, s.path, s.trigger, s.method, s.createdAt),
     );
   }
-  getSnapshot(name: string): SnapshotRow | undefined {
-    const r = this.db.prepare('SELECT * FROM snapshots WHERE name = ?').get(name) as Row | undefined;
+  getSnapshot(name: string): SnapshotRecord | undefined {
+    const r = this.db.prepare(`${SNAPSHOT_SELECT} WHERE s.name = ?`).get(name) as Row | undefined;
     return r ? toSnapshot(r) : undefined;
   }
-  listSnapshots(disk?: string): SnapshotRow[] {
-    const rows = disk
-      ? (this.db.prepare('SELECT * FROM snapshots WHERE disk = ? ORDER BY created_at, name').all(disk) as Row[])
-      : (this.db.prepare('SELECT * FROM snapshots ORDER BY created_at, name').all() as Row[]);
-    return rows.map(toSnapshot);
+  /** Oldest first. */
+  listSnapshots(filter: SnapshotFilter = {}): SnapshotRecord[] {
+    const order = 'ORDER BY s.created_at, s.name';
+    const rows =
+      filter.diskId !== undefined
+        ? this.db.prepare(`${SNAPSHOT_SELECT} WHERE s.disk_id = ? ${order}`).all(filter.diskId)
+        : filter.diskName !== undefined
+          ? this.db.prepare(`${SNAPSHOT_SELECT} WHERE s.disk = ? ${order}`).all(filter.diskName)
+          : this.db.prepare(`${SNAPSHOT_SELECT} ${order}`).all();
+    return (rows as Row[]).map(toSnapshot);
   }
   deleteSnapshot(name: string): void {
     this.db.prepare('DELETE FROM snapshots WHERE name = ?').run(name);

@@ -44,6 +44,8 @@ export interface CreateDiskRequest {
   fromImage?: string;
 }
 
+const DEFAULT_SECTOR_SIZE = 4096;
+
 type HeaderOrError = { header: VolumeHeader } | { error: { code: string; message: string } };
 
 export class DisksService {
@@ -148,14 +150,14 @@ export class DisksService {
         throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'give fromSnapshot or fromImage, not both');
       }
       const size = req.size === undefined ? undefined : parseSize(req.size, 'size');
-      const sectorSize = req.sectorSize ?? 4096;
+      const sectorSize = req.sectorSize ?? DEFAULT_SECTOR_SIZE;
       if (sectorSize !== 512 && sectorSize !== 4096) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'sectorSize must be 512 or 4096');
       const id = randomUUID();
       const path = join(this.ctx.dirs.volumes, `${id}.kdisk`);
       let header: VolumeHeader;
       try {
-        if (req.fromSnapshot !== undefined) header = await this.fromSnapshot(name, path, req.fromSnapshot, size, req.kmsKeyId);
-        else if (req.fromImage !== undefined) header = await this.fromImage(name, path, req.fromImage, size, sectorSize, req.kmsKeyId);
+        if (req.fromSnapshot !== undefined) header = await this.fromSnapshot(name, path, req.fromSnapshot, size, req.sectorSize, req.kmsKeyId);
+        else if (req.fromImage !== undefined) header = await this.fromImage(name, path, req.fromImage, size, req.sectorSize, req.kmsKeyId);
         else {
           if (size === undefined) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'size is required (e.g. "1G" or a number of bytes)');
           checkSize(size, sectorSize);
@@ -176,11 +178,19 @@ export class DisksService {
     });
   }
 
-  /** Same CMK and wrapped key as the snapshot: a copy of its file with lineage pointing at it. */
-  private async fromSnapshot(name: string, path: string, snapshot: string, size: number | undefined, kmsKeyId: string | undefined): Promise<VolumeHeader> {
+  /** Same CMK, wrapped key and sector size as the snapshot: a copy of its file with lineage pointing at it. */
+  private async fromSnapshot(
+    name: string,
+    path: string,
+    snapshot: string,
+    size: number | undefined,
+    sectorSize: number | undefined,
+    kmsKeyId: string | undefined,
+  ): Promise<VolumeHeader> {
     const snap = this.ctx.catalog.getSnapshot(snapshot);
     if (!snap) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${snapshot}`);
     const src = await inspectVolumeFile(snap.path);
+    checkSameSectorSize(sectorSize, src.sectorSize, `snapshot ${snapshot}`);
     await this.checkSameCmk(kmsKeyId, src.kms.keyId, `snapshot ${snapshot}`);
     if (size !== undefined && size < src.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${size} is smaller than snapshot ${snapshot} (${src.size} bytes)`);
     const copy = await cloneVolumeFile(snap.path, path, { name, lineage: { parentVolume: src.uuid, snapshot } });
@@ -192,7 +202,7 @@ export class DisksService {
     path: string,
     imageName: string,
     size: number | undefined,
-    sectorSize: number,
+    requestedSectorSize: number | undefined,
     kmsKeyId: string | undefined,
   ): Promise<VolumeHeader> {
     const image = this.ctx.catalog.getImage(imageName);
@@ -201,12 +211,14 @@ export class DisksService {
     if (image.encrypted) {
       // An encrypted image is a volume: the disk is a copy of it under the image's CMK.
       const src = await inspectVolumeFile(image.path);
+      checkSameSectorSize(requestedSectorSize, src.sectorSize, `encrypted image ${imageName}`);
       await this.checkSameCmk(kmsKeyId, src.kms.keyId, `encrypted image ${imageName}`);
       if (size !== undefined && size < src.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${size} is smaller than image ${imageName} (${src.size} bytes)`);
       const copy = await cloneVolumeFile(image.path, path, { name, lineage: { parentVolume: src.uuid, image: imageName } });
       return this.growIfAsked(path, copy.header, size);
     }
-    // A plain image: encrypt its bytes into a new volume under the chosen CMK.
+    // A plain image: encrypt its bytes into a new volume under the chosen CMK and sector size.
+    const sectorSize = requestedSectorSize ?? DEFAULT_SECTOR_SIZE;
     const imageSize = await plainImageSize(image.path);
     const minSize = roundUp(imageSize, sectorSize);
     const finalSize = size ?? minSize;
@@ -328,6 +340,18 @@ function headerOf(i: VolumeInspection): VolumeHeader {
     createdAt: i.createdAt,
     updatedAt: i.updatedAt,
   };
+}
+
+/**
+ * A disk copied from a snapshot or an encrypted image keeps its sector size (the ciphertext's
+ * data units and tweaks depend on it): a different one asked for is refused, not ignored.
+ */
+function checkSameSectorSize(requested: number | undefined, actual: number, what: string): void {
+  if (requested === undefined || requested === actual) return;
+  throw new KmsdiskError(
+    'KMSDISK_ERR_INVALID_ARGUMENT',
+    `${what} has ${actual}-byte sectors; a disk created from it keeps them (sectorSize ${requested} differs)`,
+  );
 }
 
 function notFound(name: string): KmsdiskError {

@@ -4,7 +4,8 @@
 
 import { KmsdiskError } from '../errors.js';
 
-export const NAME_PATTERN = '^[a-z0-9][a-z0-9._-]{0,62}$';
+export const MAX_NAME_LENGTH = 63;
+export const NAME_PATTERN = `^[a-z0-9][a-z0-9._-]{0,${MAX_NAME_LENGTH - 1}}$`;
 const NAME_RE = new RegExp(NAME_PATTERN);
 
 export function checkName(name: string, what: string): string {

@@ -3,10 +3,12 @@
 // never pruned). The schedule lives in the catalog (last run time), so a restarted agent picks
 // up where it left off: an overdue snapshot is taken right after start.
 
+import { createHash, randomInt } from 'node:crypto';
 import { KmsdiskError, errorCodeOf } from '../errors.js';
 import type { PolicyRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
+import { MAX_NAME_LENGTH } from './names.js';
 import type { SnapshotsService } from './snapshots.js';
 
 export interface PolicyView {
@@ -21,6 +23,25 @@ export interface PolicyView {
 
 export const MIN_INTERVAL_SECONDS = 1;
 export const MAX_RETAIN = 1000;
+
+/** `.auto.` + a UTC stamp to the second (`20240131t235959z`) + `.` + two random base-36 digits. */
+const AUTO_SUFFIX_LENGTH = '.auto.'.length + '20240131t235959z'.length + '.xx'.length;
+const DISK_PART_LENGTH = MAX_NAME_LENGTH - AUTO_SUFFIX_LENGTH;
+const HASH_LENGTH = 8;
+
+/**
+ * Name of an automatic snapshot of `disk` taken at `at`: `<disk>.auto.<stamp>.<rand>`, always a
+ * valid name. A disk name too long to fit is cut and ends in a hash of the whole name, so two long
+ * names that share a prefix still get distinct snapshot names.
+ */
+export function autoSnapshotName(disk: string, at: Date, rand: number = randomInt(36 * 36)): string {
+  const stamp = at.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'z').toLowerCase();
+  const diskPart =
+    disk.length <= DISK_PART_LENGTH
+      ? disk
+      : `${disk.slice(0, DISK_PART_LENGTH - HASH_LENGTH - 1)}-${createHash('sha256').update(disk).digest('hex').slice(0, HASH_LENGTH)}`;
+  return `${diskPart}.auto.${stamp}.${rand.toString(36).padStart(2, '0')}`;
+}
 
 export class PoliciesService {
   private readonly timers = new Map<string, { timer: NodeJS.Timeout; at: number }>();
@@ -64,7 +85,7 @@ export class PoliciesService {
       retain: p.retain,
       lastRunAt: p.lastRunAt,
       nextRunAt: t ? new Date(t.at).toISOString() : null,
-      snapshots: this.ctx.catalog.listSnapshots(p.disk).filter((s) => s.trigger === 'policy').map((s) => s.name),
+      snapshots: this.snapshots.list({ disk: p.disk }).filter((s) => s.trigger === 'policy').map((s) => s.name),
       lastError: this.lastErrors.get(p.disk) ?? null,
     };
   }
@@ -91,16 +112,21 @@ export class PoliciesService {
     return { disk, policy: null };
   }
 
-  /** The disk is gone (its policy row went with it). */
+  /** The disk is gone (its policy row went with it), or its policy was removed. */
   unschedule(disk: string): void {
-    const t = this.timers.get(disk);
-    if (t) clearTimeout(t.timer);
-    this.timers.delete(disk);
+    this.clearTimer(disk);
     this.lastErrors.delete(disk);
   }
 
+  private clearTimer(disk: string): void {
+    const t = this.timers.get(disk);
+    if (t) clearTimeout(t.timer);
+    this.timers.delete(disk);
+  }
+
+  /** (Re)arms the timer. Keeps lastError: it stays visible until a later run succeeds. */
   private schedule(p: PolicyRow): void {
-    this.unschedule(p.disk);
+    this.clearTimer(p.disk);
     if (this.stopped) return;
     const last = p.lastRunAt ? Date.parse(p.lastRunAt) : Date.now();
     const at = Math.max(Date.now(), last + p.intervalSeconds * 1000);
@@ -116,12 +142,11 @@ export class PoliciesService {
     const p = this.ctx.catalog.getPolicy(disk);
     if (!p || this.stopped) return;
     const now = new Date();
-    const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'z').toLowerCase();
-    const name = `${disk.slice(0, 40)}.auto.${stamp}.${Math.floor(Math.random() * 1296).toString(36).padStart(2, '0')}`;
     try {
-      await this.snapshots.create(disk, name, 'policy');
+      const taken = await this.snapshots.create(disk, autoSnapshotName(disk, now), 'policy');
       this.lastErrors.delete(disk);
-      await this.prune(disk, p.retain);
+      // Prune by the id of the disk just snapshotted: never another disk that had this name.
+      if (taken.diskId !== null) await this.prune(disk, taken.diskId, p.retain);
     } catch (err) {
       this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
       this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, 'automatic snapshot failed');
@@ -131,8 +156,8 @@ export class PoliciesService {
     this.schedule(this.ctx.catalog.getPolicy(disk)!);
   }
 
-  private async prune(disk: string, retain: number): Promise<void> {
-    const auto = this.ctx.catalog.listSnapshots(disk).filter((s) => s.trigger === 'policy');
+  private async prune(disk: string, diskId: string, retain: number): Promise<void> {
+    const auto = this.ctx.catalog.listSnapshots({ diskId }).filter((s) => s.trigger === 'policy');
     for (const s of auto.slice(0, Math.max(0, auto.length - retain))) {
       await this.snapshots.delete(s.name);
       this.ctx.logger.info({ disk, snapshot: s.name }, 'automatic snapshot pruned');

@@ -8,7 +8,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { KmsdiskError } from '../errors.js';
 import { cloneVolumeFile, inspectVolumeFile, snapshotVolume } from '../volume/index.js';
-import type { SnapshotRow } from './catalog.js';
+import type { SnapshotRecord } from './catalog.js';
 import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
 import { checkName } from './names.js';
@@ -16,20 +16,31 @@ import { checkName } from './names.js';
 export interface SnapshotView {
   name: string;
   id: string;
+  /** Name of the source disk when the snapshot was taken. */
   disk: string;
+  /** Id of the source disk; null for a snapshot of a disk deleted before ids were recorded. */
+  diskId: string | null;
+  /** The source disk was deleted (its name may now belong to another disk). */
+  diskDeleted: boolean;
   size: number;
   sectorSize: number;
   kmsKeyId: string | null;
   trigger: 'manual' | 'policy';
   createdAt: string;
   path: string;
-  /** reflink or sparse-copy (only known for snapshots taken by this agent run). */
+  /** reflink or sparse-copy; null for snapshots taken before the catalog recorded it. */
   method: string | null;
+}
+
+export interface SnapshotListOptions {
+  /** Only the snapshots of the disk that has this name now. */
+  disk?: string;
+  /** With `disk`: also those of earlier, deleted disks that had this name. */
+  includeDeleted?: boolean;
 }
 
 export class SnapshotsService {
   private readonly headers = new Map<string, { size: number; sectorSize: number; kms: { keyId: string } }>();
-  private readonly methods = new Map<string, string>();
 
   constructor(
     private readonly ctx: AgentContext,
@@ -47,8 +58,17 @@ export class SnapshotsService {
     }
   }
 
-  list(disk?: string): SnapshotView[] {
-    return this.ctx.catalog.listSnapshots(disk).map((s) => this.viewOf(s));
+  list(opts: SnapshotListOptions = {}): SnapshotView[] {
+    return this.records(opts).map((s) => this.viewOf(s));
+  }
+
+  /** Oldest first. A disk's snapshots are found by its id: a reused name never inherits them. */
+  private records({ disk, includeDeleted = false }: SnapshotListOptions): SnapshotRecord[] {
+    const catalog = this.ctx.catalog;
+    if (disk === undefined) return catalog.listSnapshots();
+    if (includeDeleted) return catalog.listSnapshots({ diskName: disk });
+    const current = catalog.getDisk(disk);
+    return current ? catalog.listSnapshots({ diskId: current.id }) : [];
   }
 
   show(name: string): SnapshotView {
@@ -57,19 +77,21 @@ export class SnapshotsService {
     return this.viewOf(s);
   }
 
-  private viewOf(s: SnapshotRow): SnapshotView {
+  private viewOf(s: SnapshotRecord): SnapshotView {
     const h = this.headers.get(s.name);
     return {
       name: s.name,
       id: s.id,
       disk: s.disk,
+      diskId: s.diskId,
+      diskDeleted: s.diskDeleted,
       size: h?.size ?? 0,
       sectorSize: h?.sectorSize ?? 0,
       kmsKeyId: h?.kms.keyId ?? null,
       trigger: s.trigger,
       createdAt: s.createdAt,
       path: s.path,
-      method: this.methods.get(s.name) ?? null,
+      method: s.method,
     };
   }
 
@@ -89,13 +111,21 @@ export class SnapshotsService {
               lineage: { ...this.disks.header(diskName).lineage, snapshotOf: this.disks.header(diskName).uuid, snapshot: name },
             });
         try {
-          this.ctx.catalog.insertSnapshot({ name, id, disk: diskName, path, trigger, createdAt: new Date().toISOString() });
+          this.ctx.catalog.insertSnapshot({
+            name,
+            id,
+            disk: diskName,
+            diskId: disk.id,
+            path,
+            trigger,
+            method: result.method,
+            createdAt: new Date().toISOString(),
+          });
         } catch (err) {
           await fsp.unlink(path).catch(() => undefined);
           throw err;
         }
         this.headers.set(name, result.header);
-        this.methods.set(name, result.method);
         this.ctx.metrics.snapshotsTaken.inc({ disk: diskName, trigger });
         this.ctx.bumpVersion();
         this.ctx.logger.info({ disk: diskName, snapshot: name, method: result.method, bytesCopied: result.bytesCopied, trigger }, 'snapshot taken');
@@ -110,7 +140,6 @@ export class SnapshotsService {
       if (!s) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
       this.ctx.catalog.deleteSnapshot(name);
       this.headers.delete(name);
-      this.methods.delete(name);
       await fsp.unlink(s.path).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') this.ctx.logger.warn({ snapshot: name, err: err.message }, 'could not remove the snapshot file');
       });

@@ -95,14 +95,16 @@ export const snapshotSchema = {
   properties: {
     name: str,
     id: str,
-    disk: str,
+    disk: { type: 'string', description: 'name of the source disk when the snapshot was taken' },
+    diskId: { type: ['string', 'null'], description: 'id of the source disk (null: deleted before kmsdisk recorded ids)' },
+    diskDeleted: { type: 'boolean', description: 'the source disk was deleted; its name may belong to another disk now' },
     size: int,
     sectorSize: int,
     kmsKeyId: strOrNull,
     trigger: { type: 'string', enum: ['manual', 'policy'] },
     createdAt: str,
     path: str,
-    method: strOrNull,
+    method: { type: ['string', 'null'], description: 'reflink or sparse-copy (null: taken before kmsdisk recorded it)' },
   },
 } as const;
 

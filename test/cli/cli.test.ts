@@ -183,6 +183,34 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     refused(['snapshot', 'policy', 'sys', '--interval', '5'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
   });
 
+  it('a disk from a snapshot keeps its sector size: a different --sector-size exits 2, the same or none is accepted', () => {
+    ok(['snapshot', 'create', 'data', 'data-snap']); // `data` has 512-byte sectors
+    const err = refused(['disk', 'create', 'data-4k', '--from-snapshot', 'data-snap', '--sector-size', '4096'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(err.message).toMatch(/512-byte sectors/);
+    refused(['disk', 'show', 'data-4k'], 3, 'KMSDISK_ERR_NOT_FOUND');
+    expect(ok(['disk', 'create', 'data-512', '--from-snapshot', 'data-snap', '--sector-size', '512']).sectorSize).toBe(512);
+    expect(ok(['disk', 'create', 'data-copy', '--from-snapshot', 'data-snap']).sectorSize).toBe(512);
+    const text = cli(['disk', 'create', 'data-4k', '--from-snapshot', 'data-snap', '--sector-size', '4096'], env);
+    expect(text.status).toBe(2);
+    expect(text.stdout).not.toContain('created');
+  }, 120_000);
+
+  it('snapshot list --disk shows the current disk only; --include-deleted and the list mark a deleted one', () => {
+    ok(['disk', 'create', 'reused', '--size', '8M']);
+    ok(['snapshot', 'create', 'reused', 'reused-old']);
+    ok(['disk', 'delete', 'reused']);
+    ok(['disk', 'create', 'reused', '--size', '4M']);
+    ok(['snapshot', 'create', 'reused', 'reused-new']);
+    const names = (args: string[]) => (ok(['snapshot', 'list', ...args]).snapshots as Array<{ name: string }>).map((x) => x.name);
+    expect(names(['--disk', 'reused'])).toEqual(['reused-new']);
+    expect(names(['--disk', 'reused', '--include-deleted'])).toEqual(['reused-old', 'reused-new']);
+    const table = cli(['snapshot', 'list'], env);
+    expect(table.status).toBe(0);
+    expect(table.stdout).toMatch(/reused-old\s+reused \(deleted\)/);
+    expect(table.stdout).toMatch(/reused-new\s+reused\s/);
+    refused(['snapshot', 'list', '--include-deleted'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+  }, 120_000);
+
   it('resize grows a disk and refuses to shrink it', () => {
     expect(ok(['disk', 'resize', 'sys', '--size', '128M']).size).toBe(128 * 2 ** 20);
     const e = cli(['disk', 'resize', 'sys', '--size', '16M', '--json'], env);

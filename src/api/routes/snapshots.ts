@@ -2,6 +2,7 @@
 
 import type { FastifyInstance } from 'fastify';
 import type { AgentServices } from '../../agent/agent.js';
+import type { SnapshotListOptions } from '../../agent/snapshots.js';
 import { errorResponses, nameParams, nameSchema, ref } from '../schemas.js';
 
 export function registerSnapshotRoutes(app: FastifyInstance, s: AgentServices): void {
@@ -9,13 +10,18 @@ export function registerSnapshotRoutes(app: FastifyInstance, s: AgentServices): 
     '/v1/snapshots',
     {
       schema: {
-        summary: 'list snapshots (optionally of one disk)',
+        summary:
+          'list snapshots, oldest first; ?disk= only those of the disk that has that name now, plus with includeDeleted=true those of earlier, deleted disks of that name',
         tags: ['snapshots'],
-        querystring: { type: 'object', properties: { disk: nameSchema }, additionalProperties: false },
+        querystring: {
+          type: 'object',
+          properties: { disk: nameSchema, includeDeleted: { type: 'boolean', default: false } },
+          additionalProperties: false,
+        },
         response: { 200: { type: 'object', properties: { snapshots: { type: 'array', items: ref('Snapshot') } } }, ...errorResponses() },
       },
     },
-    async (req) => ({ snapshots: s.snapshots.list((req.query as { disk?: string }).disk) }),
+    async (req) => ({ snapshots: s.snapshots.list(req.query as SnapshotListOptions) }),
   );
 
   app.post(

@@ -21,11 +21,14 @@ export function registerDisks(program: Command): void {
     .description('create an encrypted disk (default CMK: the service key alias/acs/ecs)')
     .option('--size <size>', 'size, e.g. 1G, 512M (required unless --from-snapshot/--from-image)')
     .option('--kms-key-id <id>', 'CMK id or alias (a customer CMK must be authorized first)')
-    .option('--sector-size <n>', '512 or 4096', '4096')
+    // No default here: the agent picks 4096 for a new disk, and a disk from a snapshot or an
+    // encrypted image keeps the source's sector size (a different one given is refused).
+    .option('--sector-size <n>', '512 or 4096 (default 4096; from a snapshot or encrypted image: the source\'s)')
     .option('--from-snapshot <snapshot>', 'create from a snapshot (same CMK)')
     .option('--from-image <image>', 'create from an image (encrypted under --kms-key-id)')
     .action(async (name: string, opts: ClientOpts) => {
-      const body: Record<string, unknown> = { name, sectorSize: Number(opts.sectorSize) };
+      const body: Record<string, unknown> = { name };
+      if (opts.sectorSize !== undefined) body.sectorSize = Number(opts.sectorSize);
       if (opts.size !== undefined) body.size = parseSize(String(opts.size));
       if (opts.kmsKeyId) body.kmsKeyId = opts.kmsKeyId;
       if (opts.fromSnapshot) body.fromSnapshot = opts.fromSnapshot;

@@ -7,6 +7,7 @@ import { formatSize } from '../../util/size.js';
 interface SnapshotView {
   name: string;
   disk: string;
+  diskDeleted?: boolean;
   size: number;
   kmsKeyId?: string;
   trigger?: string;
@@ -26,14 +27,16 @@ export function registerSnapshots(program: Command): void {
 
   clientOptions(snap.command('list'))
     .description('list snapshots')
-    .option('--disk <disk>', 'only the snapshots of this disk')
+    .option('--disk <disk>', 'only the snapshots of the disk that has this name now')
+    .option('--include-deleted', 'with --disk: also those of earlier, deleted disks of that name')
     .action(async (opts: ClientOpts) => {
-      const q = opts.disk ? `?disk=${enc(String(opts.disk))}` : '';
+      if (opts.includeDeleted && !opts.disk) throw usageError('--include-deleted goes with --disk');
+      const q = opts.disk ? `?disk=${enc(String(opts.disk))}${opts.includeDeleted ? '&includeDeleted=true' : ''}` : '';
       const r = await new ApiClient(opts).get<{ snapshots: SnapshotView[] }>(`/v1/snapshots${q}`);
       if (opts.json) return printJson(r);
       printTable(r.snapshots, [
         { header: 'name', get: (s) => s.name },
-        { header: 'disk', get: (s) => s.disk },
+        { header: 'disk', get: (s) => (s.diskDeleted ? `${s.disk} (deleted)` : s.disk) },
         { header: 'size', get: (s) => formatSize(s.size) },
         { header: 'trigger', get: (s) => s.trigger },
         { header: 'created', get: (s) => s.createdAt },
