@@ -208,7 +208,11 @@ export class AttachmentsService {
         description: `kmsdisk ${row.disk}`,
         readOnly: row.readOnly,
         requireTls: row.requireTls,
-        ...(row.tlsPskIdentity ? { tlsPskIdentities: [row.tlsPskIdentity] } : {}),
+        // PSK identities are per export: each is created by the attach that names it, and only
+        // attachments naming it admit it (naming it again is how it is shared). A TLS-only
+        // attachment without one is for certificate clients; left open to every identity in
+        // keys.psk, a key handed out for one export would open all of them.
+        ...(row.tlsPskIdentity ? { tlsPskIdentities: [row.tlsPskIdentity] } : row.requireTls ? { tlsPskIdentities: [], tlsX509: true } : {}),
       });
     } catch (err) {
       this.ctx.guard.close(volume);
