@@ -11,7 +11,7 @@ import type { AttachmentRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
 import { checkName } from './names.js';
-import type { PskStore } from './psk.js';
+import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
 
 export interface AttachRequest {
   disk: string;
@@ -73,7 +73,7 @@ export class AttachmentsService {
     const hp = this.nbdAddress();
     const host = hp ? formatHostPort(hp) : 'HOST:PORT';
     const uri = a.tlsPskIdentity
-      ? `nbds://${a.tlsPskIdentity}@${host}/${encodeURIComponent(a.exportName)}?tls-psk-file=${encodeURIComponent(this.psk.path)}`
+      ? `nbds://${pskUserInfo(a.tlsPskIdentity)}@${host}/${encodeURIComponent(a.exportName)}?tls-psk-file=${encodeURIComponent(this.psk.path)}`
       : `${a.requireTls ? 'nbds' : 'nbd'}://${host}/${encodeURIComponent(a.exportName)}`;
     return {
       disk: a.disk,
@@ -114,6 +114,7 @@ export class AttachmentsService {
       if (req.requireTls === false && req.tlsPskIdentity) {
         throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'a TLS PSK identity implies requireTls');
       }
+      if (req.tlsPskIdentity !== undefined) checkPskIdentity(req.tlsPskIdentity);
       const row: AttachmentRow = {
         disk,
         exportName,

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
 import { clientOptions, type ClientOpts } from '../common.js';
 import { printJson, printTable } from '../output.js';
+import { checkPskIdentity } from '../../agent/psk.js';
 
 interface AttachmentView {
   disk: string;
@@ -25,12 +26,14 @@ export function registerAttachments(program: Command): void {
       const body: Record<string, unknown> = { disk };
       if (opts.export) body.export = opts.export;
       if (opts.readOnly) body.readOnly = true;
-      if (opts.tlsPskIdentity) body.tlsPskIdentity = opts.tlsPskIdentity;
-      if (opts.requireTls || opts.tlsPskIdentity) body.requireTls = true;
+      // Checked here too, so a bad identity gets the reason rather than the API schema's regex.
+      if (typeof opts.tlsPskIdentity === 'string') body.tlsPskIdentity = checkPskIdentity(opts.tlsPskIdentity);
+      if (opts.requireTls || typeof opts.tlsPskIdentity === 'string') body.requireTls = true;
       const a = await new ApiClient(opts).post<AttachmentView>('/v1/attachments', body);
       if (opts.json) return printJson(a);
       process.stdout.write(`attached ${a.disk} as NBD export ${a.export}${a.readOnly ? ' (read-only)' : ''}\n`);
-      if (a.uri) process.stdout.write(`  nbdinfo ${a.uri}\n`);
+      // Quoted when it has a query: '?' is a shell glob character.
+      if (a.uri) process.stdout.write(`  nbdinfo ${a.uri.includes('?') ? `'${a.uri.replace(/'/g, "'\\''")}'` : a.uri}\n`);
     });
 
   clientOptions(program.command('detach <disk>'))
