@@ -10,6 +10,8 @@ interface AttachmentView {
   readOnly: boolean;
   requireTls?: boolean;
   tlsPskIdentity?: string | null;
+  tlsCertificatesDir?: string | null;
+  tlsClientCertificate?: boolean;
   uri?: string;
   clients?: Array<{ remote: string; since: string; tls?: boolean }>;
   [k: string]: unknown;
@@ -20,8 +22,8 @@ export function registerAttachments(program: Command): void {
     .description('attach a disk to this host: export it over NBD')
     .option('--export <name>', 'NBD export name (default: the disk name)')
     .option('--read-only', 'read-only attachment')
-    .option('--tls-psk-identity <id>', 'require TLS with this PSK identity (key kept in <state>/tls/keys.psk)')
-    .option('--require-tls', 'require TLS (PSK or client certificate)')
+    .option('--tls-psk-identity <id>', 'require TLS-PSK as this identity, the only one admitted (key kept in <state>/tls/keys.psk; naming an existing identity shares it)')
+    .option('--require-tls', 'require TLS; alone: x509 clients only (needs `kmsdisk serve --tls-cert/--tls-key`; with --tls-ca, client certificates)')
     .action(async (disk: string, opts: ClientOpts) => {
       const body: Record<string, unknown> = { disk };
       if (opts.export) body.export = opts.export;
@@ -34,6 +36,9 @@ export function registerAttachments(program: Command): void {
       process.stdout.write(`attached ${a.disk} as NBD export ${a.export}${a.readOnly ? ' (read-only)' : ''}\n`);
       // Quoted when it has a query: '?' is a shell glob character.
       if (a.uri) process.stdout.write(`  nbdinfo ${a.uri.includes('?') ? `'${a.uri.replace(/'/g, "'\\''")}'` : a.uri}\n`);
+      if (a.tlsClientCertificate && a.tlsCertificatesDir) {
+        process.stdout.write(`  (the client's client-cert.pem and client-key.pem, from a CA in --tls-ca, go in ${a.tlsCertificatesDir} or a copy of it)\n`);
+      }
     });
 
   clientOptions(program.command('detach <disk>'))
@@ -53,7 +58,7 @@ export function registerAttachments(program: Command): void {
         { header: 'disk', get: (a) => a.disk },
         { header: 'export', get: (a) => a.export },
         { header: 'mode', get: (a) => (a.readOnly ? 'ro' : 'rw') },
-        { header: 'tls', get: (a) => (a.requireTls ? (a.tlsPskIdentity ? `psk:${a.tlsPskIdentity}` : 'required') : 'off') },
+        { header: 'tls', get: (a) => (a.requireTls ? (a.tlsPskIdentity ? `psk:${a.tlsPskIdentity}` : 'x509') : 'off') },
         { header: 'clients', get: (a) => a.clients?.length ?? 0 },
         { header: 'uri', get: (a) => a.uri },
       ]);
