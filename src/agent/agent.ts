@@ -29,6 +29,7 @@ import { KeyedMutex } from './mutex.js';
 import { OpenDisks } from './open-disks.js';
 import { PoliciesService } from './policies.js';
 import { PskStore } from './psk.js';
+import { certificateCovers, serverCertificate, writeClientTrust } from './x509.js';
 import { SnapshotsService } from './snapshots.js';
 import { loadOrCreateApiToken } from './token.js';
 import { acquirePidLock } from '../util/pid-lock.js';
@@ -64,7 +65,10 @@ export interface AgentConfig {
   };
   logger: Logger;
   metrics: Metrics;
-  /** x509 for NBD STARTTLS (client certificates); PSK keys come from <state>/tls/keys.psk. */
+  /**
+   * x509 for NBD STARTTLS (`kmsdisk serve --tls-cert/--tls-key/--tls-ca`; with `ca`, clients must
+   * present a certificate). PSK keys come from <state>/tls/keys.psk.
+   */
   tls?: { cert?: TlsCertConfig };
   /** Image copy jobs checkpoint every this many bytes (default 8 MiB). */
   jobCheckpointBytes?: number;
@@ -210,6 +214,23 @@ export function createAgent(config: AgentConfig): Agent {
     const psk = new PskStore(dirs.pskFile);
     psk.load();
     nbd = new NbdServer({ logger, tls: { psk: psk.lookup, ...(config.tls?.cert ? { cert: config.tls.cert } : {}) } });
+    if (config.tls?.cert) {
+      // attach prints nbds://...?tls-certificates=<this folder>: it must hold what verifies us.
+      const { leaf, trustPem, trustIsCa } = serverCertificate(config.tls.cert);
+      writeClientTrust(dirs.tlsClientDir, trustPem);
+      if (!trustIsCa) {
+        logger.warn(
+          { dir: dirs.tlsClientDir, issuer: leaf.issuer },
+          'the CA that issued the TLS certificate is in neither --tls-cert nor --tls-ca: the client folder pins the certificate itself, which libnbd accepts and qemu does not (append the CA certificate to --tls-cert)',
+        );
+      }
+      if (!certificateCovers(leaf, config.nbd.host)) {
+        logger.warn(
+          { host: config.nbd.host, subject: leaf.subject, subjectAltName: leaf.subjectAltName ?? null },
+          'the TLS certificate does not name the NBD listen address: libnbd and qemu clients that connect to it will refuse the certificate',
+        );
+      }
+    }
 
     const ctx: AgentContext = {
       dirs,

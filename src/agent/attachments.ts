@@ -12,7 +12,7 @@ import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
 import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
-import type { PskStore } from './psk.js';
+import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
 
 export interface AttachRequest {
   disk: string;
@@ -42,6 +42,13 @@ export interface AttachmentView {
   tlsPskIdentity: string | null;
   /** The PSK file clients use (tls-psk-file=...); the key itself is never returned. */
   tlsPskFile: string | null;
+  /**
+   * TLS without a PSK identity is for x509 clients: the folder they use (tls-certificates=...,
+   * qemu tls-creds-x509 dir=...), holding ca-cert.pem for this server.
+   */
+  tlsCertificatesDir: string | null;
+  /** Those clients must present a certificate: client-cert.pem and client-key.pem in that folder. */
+  tlsClientCertificate: boolean;
   uri: string;
   createdAt: string;
   /** in-use, or key-revoked while the key is not usable (the export then refuses I/O). */
@@ -73,9 +80,11 @@ export class AttachmentsService {
   private viewOf(a: AttachmentRow, conns: ReturnType<AgentContext['nbd']['connections']>): AttachmentView {
     const hp = this.nbdAddress();
     const host = hp ? formatHostPort(hp) : 'HOST:PORT';
-    const uri = a.tlsPskIdentity
-      ? `nbds://${a.tlsPskIdentity}@${host}/${encodeURIComponent(a.exportName)}?tls-psk-file=${encodeURIComponent(this.psk.path)}`
-      : `${a.requireTls ? 'nbds' : 'nbd'}://${host}/${encodeURIComponent(a.exportName)}`;
+    const path = `${host}/${encodeURIComponent(a.exportName)}`;
+    const x509Dir = a.requireTls && !a.tlsPskIdentity ? this.ctx.dirs.tlsClientDir : null;
+    let uri = `nbd://${path}`;
+    if (a.tlsPskIdentity) uri = `nbds://${pskUserInfo(a.tlsPskIdentity)}@${path}?tls-psk-file=${encodeURIComponent(this.psk.path)}`;
+    else if (x509Dir) uri = `nbds://${path}?tls-certificates=${encodeURIComponent(x509Dir)}`;
     return {
       disk: a.disk,
       export: a.exportName,
@@ -83,6 +92,8 @@ export class AttachmentsService {
       requireTls: a.requireTls,
       tlsPskIdentity: a.tlsPskIdentity,
       tlsPskFile: a.tlsPskIdentity ? this.psk.path : null,
+      tlsCertificatesDir: x509Dir,
+      tlsClientCertificate: x509Dir !== null && this.ctx.nbd.tlsKinds().clientCertificates,
       uri,
       createdAt: a.createdAt,
       state: this.disks.stateOf(a.disk).state,
@@ -115,6 +126,7 @@ export class AttachmentsService {
       if (req.requireTls === false && req.tlsPskIdentity) {
         throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'a TLS PSK identity implies requireTls');
       }
+      if (req.tlsPskIdentity !== undefined) checkPskIdentity(req.tlsPskIdentity);
       const row: AttachmentRow = {
         disk,
         exportName,
@@ -123,6 +135,7 @@ export class AttachmentsService {
         tlsPskIdentity: req.tlsPskIdentity ?? null,
         createdAt: new Date().toISOString(),
       };
+      this.checkReachable(row);
       if (row.tlsPskIdentity && this.psk.ensure(row.tlsPskIdentity)) {
         this.ctx.logger.info({ identity: row.tlsPskIdentity, file: this.psk.path }, 'created a TLS PSK for a new identity');
       }
@@ -189,7 +202,21 @@ export class AttachmentsService {
     }
   }
 
+  /**
+   * Refuses a TLS-only attachment no client could open: without a PSK identity it is for x509
+   * clients, and the agent must have a certificate for them.
+   */
+  private checkReachable(row: AttachmentRow): void {
+    if (!row.requireTls || row.tlsPskIdentity || this.ctx.nbd.tlsKinds().x509) return;
+    throw new KmsdiskError(
+      'KMSDISK_ERR_INVALID_ARGUMENT',
+      `export ${row.exportName}: TLS without a PSK identity (--require-tls alone) admits x509 clients only, and this agent has no certificate; ` +
+        'start `kmsdisk serve` with --tls-cert FILE --tls-key FILE (env KMSDISK_TLS_CERT, KMSDISK_TLS_KEY), or attach with --tls-psk-identity ID',
+    );
+  }
+
   private async openAndExport(row: AttachmentRow, opts: { keyMustLoad: boolean }): Promise<void> {
+    this.checkReachable(row);
     const diskRow = this.disks.row(row.disk);
     const volume = await Volume.open(diskRow.path, { readOnly: row.readOnly });
     let keyError: { code: string; message: string } | null = null;
@@ -211,7 +238,11 @@ export class AttachmentsService {
         description: `kmsdisk ${row.disk}`,
         readOnly: row.readOnly,
         requireTls: row.requireTls,
-        ...(row.tlsPskIdentity ? { tlsPskIdentities: [row.tlsPskIdentity] } : {}),
+        // PSK identities are per export: each is created by the attach that names it, and only
+        // attachments naming it admit it (naming it again is how it is shared). A TLS-only
+        // attachment without one is for certificate clients; left open to every identity in
+        // keys.psk, a key handed out for one export would open all of them.
+        ...(row.tlsPskIdentity ? { tlsPskIdentities: [row.tlsPskIdentity] } : row.requireTls ? { tlsPskIdentities: [], tlsX509: true } : {}),
       });
     } catch (err) {
       this.ctx.guard.close(volume);

@@ -18,6 +18,8 @@ export interface StateDirs extends StatePaths {
   /** Scratch space (qcow2 conversions); emptied at start. */
   tmp: string;
   pskFile: string;
+  /** x509 client directory (libnbd tls-certificates=, qemu tls-creds-x509 dir=): ca-cert.pem. */
+  tlsClientDir: string;
 }
 
 export function stateDirs(paths: StatePaths): StateDirs {
@@ -27,6 +29,7 @@ export function stateDirs(paths: StatePaths): StateDirs {
     images: join(paths.root, 'images'),
     tmp: join(paths.root, 'tmp'),
     pskFile: join(paths.tls, 'keys.psk'),
+    tlsClientDir: join(paths.tls, 'x509'),
   };
 }
 

@@ -9,8 +9,38 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync
 import { dirname } from 'node:path';
 import { KmsdiskError } from '../errors.js';
 
+// What an identity may hold: ':' ends the identity in keys.psk, control characters and spaces
+// break the file or the URI's user part, and '@' ends that user part unless percent-encoded
+// (pskUserInfo does that).
 export const PSK_IDENTITY_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$';
 const IDENTITY_RE = new RegExp(PSK_IDENTITY_PATTERN);
+
+/** Why `identity` cannot be a PSK identity, or undefined when it can. */
+function identityProblem(identity: string): string | undefined {
+  if (IDENTITY_RE.test(identity)) return undefined;
+  if (identity.length === 0) return 'it is empty';
+  if (identity.length > 128) return 'it is longer than 128 characters';
+  const badChar = [...identity].find((ch) => !/[A-Za-z0-9._@-]/.test(ch));
+  if (badChar === ':') return "':' separates the identity from its key in keys.psk";
+  if (badChar !== undefined && /[\x00-\x1f\x7f]/.test(badChar)) return 'it holds a control character';
+  if (badChar !== undefined) return `${JSON.stringify(badChar)} is not allowed`;
+  return 'it must start with a letter or a digit';
+}
+
+/** Returns `identity`, or throws a usage error saying what is wrong with it. */
+export function checkPskIdentity(identity: string): string {
+  const why = identityProblem(identity);
+  if (why === undefined) return identity;
+  throw new KmsdiskError(
+    'KMSDISK_ERR_INVALID_ARGUMENT',
+    `TLS PSK identity ${JSON.stringify(identity)} is not valid: ${why} (use 1-128 letters, digits, '.', '_', '@' or '-', starting with a letter or digit)`,
+  );
+}
+
+/** The identity as the user part of an nbds:// URI: '@' would otherwise end it (a@b -> a%40b). */
+export function pskUserInfo(identity: string): string {
+  return encodeURIComponent(identity);
+}
 
 export class PskStore {
   private keys = new Map<string, Buffer>();
@@ -49,9 +79,7 @@ export class PskStore {
 
   /** Makes sure `identity` has a key; returns whether one was created. */
   ensure(identity: string): boolean {
-    if (!IDENTITY_RE.test(identity)) {
-      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `TLS PSK identity ${JSON.stringify(identity)} is not valid (expected ${PSK_IDENTITY_PATTERN})`);
-    }
+    checkPskIdentity(identity);
     if (this.keys.has(identity)) return false;
     this.keys.set(identity, randomBytes(32));
     this.save();

@@ -154,6 +154,8 @@ export const attachmentSchema = {
     requireTls: bool,
     tlsPskIdentity: strOrNull,
     tlsPskFile: strOrNull,
+    tlsCertificatesDir: strOrNull,
+    tlsClientCertificate: bool,
     uri: str,
     createdAt: str,
     state: str,

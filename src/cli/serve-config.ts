@@ -4,12 +4,15 @@
 // KMSDISK_KMS_SECURITY_TOKEN for STS) -- never flags, so secrets stay out of `ps`.
 
 import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { apiAddress, kmsAddress, nbdAddress, formatHostPort, setting, statePaths } from '../config.js';
 import { KmsdiskError } from '../errors.js';
 import { createLogger } from '../util/logger.js';
 import { createMetrics } from '../metrics/registry.js';
 import { readKmsCredentials } from '../kms/credentials.js';
 import type { KmsCredentials } from '../kms/key-service.js';
+import type { TlsCertConfig } from '../nbd/index.js';
+import { loadX509 } from '../agent/x509.js';
 
 export interface ServeFlags {
   state?: string;
@@ -25,12 +28,35 @@ export interface ServeFlags {
   resume?: string;
   events?: boolean;
   protectMetrics?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
 }
 
 function intSetting(flag: string | undefined, env: string, fallback: number, what: string): number {
   const v = Number(setting(flag, env, String(fallback)));
   if (!Number.isInteger(v) || v < 0) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what} must be a whole number of milliseconds`);
   return v;
+}
+
+/**
+ * x509 for NBD STARTTLS from --tls-cert/--tls-key/--tls-ca (or KMSDISK_TLS_CERT/_KEY/_CA).
+ * Undefined when none is set: the NBD server then takes TLS-PSK clients only.
+ */
+function tlsSettings(flags: ServeFlags): { cert: TlsCertConfig } | undefined {
+  const cert = setting(flags.tlsCert, 'KMSDISK_TLS_CERT', '');
+  const key = setting(flags.tlsKey, 'KMSDISK_TLS_KEY', '');
+  const ca = setting(flags.tlsCa, 'KMSDISK_TLS_CA', '');
+  if (!cert && !key && !ca) return undefined;
+  if (!cert || !key) {
+    const missing = !cert && !key ? '--tls-cert and --tls-key' : !cert ? '--tls-cert' : '--tls-key';
+    const given = ca && !cert && !key ? '--tls-ca (client certificates)' : cert ? '--tls-cert' : '--tls-key';
+    throw new KmsdiskError(
+      'KMSDISK_ERR_INVALID_ARGUMENT',
+      `${given} needs ${missing}: x509 TLS serves a certificate and its private key (env KMSDISK_TLS_CERT, KMSDISK_TLS_KEY)`,
+    );
+  }
+  return { cert: loadX509({ cert: resolve(cert), key: resolve(key), ca: ca ? resolve(ca) : undefined }) };
 }
 
 function oneOf<T extends string>(value: string, allowed: readonly T[], what: string): T {
@@ -56,6 +82,7 @@ export function loadAgentConfig(flags: ServeFlags) {
       `no KMS credentials: start the emulator (kmsdisk kms) so it writes ${paths.kmsCredentials}, or set KMSDISK_KMS_ACCESS_KEY_ID and KMSDISK_KMS_ACCESS_KEY_SECRET`,
     );
   }
+  const tls = tlsSettings(flags);
   const logger = createLogger({ name: 'kmsdisk-agent' });
   return {
     paths,
@@ -63,6 +90,7 @@ export function loadAgentConfig(flags: ServeFlags) {
     nbdSocket: flags.nbdSocket,
     api: apiAddress(flags.api),
     protectMetrics: Boolean(flags.protectMetrics),
+    ...(tls ? { tls } : {}),
     kms: {
       endpoint: formatHostPort(kms),
       protocol: oneOf(setting(flags.kmsProtocol, 'KMSDISK_KMS_PROTOCOL', 'http'), ['http', 'https'] as const, '--kms-protocol'),

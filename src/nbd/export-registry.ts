@@ -11,8 +11,17 @@ export interface ExportOptions {
   readOnly?: boolean;
   /** Hidden from LIST and refused (ERR_TLS_REQD) unless the connection upgraded to TLS. */
   requireTls?: boolean;
-  /** Only TLS-PSK connections authenticated as one of these identities may use the export. */
+  /**
+   * The TLS-PSK identities that may use the export. Absent: every identity of the server's PSK
+   * table (the table is the caller's, so its identities are global). Given, even empty: only
+   * these, and TLS is required.
+   */
   tlsPskIdentities?: string[];
+  /**
+   * Whether x509 (certificate) TLS clients may use the export. Default: yes, unless
+   * tlsPskIdentities names who may -- naming identities used to mean "these and nobody else".
+   */
+  tlsX509?: boolean;
 }
 
 export interface ExportEntry {
@@ -22,6 +31,7 @@ export interface ExportEntry {
   readonly readOnly: boolean;
   readonly requireTls: boolean;
   readonly tlsPskIdentities: ReadonlySet<string> | undefined;
+  readonly tlsX509: boolean;
   /** False once removeExport() started: no new connections may pick it. */
   accepting: boolean;
 }
@@ -34,13 +44,17 @@ export interface PeerSecurity {
 
 export type Access = 'ok' | 'tls-required' | 'denied';
 
+/** Whether only TLS connections may use the export. */
+export function needsTls(rule: { requireTls?: boolean | undefined; tlsPskIdentities?: unknown }): boolean {
+  return Boolean(rule.requireTls) || rule.tlsPskIdentities !== undefined;
+}
+
 export function accessOf(entry: ExportEntry, peer: PeerSecurity): Access {
-  const needsTls = entry.requireTls || entry.tlsPskIdentities !== undefined;
-  if (needsTls && !peer.tls) return 'tls-required';
-  if (entry.tlsPskIdentities && (peer.pskIdentity === undefined || !entry.tlsPskIdentities.has(peer.pskIdentity))) {
-    return 'denied';
+  if (!peer.tls) return needsTls(entry) ? 'tls-required' : 'ok';
+  if (peer.pskIdentity !== undefined) {
+    return !entry.tlsPskIdentities || entry.tlsPskIdentities.has(peer.pskIdentity) ? 'ok' : 'denied';
   }
-  return 'ok';
+  return entry.tlsX509 ? 'ok' : 'denied';
 }
 
 export function makeEntry(name: string, opts: ExportOptions): ExportEntry {
@@ -51,6 +65,7 @@ export function makeEntry(name: string, opts: ExportOptions): ExportEntry {
     readOnly: Boolean(opts.readOnly) || opts.device.readOnly,
     requireTls: Boolean(opts.requireTls),
     tlsPskIdentities: opts.tlsPskIdentities ? new Set(opts.tlsPskIdentities) : undefined,
+    tlsX509: opts.tlsX509 ?? opts.tlsPskIdentities === undefined,
     accepting: true,
   };
 }

@@ -73,6 +73,13 @@ interface State {
   peer: PeerSecurity;
 }
 
+/** Why a TLS peer was refused an export (sent to the client; names no other identity). */
+function deniedMessage(peer: PeerSecurity): string {
+  return peer.pskIdentity !== undefined
+    ? `TLS-PSK identity ${JSON.stringify(peer.pskIdentity)} may not use this export`
+    : 'this export admits TLS-PSK clients only, not x509 (certificate) clients';
+}
+
 /** Parses `u32 namelen, name, rest` (INFO/GO and META_CONTEXT share this prefix). */
 function parseName(data: Buffer): { name: string; rest: Buffer } | null {
   if (data.length < 4) return null;
@@ -234,7 +241,7 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
             break;
           }
           if (access === 'denied') {
-            replyError(option, REP.ERR_POLICY, 'this TLS identity may not use this export');
+            replyError(option, REP.ERR_POLICY, deniedMessage(state.peer));
             break;
           }
           sendInfo(option, entry, requests);

@@ -5,7 +5,7 @@ import net from 'node:net';
 import { EventEmitter } from 'node:events';
 import { pino, type Logger } from 'pino';
 import { KmsdiskError } from '../errors.js';
-import { makeEntry, type ExportEntry, type ExportOptions, type PeerSecurity } from './export-registry.js';
+import { makeEntry, needsTls, type ExportEntry, type ExportOptions, type PeerSecurity } from './export-registry.js';
 import { HandshakeError, negotiate, type HandshakeHost } from './handshake.js';
 import { PeerClosedError } from './stream-reader.js';
 import { newStats, type NbdConnectionInfo, type NbdStats } from './stats.js';
@@ -83,8 +83,23 @@ export class NbdServer extends EventEmitter {
       throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'tlsPskIdentities needs a server with TLS configured');
     }
     if (opts.requireTls && !this.tls) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'requireTls needs a server with TLS configured');
+    if (this.tls && needsTls(opts)) {
+      // An export that needs TLS but that no configured kind of TLS client may open would be
+      // listed by attach and reachable by no one.
+      const kinds = this.tls.kinds;
+      const byPsk = kinds.psk && (opts.tlsPskIdentities === undefined || opts.tlsPskIdentities.length > 0);
+      const byX509 = kinds.x509 && (opts.tlsX509 ?? opts.tlsPskIdentities === undefined);
+      if (!byPsk && !byX509) {
+        throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `export ${name} requires TLS, but no kind of TLS client this server takes may open it`);
+      }
+    }
     this.exports.set(name, makeEntry(name, opts));
     this.log.info({ export: name, size: opts.device.size, readOnly: Boolean(opts.readOnly) || opts.device.readOnly }, 'nbd export added');
+  }
+
+  /** Which kinds of TLS client the server takes (all false without TLS). */
+  tlsKinds(): { psk: boolean; x509: boolean; clientCertificates: boolean } {
+    return this.tls?.kinds ?? { psk: false, x509: false, clientCertificates: false };
   }
 
   hasExport(name: string): boolean {

@@ -100,6 +100,11 @@ export class TlsContext {
       : undefined;
   }
 
+  /** Which kinds of TLS client this server can take (what export rules can be satisfied by). */
+  get kinds(): { psk: boolean; x509: boolean; clientCertificates: boolean } {
+    return { psk: this.pskContext !== undefined, x509: this.certContext !== undefined, clientCertificates: this.requestCert };
+  }
+
   /** True when both kinds are configured and the ClientHello must be inspected to choose. */
   get needsClientHello(): boolean {
     return this.pskContext !== undefined && this.certContext !== undefined;

@@ -83,6 +83,8 @@ export interface DaemonStack {
   nbdPort: number;
   kms: ReturnType<typeof daemon>;
   agent: ReturnType<typeof daemon>;
+  /** Extra `kmsdisk serve` arguments startAgent() passes (e.g. --tls-cert FILE). */
+  serveArgs: string[];
   /** Starts `kmsdisk serve` again (after a stop or a kill -9). */
   startAgent(): Promise<void>;
   close(): Promise<void>;
@@ -108,8 +110,9 @@ export async function startDaemonStack(prefix: string): Promise<DaemonStack> {
     nbdPort,
     kms,
     agent: undefined as unknown as ReturnType<typeof daemon>,
+    serveArgs: [],
     async startAgent() {
-      const agent = daemon(['serve'], env);
+      const agent = daemon(['serve', ...stack.serveArgs], env);
       stack.agent = agent;
       await waitFor('the agent API', () => httpOk(`${apiUrl}/healthz`), 60_000).catch((e) => {
         throw new Error(`${(e as Error).message}\nagent output:\n${agent.output()}\nkms output:\n${kms.output()}`);

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import type { NbdServer } from '../../src/nbd/server.js';
 import { plainFileDevice, type TestDevice } from './file-device.js';
 import { MiB, mustRun, run, startServer, tempDir } from './harness.js';
+import { makePki } from './pki.js';
 import { OPT, RawClient, REP } from './raw-client.js';
 
 describe('NBD over TLS (PSK and x509)', () => {
@@ -15,6 +16,7 @@ describe('NBD over TLS (PSK and x509)', () => {
   let secure: TestDevice;
   let aliceOnly: TestDevice;
   let open: TestDevice;
+  let certsOnly: TestDevice;
   let pskFile = '';
   let wrongPskFile = '';
   let bobPskFile = '';
@@ -37,18 +39,12 @@ describe('NBD over TLS (PSK and x509)', () => {
     await writeFile(join(qemuPskDir, 'keys.psk'), `alice:${aliceKey.toString('hex')}\n`, { mode: 0o600 });
 
     // A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
-    caDir = join(d, 'pki');
-    await mkdir(caDir);
-    const ossl = (args: string[]): Promise<string> => mustRun('openssl', args, { cwd: caDir });
-    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-    await ossl(['req', '-x509', ...ec, '-keyout', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=kmsdisk test CA']);
-    await ossl(['req', ...ec, '-keyout', 'server-key.pem', '-out', 'server.csr', '-subj', '/CN=127.0.0.1']);
-    await writeFile(join(caDir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
-    await ossl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', 'server-cert.pem', '-days', '2', '-extfile', 'ext.cnf']);
+    caDir = (await makePki(join(d, 'pki'))).dir;
 
     secure = await plainFileDevice(d, 32 * MiB, { name: 'secure' });
     aliceOnly = await plainFileDevice(d, 8 * MiB, { name: 'alice' });
     open = await plainFileDevice(d, 8 * MiB, { name: 'open' });
+    certsOnly = await plainFileDevice(d, 8 * MiB, { name: 'certs-only' });
     const s = await startServer({
       tls: {
         psk: new Map([
@@ -63,11 +59,13 @@ describe('NBD over TLS (PSK and x509)', () => {
     server.addExport('secure', { device: secure.device, requireTls: true });
     server.addExport('alice-only', { device: aliceOnly.device, tlsPskIdentities: ['alice'] });
     server.addExport('open', { device: open.device });
+    // What the agent makes of `attach --require-tls` without a PSK identity: certificates only.
+    server.addExport('certs-only', { device: certsOnly.device, tlsPskIdentities: [], tlsX509: true });
   });
 
   afterAll(async () => {
     await server?.close();
-    for (const d of [secure, aliceOnly, open]) await d?.close();
+    for (const d of [secure, aliceOnly, open, certsOnly]) await d?.close();
     await dir?.remove();
   });
 
@@ -138,6 +136,27 @@ describe('NBD over TLS (PSK and x509)', () => {
     const r = await run('nbdinfo', [pskUri('bob', 'alice-only', bobPskFile)]);
     expect(r.code).not.toBe(0);
     expect(await mustRun('nbdinfo', [pskUri('bob', 'secure', bobPskFile)])).toMatch(/with TLS/);
+  });
+
+  it('an export with an empty PSK identity list takes x509 clients and refuses every PSK identity', async () => {
+    expect(await mustRun('nbdinfo', [`nbds://127.0.0.1:${port}/certs-only?tls-certificates=${caDir}`])).toContain(`export-size: ${8 * MiB}`);
+    for (const [user, file] of [['alice', pskFile], ['bob', bobPskFile]] as const) {
+      const r = await run('nbdinfo', [pskUri(user, 'certs-only', file)]);
+      expect(r.code, r.stdout).not.toBe(0);
+      // The TLS handshake succeeds (the key is right); the export is refused (NBD_REP_ERR_POLICY).
+      expect(r.stderr).toMatch(/server replied with error to opt_go/);
+    }
+    // ...and is not listed to them.
+    const list = await mustRun('nbdinfo', ['--list', '--json', pskUri('alice', '', pskFile)]);
+    const names = (JSON.parse(list) as { exports: Array<{ 'export-name': string }> }).exports.map((e) => e['export-name']).sort();
+    expect(names).toEqual(['alice-only', 'open', 'secure']);
+    // An export no configured kind of client could open is refused up front.
+    const pskOnly = await startServer({ tls: { psk: new Map([['alice', aliceKey]]) } });
+    try {
+      expect(() => pskOnly.server.addExport('nobody', { device: open.device, tlsPskIdentities: [], tlsX509: true })).toThrow(/no kind of TLS client/);
+    } finally {
+      await pskOnly.server.close();
+    }
   });
 
   it('x509: nbdinfo and qemu verify our certificate and connect', async () => {

@@ -46,7 +46,8 @@ export function registerDaemons(program: Command): void {
       const config = loadAgentConfig(opts);
       const agent = createAgent(config);
       await agent.start();
-      process.stderr.write(`kmsdisk serve: NBD on ${formatHostPort(config.nbd)}, admin API on http://${formatHostPort(config.api)}\n`);
+      const x509 = config.tls?.cert ? (config.tls.cert.requestCert ? ' + x509 with client certificates' : ' + x509') : '';
+      process.stderr.write(`kmsdisk serve: NBD on ${formatHostPort(config.nbd)} (STARTTLS: PSK${x509}), admin API on http://${formatHostPort(config.api)}\n`);
       await untilSignal();
       await agent.stop();
     });
@@ -73,7 +74,10 @@ function serveOptions(cmd: Command): Command {
     .option('--revocation <mode>', 'immediate (default) or on-attach (cloud-faithful)')
     .option('--resume <mode>', 'auto (default) or manual')
     .option('--no-events', 'do not subscribe to the emulator event stream (lease only)')
-    .option('--protect-metrics', 'require the API token on /metrics and /healthz too');
+    .option('--protect-metrics', 'require the API token on /metrics and /healthz too')
+    .option('--tls-cert <file>', 'NBD STARTTLS x509: server certificate, PEM, chain after it (env KMSDISK_TLS_CERT)')
+    .option('--tls-key <file>', 'private key of --tls-cert, PEM, unencrypted (env KMSDISK_TLS_KEY)')
+    .option('--tls-ca <file>', 'require x509 clients to present a certificate from this CA bundle (env KMSDISK_TLS_CA)');
 }
 
 /** Set for the emulator the demo starts (see runDemo). */
