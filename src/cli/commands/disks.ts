@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
-import { clientOptions, type ClientOpts } from '../common.js';
+import { clientOptions, numberChoice, type ClientOpts } from '../common.js';
 import { printFields, printJson, printTable } from '../output.js';
 import { formatSize, parseSize } from '../../util/size.js';
 
@@ -21,11 +21,11 @@ export function registerDisks(program: Command): void {
     .description('create an encrypted disk (default CMK: the service key alias/acs/ecs)')
     .option('--size <size>', 'size, e.g. 1G, 512M (required unless --from-snapshot/--from-image)')
     .option('--kms-key-id <id>', 'CMK id or alias (a customer CMK must be authorized first)')
-    .option('--sector-size <n>', '512 or 4096', '4096')
+    .option('--sector-size <n>', '512 or 4096', numberChoice([512, 4096]), 4096)
     .option('--from-snapshot <snapshot>', 'create from a snapshot (same CMK)')
     .option('--from-image <image>', 'create from an image (encrypted under --kms-key-id)')
     .action(async (name: string, opts: ClientOpts) => {
-      const body: Record<string, unknown> = { name, sectorSize: Number(opts.sectorSize) };
+      const body: Record<string, unknown> = { name, sectorSize: opts.sectorSize as number };
       if (opts.size !== undefined) body.size = parseSize(String(opts.size));
       if (opts.kmsKeyId) body.kmsKeyId = opts.kmsKeyId;
       if (opts.fromSnapshot) body.fromSnapshot = opts.fromSnapshot;
@@ -44,13 +44,13 @@ export function registerDisks(program: Command): void {
         { header: 'name', get: (d) => d.name },
         { header: 'size', get: (d) => formatSize(d.size) },
         { header: 'sector', get: (d) => d.sectorSize },
-        { header: 'state', get: (d) => d.state },
+        { header: 'state', get: (d) => (d.stateReason ? `${d.state} (${d.stateReason})` : d.state) },
         { header: 'cmk', get: (d) => d.kmsKeyId },
       ]);
     });
 
   clientOptions(disk.command('show <name>'))
-    .description('show a disk and its state (available, in-use, key-revoked)')
+    .description('show a disk and its state (available, in-use, key-revoked, or error with the reason)')
     .action(async (name: string, opts: ClientOpts) => {
       const d = await new ApiClient(opts).get<DiskView>(`/v1/disks/${enc(name)}`);
       if (opts.json) printJson(d);
