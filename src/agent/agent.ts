@@ -315,6 +315,7 @@ export function createAgent(config: AgentConfig): Agent {
 
     // Restore: headers, then attachments (keys unwrapped through the guard), then jobs and timers.
     await disks.load();
+    disks.startRevalidation();
     await snapshots.load();
     await images.load();
     await attachments.restoreAll(Math.max(1000, config.keyGuard.leaseIntervalMs * 5));
@@ -348,6 +349,7 @@ export function createAgent(config: AgentConfig): Agent {
     await api?.close().catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'closing the API failed'));
     await services?.jobs.stop();
     await services?.policies.stop();
+    await services?.disks.stopRevalidation();
     await nbd?.close();
     await services?.attachments.closeAll();
     await guard?.stop();

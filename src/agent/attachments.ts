@@ -14,6 +14,9 @@ import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
 import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
 
+/** Volume.open failures that are about the file (not the request or a conflict in this process). */
+const VOLUME_FILE_ERRORS = new Set<string>(['KMSDISK_ERR_VOLUME_CORRUPT', 'KMSDISK_ERR_VOLUME_SIZE', 'KMSDISK_ERR_NOT_FOUND', 'KMSDISK_ERR_IO', 'KMSDISK_ERR_INVALID_ARGUMENT']);
+
 export interface AttachRequest {
   disk: string;
   export?: string;
@@ -218,7 +221,15 @@ export class AttachmentsService {
   private async openAndExport(row: AttachmentRow, opts: { keyMustLoad: boolean }): Promise<void> {
     this.checkReachable(row);
     const diskRow = this.disks.row(row.disk);
-    const volume = await Volume.open(diskRow.path, { readOnly: row.readOnly });
+    let volume: Volume;
+    try {
+      volume = await Volume.open(diskRow.path, { readOnly: row.readOnly });
+    } catch (err) {
+      // The volume file itself is unusable (corrupt header, wrong size, gone): the disk's state
+      // must say so from now on, not the header cached from an earlier good read.
+      if (VOLUME_FILE_ERRORS.has(errorCodeOf(err) ?? '')) await this.disks.markUnreadable(diskRow, err);
+      throw err;
+    }
     let keyError: { code: string; message: string } | null = null;
     try {
       await this.ctx.guard.open(volume, row.disk);

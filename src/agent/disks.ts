@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { KmsdiskError } from '../errors.js';
+import { KmsdiskError, errorCodeOf, isErrorCode } from '../errors.js';
 import { cloneVolumeFile, inspectVolume, inspectVolumeFile, Volume, type SectorSize, type VolumeHeader, type VolumeInspection } from '../volume/index.js';
 import type { DiskRow } from './catalog.js';
 import type { AgentContext } from './context.js';
@@ -16,6 +16,7 @@ import { checkName } from './names.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
 import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import { parseSize } from '../util/size.js';
+import { VolumeSizeLimit } from './size-limit.js';
 
 export type DiskState = 'available' | 'in-use' | 'key-revoked' | 'error';
 
@@ -33,6 +34,8 @@ export interface DiskView {
   lineage: Record<string, string>;
   /** Why the key is not usable (KMS deny cause or error code), when state is key-revoked or error. */
   stateReason: string | null;
+  /** State `error`: what is wrong with the volume file, in words (e.g. truncated, both header copies corrupt). */
+  stateMessage: string | null;
 }
 
 export interface CreateDiskRequest {
@@ -46,40 +49,150 @@ export interface CreateDiskRequest {
 
 const DEFAULT_SECTOR_SIZE = 4096;
 
-type HeaderOrError = { header: VolumeHeader } | { error: { code: string; message: string } };
+/**
+ * What the file looked like when its header was last read: a change of any of these (a write
+ * changes ctime, a truncate the size, a replaced file the inode) means the cached header or
+ * error may be stale.
+ */
+interface FileStamp {
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+/**
+ * A disk's header, or why its volume cannot be opened; with an error, `lastHeader` is the header
+ * as last read (or as read now, when only the file size is wrong) so list and show still give
+ * the disk's size and CMK.
+ */
+type HeaderOrError = ({ header: VolumeHeader } | { error: { code: string; message: string }; lastHeader?: VolumeHeader }) & { stamp: FileStamp | null };
+
+/** How often the agent re-checks the volume files of disks it does not hold open. */
+const DEFAULT_REVALIDATE_MS = 5000;
 
 export class DisksService {
   private readonly headers = new Map<string, HeaderOrError>();
+  private readonly sizeLimit: VolumeSizeLimit;
+  private revalidateTimer: NodeJS.Timeout | null = null;
+  private sweeping: Promise<void> | null = null;
 
-  constructor(private readonly ctx: AgentContext) {}
+  constructor(private readonly ctx: AgentContext) {
+    this.sizeLimit = new VolumeSizeLimit(ctx.dirs.volumes);
+  }
 
   /** Reads every disk's header (start-up). A bad file shows as state `error`, never a crash. */
   async load(): Promise<void> {
     for (const row of this.ctx.catalog.listDisks()) await this.refreshHeader(row);
   }
 
+  /**
+   * Keeps list/show/metrics honest about volumes that cannot be opened: every `intervalMs` the
+   * file of each disk the agent does not hold open is stat()ed (cheap), and its header re-read and
+   * its size re-checked only when the file changed. A volume that went bad shows `error` with the
+   * reason; one that was repaired comes back as `available`.
+   */
+  startRevalidation(intervalMs = DEFAULT_REVALIDATE_MS): void {
+    if (this.revalidateTimer) return;
+    this.revalidateTimer = setInterval(() => void this.revalidateAll(), intervalMs);
+    this.revalidateTimer.unref();
+  }
+
+  async stopRevalidation(): Promise<void> {
+    if (this.revalidateTimer) clearInterval(this.revalidateTimer);
+    this.revalidateTimer = null;
+    await this.sweeping;
+  }
+
+  /** One sweep over every disk (also what the timer runs); overlapping sweeps are merged. */
+  revalidateAll(): Promise<void> {
+    this.sweeping ??= (async () => {
+      try {
+        for (const row of this.ctx.catalog.listDisks()) await this.revalidate(row.name).catch(() => undefined);
+      } finally {
+        this.sweeping = null;
+      }
+    })();
+    return this.sweeping;
+  }
+
+  /** Re-checks one disk's volume file if it changed since it was read (under the disk's lock). */
+  async revalidate(name: string): Promise<void> {
+    await this.ctx.locks.run(`disk:${name}`, async () => {
+      const row = this.ctx.catalog.getDisk(name);
+      if (row) await this.revalidateLocked(row);
+    });
+  }
+
+  /** Same, for a caller that already holds the disk's lock. */
+  private async revalidateLocked(row: DiskRow): Promise<void> {
+    if (this.ctx.open.get(row.name)) return; // the open volume is the truth while attached
+    const cached = this.headers.get(row.name);
+    const stamp = await stampOf(row.path);
+    if (cached && cached.stamp && stamp && sameStamp(cached.stamp, stamp)) return;
+    await this.refreshHeader(row);
+  }
+
   async refreshHeader(row: DiskRow): Promise<void> {
     const open = this.ctx.open.get(row.name);
     if (open) {
-      this.headers.set(row.name, { header: open.volume.header });
+      this.headers.set(row.name, { header: open.volume.header, stamp: null });
     } else {
+      // Stamp first: a change racing the read shows as a different stamp next time.
+      const stamp = await stampOf(row.path);
+      let readable: VolumeHeader | undefined;
       try {
         const info = await inspectVolumeFile(row.path);
-        this.headers.set(row.name, { header: headerOf(info) });
+        // Volume.open refuses a file whose length disagrees with its header; so does the state.
+        const expected = info.dataOffset + info.size;
+        if (info.file.size !== expected) {
+          readable = headerOf(info);
+          throw new KmsdiskError(
+            'KMSDISK_ERR_VOLUME_SIZE',
+            info.file.size < expected
+              ? `volume file ${row.path} is truncated: ${info.file.size} bytes, the header needs ${expected}`
+              : `volume file ${row.path} is ${info.file.size} bytes, the header says ${expected}`,
+          );
+        }
+        const before = this.headers.get(row.name);
+        if (before && 'error' in before) this.ctx.logger.info({ disk: row.name, path: row.path }, 'disk volume readable again');
+        this.headers.set(row.name, { header: headerOf(info), stamp });
       } catch (err) {
-        const e = err as { code?: string; message?: string };
-        this.ctx.logger.error({ disk: row.name, path: row.path, code: e.code }, `disk header unreadable: ${e.message}`);
-        this.headers.set(row.name, { error: { code: e.code ?? 'KMSDISK_ERR_IO', message: e.message ?? String(err) } });
+        this.setError(row, err, stamp, readable);
       }
     }
     this.ctx.bumpVersion();
+  }
+
+  /**
+   * Records that the disk's volume cannot be opened (e.g. an attach failed on it), so list, show
+   * and metrics say `error` with the reason instead of the last good header.
+   */
+  async markUnreadable(row: DiskRow, err: unknown): Promise<void> {
+    this.setError(row, err, await stampOf(row.path));
+    this.ctx.bumpVersion();
+  }
+
+  private setError(row: DiskRow, err: unknown, stamp: FileStamp | null, readable?: VolumeHeader): void {
+    const e = err as { code?: unknown; message?: unknown };
+    const code = errorCodeOf(err) === 'KMSDISK_ERR_NOT_FOUND' ? 'KMSDISK_ERR_VOLUME_CORRUPT' : (errorCodeOf(err) ?? 'KMSDISK_ERR_IO');
+    const message = errorCodeOf(err) === 'KMSDISK_ERR_NOT_FOUND' ? `volume file ${row.path} is missing` : typeof e.message === 'string' ? e.message : String(err);
+    const before = this.headers.get(row.name);
+    if (!before || !('error' in before) || before.error.message !== message) {
+      this.ctx.logger.error({ disk: row.name, path: row.path, code }, `disk volume unusable: ${message}`);
+    }
+    const lastHeader = readable ?? (before ? ('header' in before ? before.header : before.lastHeader) : undefined);
+    this.headers.set(row.name, { error: { code, message }, stamp, ...(lastHeader ? { lastHeader } : {}) });
   }
 
   /** The header of a disk (from memory). */
   header(name: string): VolumeHeader {
     const h = this.headers.get(name);
     if (!h) throw notFound(name);
-    if ('error' in h) throw new KmsdiskError('KMSDISK_ERR_VOLUME_CORRUPT', `disk ${name}: ${h.error.message}`);
+    if ('error' in h) {
+      const code = isErrorCode(h.error.code) ? h.error.code : 'KMSDISK_ERR_VOLUME_CORRUPT';
+      throw new KmsdiskError(code, `disk ${name}: ${h.error.message}`);
+    }
     return h.header;
   }
 
@@ -102,9 +215,16 @@ export class DisksService {
     return this.viewOf(this.row(name));
   }
 
-  stateOf(name: string): { state: DiskState; reason: string | null } {
+  /** `show` after re-checking the volume file if it changed (GET /v1/disks/:name). */
+  async showFresh(name: string): Promise<DiskView> {
+    this.row(name);
+    await this.revalidate(name);
+    return this.show(name);
+  }
+
+  stateOf(name: string): { state: DiskState; reason: string | null; message?: string } {
     const h = this.headers.get(name);
-    if (h && 'error' in h) return { state: 'error', reason: h.error.code };
+    if (h && 'error' in h) return { state: 'error', reason: h.error.code, message: h.error.message };
     const open = this.ctx.open.get(name);
     if (!open) return { state: 'available', reason: null };
     if (open.keyError) return { state: 'key-revoked', reason: open.keyError.code };
@@ -116,8 +236,8 @@ export class DisksService {
 
   private viewOf(row: DiskRow): DiskView {
     const h = this.headers.get(row.name);
-    const header = h && 'header' in h ? h.header : undefined;
-    const { state, reason } = this.stateOf(row.name);
+    const header = h ? ('header' in h ? h.header : h.lastHeader) : undefined;
+    const { state, reason, message } = this.stateOf(row.name);
     const att = this.ctx.catalog.getAttachment(row.name);
     return {
       name: row.name,
@@ -132,6 +252,7 @@ export class DisksService {
       attachment: att ? { export: att.exportName, readOnly: att.readOnly } : null,
       lineage: { ...(header?.lineage ?? {}) } as Record<string, string>,
       stateReason: reason,
+      stateMessage: message ?? null,
     };
   }
 
@@ -152,6 +273,9 @@ export class DisksService {
       const size = req.size === undefined ? undefined : parseSize(req.size, 'size');
       const sectorSize = req.sectorSize ?? DEFAULT_SECTOR_SIZE;
       if (sectorSize !== 512 && sectorSize !== 4096) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'sectorSize must be 512 or 4096');
+      // Before anything is created (data key, file, catalog row): a size the file system cannot
+      // hold is the caller's mistake, with the maximum in the message.
+      if (size !== undefined) await this.sizeLimit.check(size, `disk ${name}`);
       const id = randomUUID();
       const path = join(this.ctx.dirs.volumes, `${id}.kdisk`);
       let header: VolumeHeader;
@@ -171,7 +295,7 @@ export class DisksService {
         await fsp.unlink(path).catch(() => undefined);
         throw err;
       }
-      this.headers.set(name, { header });
+      this.headers.set(name, { header, stamp: await stampOf(path) });
       this.ctx.bumpVersion();
       this.ctx.logger.info({ disk: name, size: header.size, kmsKeyId: header.kms.keyId }, 'disk created');
       return this.show(name);
@@ -224,6 +348,7 @@ export class DisksService {
     const finalSize = size ?? minSize;
     if (finalSize < imageSize) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${finalSize} is smaller than image ${imageName} (${imageSize} bytes)`);
     checkSize(finalSize, sectorSize);
+    await this.sizeLimit.check(finalSize, `disk ${name}`);
     const { volume, slot } = await createEncryptedVolume(this.ctx, path, {
       size: finalSize,
       sectorSize: sectorSize as SectorSize,
@@ -270,10 +395,12 @@ export class DisksService {
   async resize(name: string, sizeInput: number | string): Promise<DiskView> {
     return this.ctx.locks.run(`disk:${name}`, async () => {
       const row = this.row(name);
+      await this.revalidateLocked(row);
       const header = this.header(name);
       const size = parseSize(sizeInput, 'size');
       if (size < header.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `disks can only grow: ${name} is ${header.size} bytes, asked ${size}`);
       checkSize(size, header.sectorSize);
+      await this.sizeLimit.check(size, `resize of disk ${name}`);
       const open = this.ctx.open.get(name);
       if (open) {
         await open.volume.resize(size);
@@ -367,4 +494,17 @@ export function checkSize(size: number, sectorSize: number): void {
     throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size must be a positive multiple of the sector size ${sectorSize}, got ${size}`);
   }
   if (size > 2 ** 50) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'size must be at most 1 PiB');
+}
+
+async function stampOf(path: string): Promise<FileStamp | null> {
+  try {
+    const st = await fsp.stat(path);
+    return { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+  } catch {
+    return null;
+  }
+}
+
+function sameStamp(a: FileStamp, b: FileStamp): boolean {
+  return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
 }

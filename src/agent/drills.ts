@@ -1,13 +1,16 @@
 // Revocation drills from the API (same engine as `kmsdisk drill`): a real NBD client reads and
 // writes the attached disk while the agent, with the CMK owner's credentials, takes access away
 // through the KMS API and (optionally) gives it back. The wipe time comes from the key guard's
-// own revocation record. The drill reads the first MiB first and only ever writes those same
+// own revocation record, and what data left after it from the NBD server's own record of sends. The drill reads the first MiB first and only ever writes those same
 // bytes back, so the disk's data is unchanged; it runs only while no other client is connected,
 // since another writer's update could otherwise be overwritten by the drill's rewrite.
 
 import { KmsdiskError } from '../errors.js';
 import { formatHostPort, type HostPort } from '../config.js';
-import { DRILL_ACTIONS, runDrill, type DrillAction, type DrillReport } from '../drill/drill.js';
+import { DRILL_ACTIONS, runDrill, type DataSendAudit, type DrillAction, type DrillReport } from '../drill/drill.js';
+import { nowMs } from '../keys/clock.js';
+import type { NbdServer } from '../nbd/index.js';
+import type { NbdRequestEvent } from '../nbd/stats.js';
 import type { AttachmentsService } from './attachments.js';
 import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
@@ -45,6 +48,11 @@ export class DrillsService {
     if (this.running) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', 'a drill is already running');
     const header = this.deps.disks.header(req.disk);
     const att = this.deps.attachments.show(req.disk);
+    // A disk that is not serving now would only time out after the drill's workload started.
+    const { state, reason } = this.deps.disks.stateOf(req.disk);
+    if (state !== 'in-use') {
+      throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} is ${state}${reason ? ` (${reason})` : ''}, not serving: a drill needs a disk whose key is usable`);
+    }
     if (att.requireTls) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} requires TLS; drills use a plain NBD connection (attach it without TLS for the drill)`);
     if (att.readOnly) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} is attached read-only; the drill writes (the same bytes back)`);
     // A client that just sent NBD_CMD_DISC is still listed until its in-flight requests finish
@@ -58,6 +66,9 @@ export class DrillsService {
       throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} has ${clients} connected NBD client(s); run drills while no one else uses the disk (the drill rewrites blocks it read)`);
     }
     this.running = true;
+    // The agent's own record of every read reply let out on the export: the drill's evidence of
+    // what left after the wipe, independent of when the in-process client got to the replies.
+    const audit = new ExportSendAudit(this.ctx.nbd, att.export);
     try {
       return await runDrill({
         nbdUri: `nbd://${formatHostPort(this.deps.nbdAddress())}/${encodeURIComponent(att.export)}`,
@@ -72,9 +83,55 @@ export class DrillsService {
           const r = await this.deps.waitForRevocation(keyId, sinceMs, timeoutMs);
           return r ? (r.wipedAt ?? null) : null;
         },
+        audit,
+        // The client below runs on this process's event loop, so its receive times trail the
+        // agent's sends (most of all while the agent is busy with the revocation itself).
+        clientInAgentEventLoop: true,
       });
     } finally {
+      audit.close();
       this.running = false;
     }
+  }
+}
+
+/**
+ * Counts the read replies carrying data that the NBD server let out on one export, by the time
+ * each passed the key check (`releasedAt` of the server's 'request' events: native lanes and
+ * Node-served reads both stamp it on the key-guard clock).
+ */
+class ExportSendAudit implements DataSendAudit {
+  private static readonly MAX_RECORDS = 4_000_000;
+  private sends: number[] = [];
+  private readonly listener = (ev: NbdRequestEvent): void => {
+    if (ev.export !== this.exportName || ev.command !== 'read' || ev.errno !== 0) return;
+    // Without a stamp, "now" is later than the real send: it can only count more, never hide one.
+    this.sends.push(ev.releasedAt ?? nowMs());
+    if (this.sends.length > ExportSendAudit.MAX_RECORDS) this.sends = this.sends.slice(ExportSendAudit.MAX_RECORDS / 2);
+  };
+
+  constructor(
+    private readonly nbd: NbdServer,
+    private readonly exportName: string,
+  ) {
+    nbd.on('request', this.listener);
+  }
+
+  dataSendsAfter(t: number, until = Number.POSITIVE_INFINITY): number {
+    this.nbd.flushStats(); // native lanes report in batches: take in everything up to now
+    let n = 0;
+    for (const x of this.sends) if (x > t && x <= until) n++;
+    return n;
+  }
+
+  lastDataSend(until = Number.POSITIVE_INFINITY): number | null {
+    this.nbd.flushStats();
+    let last: number | null = null;
+    for (const x of this.sends) if (x <= until && (last === null || x > last)) last = x;
+    return last;
+  }
+
+  close(): void {
+    this.nbd.off('request', this.listener);
   }
 }

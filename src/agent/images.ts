@@ -22,6 +22,7 @@ import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import type { JobRunContext, JobsService, JobView } from './jobs.js';
 import { checkName } from './names.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
+import { VolumeSizeLimit } from './size-limit.js';
 
 const execFileP = promisify(execFile);
 
@@ -52,12 +53,14 @@ interface CopyParams {
 
 export class ImagesService {
   private readonly meta = new Map<string, { size: number; kmsKeyId: string | null }>();
+  private readonly sizeLimit: VolumeSizeLimit;
 
   constructor(
     private readonly ctx: AgentContext,
     private readonly jobs: JobsService,
     private readonly opts: { checkpointBytes?: number; rateBytesPerSec?: number; importRoots?: string[] } = {},
   ) {
+    this.sizeLimit = new VolumeSizeLimit(ctx.dirs.images);
     jobs.register(COPY_JOB_KIND, {
       run: (rc) => this.runCopy(rc),
       cleanup: (job) => this.cleanupCopy(job),
@@ -70,7 +73,9 @@ export class ImagesService {
 
   private async refresh(i: ImageRow): Promise<void> {
     try {
-      if (i.encrypted && i.state === 'available') {
+      // An encrypted image being written by a copy job already has its final header (size and
+      // CMK are fixed when the job starts): list it with those, not as an empty image.
+      if (i.encrypted) {
         const h = await inspectVolumeFile(i.path);
         this.meta.set(i.name, { size: h.size, kmsKeyId: h.kms.keyId });
       } else if (!i.encrypted) {
@@ -185,7 +190,9 @@ export class ImagesService {
       const id = randomUUID();
       const destPath = join(this.ctx.dirs.images, `${id}.kdisk`);
       const size = roundUp(Math.max(1, await plainImageSize(src.path)), sectorSize);
+      await this.sizeLimit.check(size, `encrypted image ${dest}`);
       const { volume, slot } = await createEncryptedVolume(this.ctx, destPath, { size, sectorSize: sectorSize as SectorSize, kmsKeyId, name: dest, lineage: { image: source } });
+      const target = { size: volume.header.size, kmsKeyId: volume.header.kms.keyId };
       await volume.close();
       slot.wipe();
       try {
@@ -194,6 +201,7 @@ export class ImagesService {
         await fsp.unlink(destPath).catch(() => undefined);
         throw err;
       }
+      this.meta.set(dest, target);
       const params: CopyParams = { source, dest, kmsKeyId, destPath, sectorSize };
       this.ctx.bumpVersion();
       return this.jobs.submit(COPY_JOB_KIND, params as unknown as Record<string, unknown>, await plainImageSize(src.path));

@@ -32,6 +32,7 @@ export function createDiskListCache(s: Pick<AgentServices, 'disks' | 'version'>)
             kmsKeyId: d.kmsKeyId,
             state: d.state,
             ...(d.stateReason !== null ? { stateReason: d.stateReason } : {}),
+            ...(d.stateMessage !== null ? { stateMessage: d.stateMessage } : {}),
             createdAt: d.createdAt,
             attachment: d.attachment,
           }));

@@ -46,6 +46,7 @@ export const diskSchema = {
     kmsKeyId: strOrNull,
     state: { type: 'string', enum: ['available', 'in-use', 'key-revoked', 'error'] },
     stateReason: strOrNull,
+    stateMessage: { ...strOrNull, description: 'state error: what is wrong with the volume file' },
     createdAt: str,
     path: str,
     attachment: {
@@ -66,6 +67,7 @@ export const diskSummarySchema = {
     kmsKeyId: strOrNull,
     state: { type: 'string', enum: ['available', 'in-use', 'key-revoked', 'error'] },
     stateReason: str,
+    stateMessage: str,
     createdAt: str,
     attachment: {
       anyOf: [{ type: 'null' }, { type: 'object', properties: { export: str, readOnly: bool } }],

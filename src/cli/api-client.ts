@@ -17,9 +17,23 @@ export class ApiClient {
   readonly baseUrl: string;
   private readonly token: string | undefined;
 
+  /** Where the token came from, for messages when the agent refuses it. */
+  private readonly tokenSource: string;
+
   constructor(opts: GlobalOptions) {
     this.baseUrl = `http://${formatHostPort(apiAddress(opts.api))}`;
-    this.token = opts.token ?? process.env.KMSDISK_API_TOKEN ?? readToken(statePaths(opts.state).apiToken);
+    if (opts.token !== undefined) {
+      this.token = opts.token;
+      this.tokenSource = 'the --token option';
+    } else if (process.env.KMSDISK_API_TOKEN) {
+      this.token = process.env.KMSDISK_API_TOKEN;
+      this.tokenSource = 'KMSDISK_API_TOKEN';
+    } else {
+      const file = statePaths(opts.state).apiToken;
+      const t = readToken(file);
+      this.token = t.token;
+      this.tokenSource = t.token !== undefined ? file : `${file} (${t.problem})`;
+    }
   }
 
   async request<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
@@ -49,9 +63,20 @@ export class ApiClient {
     if (!res.ok) {
       const b = (data ?? {}) as { code?: string; message?: string; requestId?: string; ecsCode?: string };
       const code = isErrorCode(b.code) ? b.code : res.status === 404 ? 'KMSDISK_ERR_NOT_FOUND' : 'KMSDISK_ERR_INTERNAL';
-      throw new KmsdiskError(code, b.message ?? `HTTP ${res.status}`, { ecsCode: b.ecsCode, requestId: b.requestId });
+      // The agent cannot know where this CLI looked for its token: say it here, so a wrong
+      // --state or KMSDISK_STATE is obvious.
+      const message = code === 'KMSDISK_ERR_UNAUTHORIZED' ? this.tokenHint(b.message) : (b.message ?? `HTTP ${res.status}`);
+      throw new KmsdiskError(code, message, { ecsCode: b.ecsCode, requestId: b.requestId });
     }
     return data as T;
+  }
+
+  private tokenHint(agentMessage: string | undefined): string {
+    if (this.token === undefined) {
+      return `no API token: it is read from ${this.tokenSource}; point --state (or KMSDISK_STATE) at the agent's state folder, or pass --token / KMSDISK_API_TOKEN`;
+    }
+    const hint = this.tokenSource.startsWith('/') ? 'is that file in the state folder of this agent?' : "is it this agent's token (<state>/api-token)?";
+    return `the agent at ${this.baseUrl} refused the API token from ${this.tokenSource} (${agentMessage ?? 'unauthorized'}): ${hint}`;
   }
 
   get<T = unknown>(path: string): Promise<T> {
@@ -68,11 +93,13 @@ export class ApiClient {
   }
 }
 
-function readToken(path: string): string | undefined {
+function readToken(path: string): { token?: string; problem: string } {
   try {
-    return readFileSync(path, 'utf8').trim();
-  } catch {
-    return undefined;
+    const token = readFileSync(path, 'utf8').trim();
+    return token ? { token, problem: '' } : { problem: 'the file is empty' };
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    return { problem: code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String((err as Error).message) };
   }
 }
 

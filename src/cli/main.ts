@@ -4,6 +4,7 @@
 
 import { Command, CommanderError } from 'commander';
 import { reportError } from './output.js';
+import { ERRORS } from '../errors.js';
 import { registerVersion } from './commands/version.js';
 import { registerDaemons } from './commands/daemons.js';
 import { registerKeys } from './commands/keys.js';
@@ -44,9 +45,25 @@ export async function main(argv: string[]): Promise<void> {
     if (err instanceof CommanderError) {
       // --help and --version exit through here with code 0.
       if (err.exitCode === 0) return;
+      if (err.code === 'commander.help') {
+        // A command group without its subcommand (`kmsdisk disk`): commander has already
+        // printed the group's help to stderr, and its message is only a placeholder
+        // ("(outputHelp)"), so no error line follows; a usage error all the same (exit 2).
+        const group = groupOf(program, argv);
+        const message = `${group ? `kmsdisk ${group.name()}` : 'kmsdisk'} needs a subcommand: ${(group ?? program).commands.map((c) => c.name()).filter((n) => n !== 'help').join(', ')}`;
+        if (wantsJson) process.stdout.write(JSON.stringify({ error: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message } }) + '\n');
+        process.exitCode = ERRORS.KMSDISK_ERR_INVALID_ARGUMENT.exit;
+        return;
+      }
       process.exitCode = reportError({ code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: err.message.replace(/^error: /, '') }, wantsJson);
       return;
     }
     process.exitCode = reportError(err, wantsJson);
   }
+}
+
+/** The command group named by the first operand (`disk` in `kmsdisk disk --json`), if any. */
+function groupOf(program: Command, argv: string[]): Command | undefined {
+  const first = argv.slice(2).find((a) => !a.startsWith('-'));
+  return program.commands.find((c) => c.name() === first && c.commands.length > 0);
 }

@@ -2,7 +2,7 @@
 // otherwise a table or key/value list. Errors go to stderr with their stable code, and the
 // process exits with the code's class (src/errors.ts EXIT).
 
-import { ERRORS, EXIT, KmsdiskError, isErrorCode } from '../errors.js';
+import { ERRORS, KmsdiskError, isErrorCode, type ErrorCode } from '../errors.js';
 
 export interface OutputOptions {
   json?: boolean;
@@ -44,19 +44,51 @@ function cellText(v: unknown): string {
 
 /** Print an error the way scripts expect and return the exit code to use. */
 export function reportError(err: unknown, json: boolean): number {
-  const e = err as { code?: unknown; message?: string; ecsCode?: string; requestId?: string };
-  const code = typeof e?.code === 'string' ? e.code : 'KMSDISK_ERR_INTERNAL';
-  const message = e?.message ?? String(err);
-  const exit = isErrorCode(code) ? ERRORS[code].exit : code.startsWith('commander.') ? EXIT.usage : EXIT.internal;
+  const e = tableError(err);
+  const exit = ERRORS[e.code].exit;
   if (json) {
     process.stdout.write(
-      JSON.stringify({ error: { code, message, ...(e.ecsCode ? { ecsCode: e.ecsCode } : {}), ...(e.requestId ? { requestId: e.requestId } : {}) } }) + '\n',
+      JSON.stringify({ error: { code: e.code, message: e.message, ...(e.ecsCode ? { ecsCode: e.ecsCode } : {}), ...(e.requestId ? { requestId: e.requestId } : {}) } }) + '\n',
     );
   }
   const ecs = e.ecsCode ? ` [${e.ecsCode}]` : '';
-  process.stderr.write(`kmsdisk: error ${code}${ecs}: ${message}\n`);
+  process.stderr.write(`kmsdisk: error ${e.code}${ecs}: ${e.message}\n`);
   return exit;
 }
+
+/**
+ * Any thrown value as an error of the one table. Commands are expected to throw table errors
+ * themselves (naming the file or object involved); this is the safety net, so a script never
+ * sees a code outside the table (e.g. Node's ENOENT) nor exit 1 for a bad argument: file-system
+ * errors map onto the class they belong to, anything else is KMSDISK_ERR_INTERNAL.
+ */
+export function tableError(err: unknown): { code: ErrorCode; message: string; ecsCode?: string; requestId?: string } {
+  const e = (err ?? {}) as { code?: unknown; message?: unknown; ecsCode?: unknown; requestId?: unknown; path?: unknown };
+  const message = typeof e.message === 'string' ? e.message : String(err);
+  const extra = {
+    ...(typeof e.ecsCode === 'string' && e.ecsCode ? { ecsCode: e.ecsCode } : {}),
+    ...(typeof e.requestId === 'string' && e.requestId ? { requestId: e.requestId } : {}),
+  };
+  if (isErrorCode(e.code)) return { code: e.code, message, ...extra };
+  if (typeof e.code === 'string' && e.code.startsWith('commander.')) return { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: message.replace(/^error: /, ''), ...extra };
+  const sys = typeof e.code === 'string' ? SYSTEM_ERRORS[e.code] : undefined;
+  if (sys) {
+    const where = typeof e.path === 'string' ? `${e.path}: ` : '';
+    return { code: sys.code, message: `${where}${sys.what} (${message})`, ...extra };
+  }
+  return { code: 'KMSDISK_ERR_INTERNAL', message: typeof e.code === 'string' ? `${e.code}: ${message}` : message, ...extra };
+}
+
+const SYSTEM_ERRORS: Record<string, { code: ErrorCode; what: string }> = {
+  ENOENT: { code: 'KMSDISK_ERR_NOT_FOUND', what: 'no such file or directory' },
+  EISDIR: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', what: 'is a directory, not a file' },
+  ENOTDIR: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', what: 'a component of the path is not a directory' },
+  EACCES: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', what: 'permission denied' },
+  EPERM: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', what: 'operation not permitted' },
+  EEXIST: { code: 'KMSDISK_ERR_ALREADY_EXISTS', what: 'already exists' },
+  ENOSPC: { code: 'KMSDISK_ERR_NO_SPACE', what: 'no space left on the device' },
+  EFBIG: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', what: 'file too large for the file system' },
+};
 
 export function usageError(message: string): KmsdiskError {
   return new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', message);

@@ -8,7 +8,11 @@
 //   --restore restoreCallIssued/Returned and firstReadServedAgain;
 // plus the counts that matter: reads that returned data after the KMS call returned, and data
 // replies sent after the wipe began (from the agent's own audit when available, else the reads
-// the client issued after the wipe that still got data).
+// the client issued after the wipe that still got data). Client times are when the client
+// handled a reply, which can be after the agent sent it (the more so when the client shares
+// the agent's event loop, as API drills do): a reply sent before the wipe may be received after
+// it, so the report also gives the agent's own last send and the count of such late receipts,
+// and never counts those as data served after the wipe.
 //
 // Against a remote KMS (no event stream) the same drill works: the agent's lease notices within
 // one interval, and the wipe time comes from the agent's revocation event.
@@ -29,6 +33,8 @@ export type DrillAction = (typeof DRILL_ACTIONS)[number];
  */
 export interface DataSendAudit {
   dataSendsAfter(t: number, until?: number): number | Promise<number>;
+  /** When the last read data left at or before `until` (epoch ms), or null if none did. */
+  lastDataSend?(until?: number): number | null | Promise<number | null>;
 }
 
 export interface DrillOptions {
@@ -37,7 +43,10 @@ export interface DrillOptions {
   target?: NbdTarget;
   exportName?: string;
   /** A KMS client with the CMK owner's (admin's) rights. */
-  kms: Pick<KeyService, 'disableKey' | 'enableKey' | 'scheduleKeyDeletion' | 'cancelKeyDeletion' | 'describeKey' | 'listGrants' | 'createGrant' | 'revokeGrant' | 'disableAccessKey' | 'enableAccessKey'>;
+  kms: Pick<
+    KeyService,
+    'disableKey' | 'enableKey' | 'scheduleKeyDeletion' | 'cancelKeyDeletion' | 'describeKey' | 'listAliases' | 'listGrants' | 'createGrant' | 'revokeGrant' | 'disableAccessKey' | 'enableAccessKey'
+  >;
   /** The agent as the KMS knows it: AccessKeyId, and principal name (grants name it). */
   agent: { accessKeyId: string; principal?: string };
   keyId: string;
@@ -65,13 +74,31 @@ export interface DrillOptions {
    * 'pattern-written': the pattern is already there (repeated drills on one scratch disk).
    */
   content?: 'preserve' | 'pattern' | 'pattern-written';
+  /**
+   * The NBD client runs in the agent's own process (API drills): it handles replies only when the
+   * agent's event loop is free, so its receive times lag the agent's sends. Said in the report.
+   */
+  clientInAgentEventLoop?: boolean;
 }
 
+/**
+ * Times in ms after the KMS call was issued, all on one clock (src/keys/clock.ts: epoch ms with
+ * sub-ms resolution, the same in the agent and the client). "client" times are when the drill's
+ * NBD client handled a reply, "agent" times when the agent acted: a reply the agent sent before
+ * the wipe can reach (be handled by) the client after it, so lastReadWithData may be later than
+ * wipe without any data having left after the wipe; lastDataSent and readsServedAfterWipe (basis
+ * agent) say what the agent let out.
+ */
 export interface DrillTimeline {
   kmsCallReturned: number;
+  /** client: the last read reply carrying data that the client handled (before any restore). */
   lastReadWithData: number | null;
+  /** client: the first refused read reply the client handled. */
   firstReadRefused: number | null;
+  /** agent: when the key guard wiped the CMK's key slots. */
   wipe: number | null;
+  /** agent: when the agent last let read data go before any restore (null without an agent audit). */
+  lastDataSent: number | null;
   restoreCallIssued?: number;
   restoreCallReturned?: number;
   firstReadServedAgain?: number | null;
@@ -85,12 +112,26 @@ export interface DrillReport {
   /** Epoch ms of the KMS call issued: every timeline figure is relative to it. */
   kmsCallIssuedAt: number;
   timeline: DrillTimeline;
-  /** Data replies the client received after the KMS call returned. */
+  /** Data replies the client received (handled) after the KMS call returned. */
   readsServedAfterCallReturned: number;
-  /** Data replies after the wipe began (see readsServedAfterWipeBasis). */
+  /**
+   * Data served after the wipe began (see readsServedAfterWipeBasis): must be 0. Not the replies
+   * the client received after the wipe (readsReceivedAfterWipe), which the agent may have sent before it.
+   */
   readsServedAfterWipe: number | null;
   /** agent: counted by the agent's audit of data sends; client: reads issued after the wipe that got data. */
   readsServedAfterWipeBasis: 'agent' | 'client' | 'unknown';
+  /** agent audit: data replies the agent let out after the wipe began (null without an audit or a wipe time). */
+  dataSentAfterWipe: number | null;
+  /** client: reads issued after the wipe began that got data (null without a wipe time). */
+  readsIssuedAfterWipeServed: number | null;
+  /**
+   * client: data replies the client received (handled) after the wipe time, whenever they were
+   * sent: replies in flight or waiting for the client at the wipe. Not a leak by itself.
+   */
+  readsReceivedAfterWipe: number | null;
+  /** The client shared the agent's event loop (API drills): its receive times lag the agent's sends. */
+  clientInAgentEventLoop: boolean;
   readsServed: number;
   readsRefused: number;
   writesServed: number;
@@ -111,8 +152,38 @@ interface ActionPlan {
   restore(): Promise<unknown>;
 }
 
+/**
+ * What the KMS would refuse, refused before the drill touches the disk: a drill whose KMS call
+ * cannot succeed would otherwise run its whole workload (thousands of reads and writes) first.
+ * The service key alias/acs/ecs cannot be disabled, scheduled for deletion or granted, and the
+ * agent needs no grant on it; only disable-accesskey takes it away. The other key actions also
+ * need the CMK Enabled (else the disk is not serving to begin with).
+ */
+async function preflight(o: DrillOptions): Promise<void> {
+  if (o.action === 'disable-accesskey') return;
+  const { kms, keyId } = o;
+  const aliases = await kms.listAliases(keyId).catch(() => [] as Array<{ aliasName: string }>);
+  const service = aliases.find((a) => a.aliasName.startsWith('alias/acs/'));
+  if (service) {
+    const why =
+      o.action === 'revoke-grant'
+        ? `the agent uses it without a grant, so there is no grant to revoke`
+        : `it cannot be ${o.action === 'disable-key' ? 'disabled' : 'scheduled for deletion'} (the KMS refuses with UnsupportedOperation)`;
+    throw new KmsdiskError(
+      'KMSDISK_ERR_INVALID_ARGUMENT',
+      `CMK ${keyId} is the service key ${service.aliasName}: ${why}. Drill this disk with --action disable-accesskey (takes the agent's AccessKey away), ` +
+        'or drill a disk on a customer CMK (kmsdisk key create --alias alias/drill; kmsdisk key authorize alias/drill; kmsdisk disk create NAME --size 64M --kms-key-id alias/drill)',
+    );
+  }
+  const meta = await kms.describeKey(keyId);
+  if (meta.keyState !== 'Enabled') {
+    throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `CMK ${keyId} is ${meta.keyState}, so its disks are not serving: enable it (kmsdisk key enable ${keyId}) before a ${o.action} drill`);
+  }
+}
+
 async function planAction(o: DrillOptions): Promise<ActionPlan> {
   const { kms, keyId } = o;
+  await preflight(o);
   switch (o.action) {
     case 'disable-key':
       return { revoke: () => kms.disableKey(keyId), restore: () => kms.enableKey(keyId) };
@@ -213,17 +284,26 @@ export async function runDrill(o: DrillOptions): Promise<DrillReport> {
       const readsServedAfterCallReturned = servedBeforeRestore.filter((r) => r.doneAt > kmsCallReturnedAt).length;
       let readsServedAfterWipe: number | null = null;
       let basis: DrillReport['readsServedAfterWipeBasis'] = 'unknown';
+      let dataSentAfterWipe: number | null = null;
+      let readsIssuedAfterWipeServed: number | null = null;
+      let readsReceivedAfterWipe: number | null = null;
       if (wipeAt !== null) {
+        // Client side, both ways of comparing with the wipe time (one clock): by issue time (a
+        // read issued after the wipe must not get data) and by receive time (replies the agent
+        // sent before the wipe may still arrive after it: counted, but no leak by themselves).
+        readsIssuedAfterWipeServed = servedBeforeRestore.filter((r) => r.issuedAt > wipeAt).length;
+        readsReceivedAfterWipe = servedBeforeRestore.filter((r) => r.doneAt > wipeAt).length;
         if (o.audit) {
           // Sends after the wipe and before the restore call (after it, serving again is right).
-          const after = await o.audit.dataSendsAfter(wipeAt, restoreCallIssued);
-          readsServedAfterWipe = after;
+          dataSentAfterWipe = await o.audit.dataSendsAfter(wipeAt, restoreCallIssued);
+          readsServedAfterWipe = dataSentAfterWipe;
           basis = 'agent';
         } else {
-          readsServedAfterWipe = servedBeforeRestore.filter((r) => r.issuedAt > wipeAt).length;
+          readsServedAfterWipe = readsIssuedAfterWipeServed;
           basis = 'client';
         }
       }
+      const lastDataSent = o.audit?.lastDataSend ? await o.audit.lastDataSend(restoreCallIssued) : null;
       const verifyFailures = reads.filter((r) => r.errno === 0 && !r.verified).length;
       const refusedErrno = firstRefused ? firstRefused.errno : null;
       const timeline: DrillTimeline = {
@@ -231,6 +311,7 @@ export async function runDrill(o: DrillOptions): Promise<DrillReport> {
         lastReadWithData: rel(lastWithData),
         firstReadRefused: rel(firstRefused?.doneAt),
         wipe: rel(wipeAt),
+        lastDataSent: rel(lastDataSent),
         ...(o.restore
           ? { restoreCallIssued: rel(restoreCallIssued)!, restoreCallReturned: rel(restoreCallReturned)!, firstReadServedAgain: rel(servedAgain?.doneAt) }
           : {}),
@@ -245,6 +326,10 @@ export async function runDrill(o: DrillOptions): Promise<DrillReport> {
         readsServedAfterCallReturned,
         readsServedAfterWipe,
         readsServedAfterWipeBasis: basis,
+        dataSentAfterWipe,
+        readsIssuedAfterWipeServed,
+        readsReceivedAfterWipe,
+        clientInAgentEventLoop: o.clientInAgentEventLoop === true,
         readsServed: reads.filter((r) => r.errno === 0).length,
         readsRefused: reads.filter((r) => r.errno !== 0).length,
         writesServed: writes.filter((r) => r.errno === 0).length,
@@ -296,22 +381,47 @@ function ms(v: number | null | undefined): string {
 
 export function formatDrillText(r: DrillReport): string {
   const t = r.timeline;
+  const row = (label: string, v: string) => `  ${label.padEnd(40)} ${v}`;
   const lines = [
     `drill ${r.action} on CMK ${r.keyId}, export ${r.export}, ${r.inFlight} requests in flight`,
-    `  KMS call issued            0.000 ms  (${new Date(r.kmsCallIssuedAt).toISOString()})`,
-    `  KMS call returned          ${ms(t.kmsCallReturned)}`,
-    `  key slots wiped (agent)    ${ms(t.wipe)}`,
-    `  last read with data        ${ms(t.lastReadWithData)}`,
-    `  first read refused         ${ms(t.firstReadRefused)}${r.refusedErrno !== null ? `  (NBD error ${r.refusedErrno}${r.refusedErrno === 1 ? ' EPERM' : ''})` : ''}`,
+    `  times: ms after the KMS call was issued, one clock for the agent and the client`,
+    `  ("client" = when the drill's NBD client handled a reply; "agent" = when the agent acted)`,
+    row('KMS call issued', `0.000 ms  (${new Date(r.kmsCallIssuedAt).toISOString()})`),
+    row('KMS call returned', ms(t.kmsCallReturned)),
+    row('key slots wiped (agent)', ms(t.wipe)),
   ];
+  // Older reports (or drills without an agent audit) have no lastDataSent.
+  if (t.lastDataSent !== undefined && t.lastDataSent !== null) lines.push(row('last read data sent (agent)', ms(t.lastDataSent)));
+  lines.push(row('last read with data (client received)', ms(t.lastReadWithData)));
+  lines.push(
+    row('first read refused (client received)', ms(t.firstReadRefused)) +
+      (r.refusedErrno !== null ? `  (NBD error ${r.refusedErrno}${r.refusedErrno === 1 ? ' EPERM' : ''})` : ''),
+  );
   if (t.restoreCallIssued !== undefined) {
-    lines.push(`  restore call issued        ${ms(t.restoreCallIssued)}`);
-    lines.push(`  restore call returned      ${ms(t.restoreCallReturned)}`);
-    lines.push(`  first read served again    ${ms(t.firstReadServedAgain)}`);
+    lines.push(row('restore call issued', ms(t.restoreCallIssued)));
+    lines.push(row('restore call returned', ms(t.restoreCallReturned)));
+    lines.push(row('first read served again (client)', ms(t.firstReadServedAgain)));
   }
-  lines.push(`  reads served after the KMS call returned: ${r.readsServedAfterCallReturned}`);
-  lines.push(`  reads served after the wipe began: ${r.readsServedAfterWipe ?? 'n/a'} (${r.readsServedAfterWipeBasis})`);
+  const basis =
+    r.readsServedAfterWipeBasis === 'agent'
+      ? "agent's audit: data replies it let out after the wipe"
+      : r.readsServedAfterWipeBasis === 'client'
+        ? 'client: reads issued after the wipe that got data'
+        : 'no wipe time';
+  lines.push(`  reads served after the wipe began: ${r.readsServedAfterWipe ?? 'n/a'} (${basis})`);
+  if (r.readsReceivedAfterWipe !== undefined && r.readsReceivedAfterWipe !== null) {
+    lines.push(`  data replies the client received after the wipe time: ${r.readsReceivedAfterWipe} (sent before it: in flight, or waiting for the client)`);
+  }
+  lines.push(`  reads with data the client received after the KMS call returned: ${r.readsServedAfterCallReturned}`);
   lines.push(`  reads served ${r.readsServed}, refused ${r.readsRefused}; writes served ${r.writesServed}, refused ${r.writesRefused}; corrupt reads ${r.verifyFailures}`);
+  if (t.wipe !== null && t.lastReadWithData !== null && t.lastReadWithData > t.wipe) {
+    lines.push(
+      `  note: the last read with data was handled by the client after the wipe time, but ${r.readsServedAfterWipeBasis === 'agent' ? 'the agent let no data out after it' : 'no read issued after it got data'}` +
+        (r.readsServedAfterWipe === 0 ? '' : ' (see the count above)') +
+        ': its reply left before the wipe' +
+        (r.clientInAgentEventLoop ? " and waited for the agent's event loop, which this drill's client shares (API drill)" : ' and reached the client later'),
+    );
+  }
   lines.push(`  result: ${r.ok ? 'OK' : 'FAILED'}`);
   return lines.join('\n') + '\n';
 }
@@ -329,14 +439,15 @@ export function drillSvg(r: DrillReport): string {
   }
   return renderTimelineSvg({
     title: `kmsdisk drill: ${r.action} (CMK ${r.keyId})`,
-    subtitle: `${r.inFlight} requests in flight; reads served after the KMS call returned: ${r.readsServedAfterCallReturned}; after the wipe: ${r.readsServedAfterWipe ?? 'n/a'}`,
+    subtitle: `${r.inFlight} requests in flight; reads with data received after the KMS call returned: ${r.readsServedAfterCallReturned}; data served after the wipe: ${r.readsServedAfterWipe ?? 'n/a'} (${r.readsServedAfterWipeBasis})`,
     spans,
     marks: [
       { label: 'KMS call issued', t: 0, color: '#2c3e50' },
       { label: 'KMS call returned', t: t.kmsCallReturned, color: '#2c3e50' },
       { label: 'key wiped', t: t.wipe, color: '#8e44ad' },
-      { label: 'last read with data', t: t.lastReadWithData, color: '#27ae60' },
-      { label: 'first read refused', t: t.firstReadRefused, color: '#c0392b' },
+      ...(t.lastDataSent !== undefined && t.lastDataSent !== null ? [{ label: 'last read data sent (agent)', t: t.lastDataSent, color: '#1e8449' }] : []),
+      { label: 'last read with data (client received)', t: t.lastReadWithData, color: '#27ae60' },
+      { label: 'first read refused (client received)', t: t.firstReadRefused, color: '#c0392b' },
       ...(t.restoreCallIssued !== undefined
         ? [
             { label: 'restore call issued', t: t.restoreCallIssued, color: '#2c3e50' },

@@ -144,6 +144,12 @@ export class AuditedDevice implements BlockDevice, DataSendAudit {
     if (this.unsorted) this.sort();
     return this.countAfter(t) - this.countAfter(until);
   }
+  /** The last send at or before `until`, or null. */
+  lastDataSend(until = Infinity): number | null {
+    if (this.unsorted) this.sort();
+    const n = this.sends.length - this.countAfter(until);
+    return n > 0 ? this.sends[n - 1]! : null;
+  }
   /** Sends strictly after t (binary search: kept sorted). */
   private countAfter(t: number): number {
     let lo = 0;
@@ -215,7 +221,7 @@ export interface DrillAgent {
   nbdAddress: { host: string; port: number } | { path: string };
   disks: DrillAgentDisk[];
   /** Every data send across the disks (the drill's audit; synchronous in-process). */
-  audit: { dataSendsAfter(t: number, until?: number): number };
+  audit: { dataSendsAfter(t: number, until?: number): number; lastDataSend(until?: number): number | null };
   /** Revocation events seen so far. */
   revocations: RevokedEvent[];
   /** Resolves with the wipe time of the first revocation of keyId at or after sinceMs. */
@@ -303,6 +309,13 @@ export async function startDrillAgent(opts: DrillAgentOptions): Promise<DrillAge
       dataSendsAfter: (t, until) => {
         nbd.flushStats(); // lanes report in batches: take in everything up to now
         return disks.reduce((n, d) => n + d.device.dataSendsAfter(t, until), 0);
+      },
+      lastDataSend: (until) => {
+        nbd.flushStats();
+        return disks.reduce<number | null>((m, d) => {
+          const x = d.device.lastDataSend(until);
+          return x !== null && (m === null || x > m) ? x : m;
+        }, null);
       },
     },
     wipeTime: ({ keyId, sinceMs, timeoutMs }) => {

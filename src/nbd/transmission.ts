@@ -105,6 +105,11 @@ function tooLongMessage(length: number, max: number): string {
   return `length ${formatU64(length)} over the maximum ${max}`;
 }
 
+/** Filled by a READ whose data was let out: when it passed the key check (epoch ms). */
+interface ReadRelease {
+  at?: number;
+}
+
 export class TransmissionSession {
   readonly entry: ExportEntry;
   readonly stream: Duplex;
@@ -574,13 +579,14 @@ export class TransmissionSession {
     this.stats.inflightRequests += gauge;
     this.stats.inflightBytes += gauge * dataBytes;
     const started = performance.now();
-    void this.execute(req, payload).then((sentErrno) => {
+    const release: ReadRelease = {};
+    void this.execute(req, payload, release).then((sentErrno) => {
       this.inflight--;
       this.inflightBytes -= dataBytes;
       this.stats.inflightRequests -= gauge;
       this.stats.inflightBytes -= gauge * dataBytes;
       if (pooled) this.recyclePayload(payload!, sentErrno !== 0 || req.offset % this.entry.device.sectorSize !== 0 || req.length % this.entry.device.sectorSize !== 0);
-      this.emitRequest(command, req, sentErrno, performance.now() - started);
+      this.emitRequest(command, req, sentErrno, performance.now() - started, release.at);
       done?.();
       if (this.inflight === 0 && this.idleWaiters.length > 0) {
         const waiters = this.idleWaiters;
@@ -601,20 +607,23 @@ export class TransmissionSession {
     this.limits.pool.release(buf);
   }
 
-  private emitRequest(command: string, req: RequestHeader, errno: number, durationMs: number): void {
+  private emitRequest(command: string, req: RequestHeader, errno: number, durationMs: number, releasedAt?: number): void {
     if (this.events.listenerCount('request') === 0) return;
     const ev: NbdRequestEvent = { export: this.entry.name, command, offset: req.offset, length: req.length, errno, durationMs };
+    // Like a native lane's reports: when this READ's data passed the key check and left, so a
+    // revocation audit can count data sent after a wipe for Node-served reads too.
+    if (releasedAt !== undefined) ev.releasedAt = releasedAt;
     this.events.emit('request', ev);
   }
 
   /** Runs one valid request and sends its reply. Never rejects; returns the errno sent (0 = ok). */
-  private async execute(req: RequestHeader, payload: Buffer | null): Promise<number> {
+  private async execute(req: RequestHeader, payload: Buffer | null, release: ReadRelease): Promise<number> {
     const dev = this.entry.device;
     const fua = (req.flags & CMD_FLAG.FUA) !== 0;
     try {
       switch (req.type) {
         case CMD.READ:
-          return await this.executeRead(req);
+          return await this.executeRead(req, release);
         case CMD.WRITE:
           await dev.write(req.offset, payload!, { fua });
           break;
@@ -648,7 +657,7 @@ export class TransmissionSession {
     }
   }
 
-  private async executeRead(req: RequestHeader): Promise<number> {
+  private async executeRead(req: RequestHeader, release: ReadRelease): Promise<number> {
     const dev = this.entry.device;
     const len = req.length;
     let headerLen: number;
@@ -667,6 +676,8 @@ export class TransmissionSession {
       this.sendError(req, NBD_ERR.EPERM, 'data key is no longer usable');
       return NBD_ERR.EPERM;
     }
+    // Stamped right at the check that lets the data go (the clock of src/keys/clock.ts nowMs()).
+    if (this.events.listenerCount('request') > 0) release.at = performance.timeOrigin + performance.now();
     if (this.extended) {
       this.writeExtendedHeader(buf, REPLY_FLAG_DONE, REPLY_TYPE.OFFSET_DATA, req, 8 + len);
       writeU64(buf, EXTENDED_REPLY_HEADER_SIZE, req.offset);

@@ -108,6 +108,11 @@ function ioError(err: unknown, what: string): Error {
   if (sysCode === 'ENOSPC' || sysCode === 'EDQUOT') {
     return new KmsdiskError('KMSDISK_ERR_NO_SPACE', `no space left for ${what}`, { cause: err });
   }
+  if (sysCode === 'EFBIG') {
+    // The file system caps file sizes below the format's limit (ext4: 16 TiB): the size asked
+    // for is the problem, not the disk. (The agent checks sizes up front; this is the backstop.)
+    return new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what}: the file system cannot hold a file that large (EFBIG)`, { cause: err });
+  }
   return new KmsdiskError('KMSDISK_ERR_IO', `${what} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 

@@ -5,6 +5,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, type Stack } from './helpers.js';
 import { NbdClient } from '../../src/drill/nbd-client.js';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..');
 
 describe('drills through the API', () => {
   let s: Stack;
@@ -31,17 +37,70 @@ describe('drills through the API', () => {
       if ((await s.api('GET', '/v1/attachments/drilled')).status === 404) {
         expect((await s.api('POST', '/v1/attachments', { disk: 'drilled' })).status).toBe(201);
       }
+      // What a user had on the disk: the drill must leave it as it was (it writes back what it read).
+      const userData = randomBytes(1 << 20);
+      const c = await NbdClient.connect(s.agent.nbdAddress, { exportName: 'drilled', structuredReplies: true });
+      expect((await c.write(0, userData)).errno).toBe(0);
+      expect((await c.flush()).errno).toBe(0);
+      await c.disconnect();
       const r = await s.api('POST', '/v1/drills', { disk: 'drilled', action, restore: true });
       expect(r.status, JSON.stringify(r.body)).toBe(200);
       expect(r.body).toMatchObject({ action, keyId: cmk, restored: true, ok: true, verifyFailures: 0 });
       expect(r.body.timeline.firstReadRefused).not.toBeNull();
       expect(r.body.timeline.wipe).not.toBeNull();
       expect(r.body.readsServedAfterWipe).toBe(0);
+      // The client shares the agent's event loop, so what left after the wipe is counted by the
+      // agent itself, and its last send precedes the wipe even when the client saw it later.
+      expect(r.body.clientInAgentEventLoop).toBe(true);
+      expect(r.body.readsServedAfterWipeBasis).toBe('agent');
+      expect(r.body.dataSentAfterWipe).toBe(0);
+      expect(r.body.readsIssuedAfterWipeServed).toBe(0);
+      expect(typeof r.body.readsReceivedAfterWipe).toBe('number');
+      expect(r.body.timeline.lastDataSent).not.toBeNull();
+      expect(r.body.timeline.lastDataSent).toBeLessThanOrEqual(r.body.timeline.wipe);
+      const back = await NbdClient.connect(s.agent.nbdAddress, { exportName: 'drilled', structuredReplies: true });
+      try {
+        const got = await back.read(0, userData.length);
+        expect(got.errno).toBe(0);
+        expect(got.data!.equals(userData)).toBe(true);
+      } finally {
+        await back.disconnect();
+      }
       const ev = await s.api('GET', `/v1/events/revocations?keyId=${cmk}&since=${r.body.kmsCallIssuedAt}`);
       expect(ev.body.events.map((e: { type: string }) => e.type)).toContain('revoked');
       expect((await s.api('GET', '/v1/disks/drilled')).body.state).toBe('in-use');
     });
   }
+
+  it('documents the drill as non-destructive (it writes back what it read), in the OpenAPI summary and the API README', async () => {
+    const doc = await s.api('GET', '/docs/json');
+    const summary: string = doc.body.paths['/v1/drills'].post.summary;
+    expect(summary).not.toMatch(/test pattern/);
+    expect(summary).toMatch(/same bytes back/);
+    const readme = readFileSync(join(ROOT, 'src', 'api', 'README.md'), 'utf8');
+    const row = readme.split('\n').find((l) => l.startsWith('| `POST /v1/drills'))!;
+    expect(row).not.toMatch(/test pattern/);
+    expect(row).toMatch(/same bytes back/);
+    expect(row).toMatch(/data is unchanged/);
+  });
+
+  it('refuses a drill on a disk under the service key before any I/O, naming what works', async () => {
+    expect((await s.api('POST', '/v1/disks', { name: 'svc', size: '8M' })).status).toBe(201);
+    expect((await s.api('POST', '/v1/attachments', { disk: 'svc' })).status).toBe(201);
+    try {
+      const before = s.agent.services.ctx.nbd.stats.connectionsTotal;
+      for (const action of ['disable-key', 'schedule-deletion', 'revoke-grant']) {
+        const r = await s.api('POST', '/v1/drills', { disk: 'svc', action });
+        expect(r.status, JSON.stringify(r.body)).toBe(400);
+        expect(r.body.code).toBe('KMSDISK_ERR_INVALID_ARGUMENT');
+        expect(r.body.message).toMatch(/service key alias\/acs\/ecs.*disable-accesskey/);
+      }
+      expect(s.agent.services.ctx.nbd.stats.connectionsTotal).toBe(before);
+      expect((await s.api('GET', '/v1/disks/svc')).body.state).toBe('in-use');
+    } finally {
+      expect((await s.api('DELETE', '/v1/attachments/svc')).status).toBe(200);
+    }
+  });
 
   it('refuses to drill while another client is connected (the drill rewrites the blocks it read)', async () => {
     if ((await s.api('GET', '/v1/attachments/drilled')).status === 404) {

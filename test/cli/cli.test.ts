@@ -3,7 +3,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { writeFileSync, readFileSync } from 'node:fs';
+import { readdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
@@ -138,6 +138,77 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     refused(['snapshot', 'delete', 'sys-snap1'], 3, 'KMSDISK_ERR_NOT_FOUND');
   });
 
+  it('drills on the service key: what the KMS would refuse is refused before any I/O, pointing at what works', async () => {
+    ok(['attach', 'sys']);
+    try {
+      const connections = async () => {
+        const m = await (await fetch(`${stack.apiUrl}/metrics`)).text();
+        return Number(/kmsdisk_nbd_connections_total\{export="sys"\} (\d+)/.exec(m)?.[1] ?? 0);
+      };
+      const before = await connections();
+      for (const action of ['disable-key', 'schedule-deletion', 'revoke-grant']) {
+        const err = refused(['drill', '--disk', 'sys', '--action', action], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+        expect(err.message).toMatch(/is the service key alias\/acs\/ecs/);
+        expect(err.message).toMatch(/--action disable-accesskey/);
+      }
+      // Not one NBD connection: the drill never started its reads and writes.
+      expect(await connections()).toBe(before);
+      const r = ok(['drill', '--disk', 'sys', '--action', 'disable-accesskey', '--restore']);
+      expect(r.ok).toBe(true);
+    } finally {
+      ok(['detach', 'sys']);
+    }
+  });
+
+  it('errors stay in the one table: unreadable --material files, sizes beyond what the file system holds', () => {
+    const missing = refused(['key', 'import', 'alias/whatever', '--material', join(dir, 'no-such-file')], 3, 'KMSDISK_ERR_NOT_FOUND');
+    expect(missing.message).toContain(join(dir, 'no-such-file'));
+    const folder = refused(['key', 'import', 'alias/whatever', '--material', dir], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(folder.message).toContain(`${dir} is a directory`);
+    const volumes = join(dir, 'state', 'volumes');
+    const before = readdirSync(volumes).sort();
+    const big = refused(['disk', 'create', 'big', '--size', '100T'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(big.message).toMatch(/size 100 TiB .* at most \d+ bytes/);
+    expect(readdirSync(volumes).sort()).toEqual(before);
+    expect((ok(['disk', 'list']).disks as Array<{ name: string }>).map((d) => d.name)).not.toContain('big');
+    const size = ok(['disk', 'show', 'sys']).size;
+    const grow = refused(['disk', 'resize', 'sys', '--size', '100T'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(grow.message).toMatch(/at most \d+ bytes/);
+    expect(ok(['disk', 'show', 'sys']).size).toBe(size);
+  });
+
+  it('a command group without its subcommand prints the group help and exits 2', () => {
+    for (const group of ['disk', 'key', 'snapshot', 'image', 'job', 'bench']) {
+      const r = cli([group], env);
+      expect(r.status, group).toBe(2);
+      expect(r.stderr, group).toContain(`Usage: kmsdisk ${group} [options] [command]`);
+      expect(r.stderr, group).not.toContain('outputHelp');
+    }
+    const top = cli([], env);
+    expect(top.status).toBe(2);
+    expect(top.stderr).toContain('Usage: kmsdisk [options] [command]');
+    expect(top.stderr).not.toContain('outputHelp');
+  });
+
+  it('usage problems are explained in CLI terms', () => {
+    const copy = refused(['image', 'copy', 'base', 'other'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(copy.message).toMatch(/add --encrypt/);
+    expect(copy.message).not.toMatch(/body\/encrypt/);
+    const inFlight = refused(['drill', '--disk', 'data', '--action', 'disable-key', '--in-flight', 'abc'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(inFlight.message).toMatch(/--in-flight.*'abc' is invalid.*must be an integer from 1 to 256/);
+    refused(['drill', '--disk', 'data', '--action', 'disable-key', '--timeout', '1.5'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    refused(['snapshot', 'policy', 'sys', '--interval', 'often', '--retain', '2'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    refused(['disk', 'create', 'x2', '--size', '1M', '--sector-size', '1000'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    // No token where the CLI looked: the message names the file.
+    const elsewhere = join(dir, 'not-the-state');
+    const noToken = cli(['disk', 'list', '--json', '--state', elsewhere], env);
+    expect(noToken.status).toBe(5);
+    const err = (noToken.json as { error: { code: string; message: string } }).error;
+    expect(err.code).toBe('KMSDISK_ERR_UNAUTHORIZED');
+    expect(err.message).toContain(join(elsewhere, 'api-token'));
+    expect(err.message).toContain('no such file');
+  });
+
   it('drills through the CLI on a customer CMK: JSON, SVG timeline and text, data unchanged', () => {
     ok(['attach', 'data']);
     const svg = join(dir, 'drill.svg');
@@ -150,6 +221,9 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     const text = cli(['drill', '--disk', 'data', '--action', 'disable-key', '--restore'], env);
     expect(text.status, text.stderr).toBe(0);
     expect(text.stdout).toContain('result: OK');
+    // The report says whose each time is and counts what left after the wipe on the agent's side.
+    expect(text.stdout).toContain('last read with data (client received)');
+    expect(text.stdout).toMatch(/reads served after the wipe began: 0 \(agent's audit/);
     expect(ok(['disk', 'show', 'data']).state).toBe('in-use');
     refused(['drill', '--disk', 'data', '--action', 'explode'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
     ok(['detach', 'data']);

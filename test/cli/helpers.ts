@@ -39,6 +39,31 @@ export function cli(args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, json };
 }
 
+/**
+ * Same as cli(), without blocking the event loop: for an agent that runs in the test's own process
+ * (spawnSync would stop it from answering).
+ */
+export function cliAsync(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      let json: unknown = undefined;
+      try {
+        json = JSON.parse(stdout);
+      } catch {
+        /* not JSON */
+      }
+      resolve({ status: code ?? -1, stdout, stderr, json });
+    });
+  });
+}
+
 export function daemon(args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT): ChildProcess & { output: () => string } {
   const child = spawn(process.execPath, [BIN, ...args], { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

@@ -56,6 +56,22 @@ describe('drill with the event stream (emulator)', () => {
     expect(report.readsServedAfterWipe).toBe(0);
   });
 
+  it('says what the agent let out and what the client received, on one clock, without contradiction', () => {
+    const t = report.timeline;
+    expect(report.readsServedAfterWipeBasis).toBe('agent');
+    expect(report.dataSentAfterWipe).toBe(0);
+    expect(report.readsIssuedAfterWipeServed).toBe(0);
+    // The agent's last send is the agent-side counterpart of lastReadWithData: before the wipe.
+    expect(t.lastDataSent).not.toBeNull();
+    expect(t.lastDataSent!).toBeLessThanOrEqual(t.wipe!);
+    expect(t.lastDataSent!).toBeLessThanOrEqual(t.lastReadWithData!);
+    // Replies received after the wipe time are counted as such (not as data served after it),
+    // and match the client's own records.
+    expect(typeof report.readsReceivedAfterWipe).toBe('number');
+    if (t.lastReadWithData! > t.wipe!) expect(report.readsReceivedAfterWipe).toBeGreaterThan(0);
+    expect(report.clientInAgentEventLoop).toBe(false);
+  });
+
   it('reads and writes the disk without changing its data (writes put back what was there)', async () => {
     expect(report.writesServed).toBeGreaterThan(0);
     expect(report.verifyFailures).toBe(0);
@@ -76,12 +92,28 @@ describe('drill with the event stream (emulator)', () => {
       expect(text).toContain(label);
     }
     expect(text).toContain('NBD error 1 EPERM');
+    // Each time says whose it is, and the counts say what they count.
+    expect(text).toContain('one clock for the agent and the client');
+    expect(text).toContain('last read data sent (agent)');
+    expect(text).toContain('last read with data (client received)');
+    expect(text).toMatch(/reads served after the wipe began: 0 \(agent's audit: data replies it let out after the wipe\)/);
+    expect(text).toMatch(/data replies the client received after the wipe time: \d+/);
+    // A client that handled a reply after the wipe time gets an explanation, not a contradiction.
+    const late: DrillReport = {
+      ...report,
+      clientInAgentEventLoop: true,
+      readsReceivedAfterWipe: 3,
+      timeline: { ...report.timeline, wipe: 25.9, lastDataSent: 24.1, lastReadWithData: 32.1 },
+    };
+    const lateText = formatDrillText(late);
+    expect(lateText).toMatch(/note: the last read with data was handled by the client after the wipe time, but the agent let no data out after it: its reply left before the wipe and waited for the agent's event loop/);
+    if (report.timeline.lastReadWithData! <= report.timeline.wipe!) expect(text).not.toContain('note:');
     const back = JSON.parse(JSON.stringify(report)) as DrillReport;
     expect(back.timeline).toEqual(report.timeline);
     const svg = drillSvg(report);
     expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
     expect(svg.trimEnd().endsWith('</svg>')).toBe(true);
-    for (const label of ['KMS call issued', 'KMS call returned', 'key wiped', 'first read refused', 'first read served again']) expect(svg).toContain(label);
+    for (const label of ['KMS call issued', 'KMS call returned', 'key wiped', 'first read refused', 'first read served again', 'last read data sent (agent)']) expect(svg).toContain(label);
     expect(svg).not.toMatch(/<script|href=|url\(/);
     // Every opened element is closed.
     const opened = (svg.match(/<(svg|text)\b/g) ?? []).length;
@@ -96,6 +128,45 @@ describe('drill with the event stream (emulator)', () => {
     await expect(
       runDrill({ target: h.agent.nbdAddress, exportName: 'drill', kms: h.kms.admin, agent: { accessKeyId: 'LTAInobody' }, keyId: h.keyId, action: 'revoke-grant' }),
     ).rejects.toMatchObject({ code: 'KMSDISK_ERR_NOT_FOUND' });
+  });
+});
+
+describe('drill on a disk under the service key alias/acs/ecs', () => {
+  let h: DrillHarness;
+  beforeAll(async () => {
+    h = await startDrillHarness({
+      events: false,
+      prepareKey: async (admin) => ({ keyId: (await admin.describeKey('alias/acs/ecs')).keyId, grantId: '' }),
+    });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it.each(['disable-key', 'schedule-deletion', 'revoke-grant'] as const)('%s is refused before any I/O, pointing at disable-accesskey or a customer CMK', async (action) => {
+    const before = h.agent.nbd.stats.connectionsTotal;
+    const started = Date.now();
+    const err = await runDrill({ target: h.agent.nbdAddress, exportName: 'drill', kms: h.kms.admin, agent: agentOf(h), keyId: h.keyId, action, restore: true }).then(
+      () => null,
+      (e: unknown) => e as { code: string; message: string },
+    );
+    expect(err).toMatchObject({ code: 'KMSDISK_ERR_INVALID_ARGUMENT' });
+    expect(err!.message).toMatch(/service key alias\/acs\/ecs/);
+    expect(err!.message).toMatch(/disable-accesskey/);
+    expect(err!.message).toMatch(/customer CMK/);
+    // No NBD connection was made: not a single read or write ran.
+    expect(h.agent.nbd.stats.connectionsTotal).toBe(before);
+    expect(Date.now() - started).toBeLessThan(2000);
+    // And the key was not touched.
+    expect((await h.kms.admin.describeKey(h.keyId)).keyState).toBe('Enabled');
+  });
+
+  it('disable-accesskey works on the service key', async () => {
+    const wipeTime = pollWipeTime(async (keyId) => h.agent.guard.keyState(keyId));
+    const r = await runDrill({ target: h.agent.nbdAddress, exportName: 'drill', kms: h.kms.admin, agent: agentOf(h), keyId: h.keyId, action: 'disable-accesskey', restore: true, wipeTime, inFlight: 8 });
+    expect(r.refusedErrno).toBe(1);
+    expect(r.restored).toBe(true);
+    expect(r.ok).toBe(true);
   });
 });
 

@@ -12,7 +12,7 @@ export function registerDiskRoutes(app: FastifyInstance, s: AgentServices, diskL
     '/v1/disks',
     {
       schema: {
-        summary: 'list disks with their state (available, in-use, key-revoked): summaries, or ?view=full for every field',
+        summary: 'list disks with their state (available, in-use, key-revoked, error): summaries, or ?view=full for every field',
         tags: ['disks'],
         querystring: { type: 'object', properties: { view: { type: 'string', enum: ['summary', 'full'], default: 'summary' } }, additionalProperties: false },
         response: {
@@ -62,7 +62,8 @@ export function registerDiskRoutes(app: FastifyInstance, s: AgentServices, diskL
   app.get(
     '/v1/disks/:name',
     { schema: { summary: 'show a disk', tags: ['disks'], params: nameParams('name'), response: { 200: ref('Disk'), ...errorResponses(404) } } },
-    async (req) => s.disks.show((req.params as { name: string }).name),
+    // Re-checks the volume file first (if it changed): a corrupt or truncated volume shows `error`.
+    async (req) => s.disks.showFresh((req.params as { name: string }).name),
   );
 
   app.get(

@@ -10,7 +10,7 @@ export function registerDrillRoutes(app: FastifyInstance, s: AgentServices): voi
     '/v1/drills',
     {
       schema: {
-        summary: 'run a revocation drill on an attached disk (writes a test pattern to its first MiB): take access away through the KMS, measure, optionally restore',
+        summary: 'run a revocation drill on an attached disk: take access away through the KMS, measure, optionally restore. Non-destructive: it reads the first MiB first and writes only those same bytes back',
         tags: ['drills'],
         body: {
           type: 'object',

@@ -51,7 +51,7 @@ export function registerImageRoutes(app: FastifyInstance, s: AgentServices): voi
         body: {
           type: 'object',
           required: ['dest', 'encrypt'],
-          properties: { dest: nameSchema, kmsKeyId: kmsKeyIdSchema, encrypt: { type: 'boolean', const: true }, sectorSize: { type: 'integer', enum: [512, 4096] } },
+          properties: { dest: nameSchema, kmsKeyId: kmsKeyIdSchema, encrypt: { type: 'boolean', description: 'must be true: only encrypted copies are supported (a false is refused with a message saying so)' }, sectorSize: { type: 'integer', enum: [512, 4096] } },
           additionalProperties: false,
         },
         response: { 202: ref('Job'), ...errorResponses(403, 404, 409, 503) },

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
-import { clientOptions, type ClientOpts } from '../common.js';
+import { clientOptions, intOption, type ClientOpts } from '../common.js';
 import { parseSize } from '../../util/size.js';
 import { KmsdiskError } from '../../errors.js';
 
@@ -11,7 +11,7 @@ export function registerBench(program: Command): void {
     .option('--disk <name>', 'an attached disk of this agent')
     .option('--uri <uri>', 'any NBD URI, e.g. nbd://127.0.0.1:10809/demo')
     .option('--size <size>', 'bytes of the disk to exercise (default: the whole export, at most 1G)')
-    .option('--runtime <seconds>', 'seconds per fio workload', '5')
+    .option('--runtime <seconds>', 'seconds per fio workload', intOption(1, 3600), 5)
     .option('--overwrite', 'allow the write workloads, which overwrite the first --size bytes of the disk with random data')
     .option('--read-only', 'run only the read workloads (the disk is not written)')
     .addHelpText(
@@ -47,7 +47,7 @@ export function registerBench(program: Command): void {
       await runNbdBench({
         uri,
         ...(opts.size ? { sizeBytes: parseSize(String(opts.size)) } : {}),
-        runtimeSeconds: Number(opts.runtime),
+        runtimeSeconds: opts.runtime as number,
         json: Boolean(opts.json),
         overwrite: Boolean(opts.overwrite),
         workloads: opts.readOnly ? NBD_BENCH_READ_WORKLOADS : NBD_BENCH_WORKLOADS,

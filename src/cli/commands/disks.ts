@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
-import { clientOptions, type ClientOpts } from '../common.js';
+import { clientOptions, numberChoice, type ClientOpts } from '../common.js';
 import { printFields, printJson, printTable } from '../output.js';
 import { formatSize, parseSize } from '../../util/size.js';
 
@@ -23,12 +23,12 @@ export function registerDisks(program: Command): void {
     .option('--kms-key-id <id>', 'CMK id or alias (a customer CMK must be authorized first)')
     // No default here: the agent picks 4096 for a new disk, and a disk from a snapshot or an
     // encrypted image keeps the source's sector size (a different one given is refused).
-    .option('--sector-size <n>', '512 or 4096 (default 4096; from a snapshot or encrypted image: the source\'s)')
+    .option('--sector-size <n>', '512 or 4096 (default 4096; from a snapshot or encrypted image: the source\'s)', numberChoice([512, 4096]))
     .option('--from-snapshot <snapshot>', 'create from a snapshot (same CMK)')
     .option('--from-image <image>', 'create from an image (encrypted under --kms-key-id)')
     .action(async (name: string, opts: ClientOpts) => {
       const body: Record<string, unknown> = { name };
-      if (opts.sectorSize !== undefined) body.sectorSize = Number(opts.sectorSize);
+      if (opts.sectorSize !== undefined) body.sectorSize = opts.sectorSize as number;
       if (opts.size !== undefined) body.size = parseSize(String(opts.size));
       if (opts.kmsKeyId) body.kmsKeyId = opts.kmsKeyId;
       if (opts.fromSnapshot) body.fromSnapshot = opts.fromSnapshot;
@@ -47,13 +47,13 @@ export function registerDisks(program: Command): void {
         { header: 'name', get: (d) => d.name },
         { header: 'size', get: (d) => formatSize(d.size) },
         { header: 'sector', get: (d) => d.sectorSize },
-        { header: 'state', get: (d) => d.state },
+        { header: 'state', get: (d) => (d.stateReason ? `${d.state} (${d.stateReason})` : d.state) },
         { header: 'cmk', get: (d) => d.kmsKeyId },
       ]);
     });
 
   clientOptions(disk.command('show <name>'))
-    .description('show a disk and its state (available, in-use, key-revoked)')
+    .description('show a disk and its state (available, in-use, key-revoked, or error with the reason)')
     .action(async (name: string, opts: ClientOpts) => {
       const d = await new ApiClient(opts).get<DiskView>(`/v1/disks/${enc(name)}`);
       if (opts.json) printJson(d);

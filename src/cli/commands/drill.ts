@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { writeFileSync } from 'node:fs';
 import { ApiClient } from '../api-client.js';
-import { clientOptions, type ClientOpts } from '../common.js';
+import { clientOptions, intOption, type ClientOpts } from '../common.js';
 import { printJson } from '../output.js';
 import { KmsdiskError } from '../../errors.js';
 import { DRILL_ACTIONS, drillSvg, formatDrillText, type DrillReport } from '../../drill/drill.js';
@@ -9,11 +9,11 @@ import { DRILL_ACTIONS, drillSvg, formatDrillText, type DrillReport } from '../.
 export function registerDrill(program: Command): void {
   clientOptions(program.command('drill'))
     .description('revocation drill: a real NBD client reads and writes the disk while access to its CMK is taken away through the KMS API; reports how fast serving stopped (and resumed)')
-    .requiredOption('--disk <name>', 'an attached disk on a customer CMK')
+    .requiredOption('--disk <name>', 'an attached disk (disable-key, revoke-grant and schedule-deletion need a customer CMK; the service key alias/acs/ecs can only be drilled with disable-accesskey)')
     .requiredOption('--action <action>', DRILL_ACTIONS.join(' | '))
     .option('--restore', 'give access back afterwards and measure the first read served again')
-    .option('--in-flight <n>', 'requests the client keeps in flight', '32')
-    .option('--timeout <ms>', 'longest wait for each phase', '5000')
+    .option('--in-flight <n>', 'requests the client keeps in flight (1-256)', intOption(1, 256), 32)
+    .option('--timeout <ms>', 'longest wait for each phase, in ms (100-60000)', intOption(100, 60_000), 5000)
     .option('--svg <file>', 'also write the timeline as an SVG file')
     .action(async (opts: ClientOpts) => {
       const action = String(opts.action);

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { ApiClient, enc } from '../api-client.js';
 import { clientOptions, type ClientOpts } from '../common.js';
-import { printJson, printTable } from '../output.js';
+import { printJson, printTable, usageError } from '../output.js';
 import { formatSize } from '../../util/size.js';
 import { throwIfFailed, waitForJob, type JobView } from './jobs.js';
 
@@ -12,7 +12,14 @@ interface ImageView {
   format?: string;
   encrypted: boolean;
   kmsKeyId?: string | null;
+  state?: 'available' | 'creating';
   createdAt?: string;
+}
+
+function imageState(i: ImageView, job: JobView | undefined): string {
+  if (i.state !== 'creating') return i.state ?? 'available';
+  if (!job) return 'copying';
+  return job.state === 'queued' ? 'copying (queued)' : `copying ${Math.floor(job.progress * 100)}%`;
 }
 
 export function registerImages(program: Command): void {
@@ -32,13 +39,24 @@ export function registerImages(program: Command): void {
   clientOptions(image.command('list'))
     .description('list images')
     .action(async (opts: ClientOpts) => {
-      const r = await new ApiClient(opts).get<{ images: ImageView[] }>('/v1/images');
+      const api = new ApiClient(opts);
+      const r = await api.get<{ images: ImageView[] }>('/v1/images');
       if (opts.json) return printJson(r);
+      // An image being written by a copy job shows as "copying NN%" (the job's own progress).
+      const copying = new Map<string, JobView>();
+      if (r.images.some((i) => i.state === 'creating')) {
+        const jobs = await api.get<{ jobs: JobView[] }>('/v1/jobs');
+        for (const j of jobs.jobs) {
+          const dest = (j.params as { dest?: unknown } | undefined)?.dest;
+          if (typeof dest === 'string' && (j.state === 'running' || j.state === 'queued')) copying.set(dest, j);
+        }
+      }
       printTable(r.images, [
         { header: 'name', get: (i) => i.name },
         { header: 'size', get: (i) => formatSize(i.size) },
         { header: 'encrypted', get: (i) => (i.encrypted ? 'yes' : 'no') },
         { header: 'cmk', get: (i) => i.kmsKeyId },
+        { header: 'state', get: (i) => imageState(i, copying.get(i.name)) },
         { header: 'created', get: (i) => i.createdAt },
       ]);
     });
@@ -49,8 +67,12 @@ export function registerImages(program: Command): void {
     .option('--kms-key-id <id>', 'CMK for the copy (default alias/acs/ecs)')
     .option('--no-wait', 'return the job id at once')
     .action(async (src: string, dst: string, opts: ClientOpts) => {
+      if (!opts.encrypt) {
+        // Say it in CLI terms before asking the agent (its schema would only say "body/encrypt").
+        throw usageError(`kmsdisk image copy makes encrypted copies only: add --encrypt (kmsdisk image copy ${src} ${dst} --encrypt [--kms-key-id ID])`);
+      }
       const api = new ApiClient(opts);
-      const body: Record<string, unknown> = { dest: dst, encrypt: Boolean(opts.encrypt) };
+      const body: Record<string, unknown> = { dest: dst, encrypt: true };
       if (opts.kmsKeyId) body.kmsKeyId = opts.kmsKeyId;
       const job = await api.post<JobView>(`/v1/images/${enc(src)}/copy`, body);
       if (opts.wait === false) {

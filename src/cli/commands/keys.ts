@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
-import { readFileSync } from 'node:fs';
 import { ApiClient, enc } from '../api-client.js';
-import { clientOptions, type ClientOpts } from '../common.js';
+import { clientOptions, readInputFile, type ClientOpts } from '../common.js';
 import { printJson, printTable, printFields } from '../output.js';
 import { importKeyMaterialFromFile } from '../byok.js';
 
@@ -55,7 +54,7 @@ export function registerKeys(program: Command): void {
     .option('--kms <host:port>', 'KMS endpoint (default 127.0.0.1:9801, env KMSDISK_KMS)')
     .option('--wrapping-algorithm <alg>', 'RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1 or RSAES_PKCS1_V1_5', 'RSAES_OAEP_SHA_256')
     .action(async (keyId: string, opts: ClientOpts) => {
-      const material = readFileSync(String(opts.material));
+      const material = await readInputFile(String(opts.material), '--material');
       try {
         const r = await importKeyMaterialFromFile({
           stateDir: opts.state,

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
-import { clientOptions, type ClientOpts } from '../common.js';
+import { clientOptions, intOption, type ClientOpts } from '../common.js';
 import { printJson, printTable, printFields, usageError } from '../output.js';
 import { formatSize } from '../../util/size.js';
 
@@ -53,8 +53,8 @@ export function registerSnapshots(program: Command): void {
 
   clientOptions(snap.command('policy <disk>'))
     .description('set (or with --clear remove) the automatic snapshot policy of a disk')
-    .option('--interval <seconds>', 'seconds between snapshots')
-    .option('--retain <count>', 'how many automatic snapshots to keep')
+    .option('--interval <seconds>', 'seconds between snapshots (1-31536000)', intOption(1, 31_536_000))
+    .option('--retain <count>', 'how many automatic snapshots to keep (1-1000)', intOption(1, 1000))
     .option('--clear', 'remove the policy')
     .action(async (disk: string, opts: ClientOpts) => {
       const api = new ApiClient(opts);
@@ -66,8 +66,8 @@ export function registerSnapshots(program: Command): void {
       }
       if (opts.interval === undefined || opts.retain === undefined) throw usageError('--interval and --retain are required (or --clear)');
       const r = await api.put<Record<string, unknown>>(`/v1/disks/${enc(disk)}/snapshot-policy`, {
-        intervalSeconds: Number(opts.interval),
-        retain: Number(opts.retain),
+        intervalSeconds: opts.interval as number,
+        retain: opts.retain as number,
       });
       if (opts.json) printJson(r);
       else printFields(r);
