@@ -30,9 +30,6 @@ function schemaIssue(e: FastifySchemaValidationError): string {
     case 'enum':
       if (Array.isArray(e.params.allowedValues)) return `must be one of: ${e.params.allowedValues.map(show).join(', ')}`;
       break;
-    case 'const':
-      if ('allowedValue' in e.params) return `must be ${show(e.params.allowedValue)}`;
-      break;
     case 'additionalProperties':
       // ajv says "must NOT have additional properties" without naming the one it found.
       if (typeof e.params.additionalProperty === 'string') return `has an unknown property "${e.params.additionalProperty}"`;

@@ -30,8 +30,10 @@ describe('schema violation messages', () => {
     );
   });
 
-  it('a const names its value and an unknown property is named; other rules keep their wording', async () => {
-    expect(await refused('POST', '/v1/images/i1/copy', { dest: 'i2', encrypt: false })).toBe('invalid body: body/encrypt must be true');
+  it('an unknown property is named; other rules keep their wording; encrypt: false gets the agent\'s own answer', async () => {
+    expect(await refused('POST', '/v1/images/i1/copy', { dest: 'i2', encrypt: false })).toBe(
+      'only encrypted copies are supported: set encrypt: true (kmsdisk image copy --encrypt)',
+    );
     expect(await refused('POST', '/v1/disks', { name: 'd1', size: '4M', colour: 'blue' })).toBe('invalid body: body has an unknown property "colour"');
     expect(await refused('POST', '/v1/disks', { size: '4M' })).toBe("invalid body: body must have required property 'name'");
   });

@@ -35,7 +35,8 @@ function failed(args: string[], exit: number): { code: string; message: string }
 
 describe('kmsdisk CLI error messages', () => {
   it('disk create --sector-size 1024 names the allowed sector sizes', () => {
-    const expected = { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: 'invalid body: body/sectorSize must be one of: 512, 4096' };
+    // Checked by the CLI before the request (the API names them too: test/api/validation.test.ts).
+    const expected = { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: "option '--sector-size <n>' argument '1024' is invalid. it must be one of 512, 4096." };
     expect(failed(['disk', 'create', 'odd', '--size', '4M', '--sector-size', '1024'], 2)).toEqual(expected);
     const json = cli(['disk', 'create', 'odd', '--size', '4M', '--sector-size', '1024', '--json'], stack.env);
     expect(json.status).toBe(2);
