@@ -60,6 +60,23 @@ export interface NbdBenchReport {
   results: NbdBenchFigure[];
   /** Workloads that could not run against this URI, with why (e.g. fio and a TLS key file). */
   skipped: Array<{ workload: NbdBenchWorkload; reason: string }>;
+  /**
+   * Share of the export the server reported as holes before the read workloads, when no
+   * nbdcopy-write filled it first (null: measured after a fill, or not asked).
+   */
+  holePercent: number | null;
+}
+
+/**
+ * Percent of the export that block status reports as holes (nbdinfo --map --totals). Reads of
+ * holes come back as zeros without touching the cipher or the disk, so read figures over a
+ * mostly unwritten export say little about the encrypted path.
+ */
+export async function holePercentOf(uri: string): Promise<number> {
+  const out = await exec('nbdinfo', ['--map', '--totals', '--json', uri], 60_000);
+  const rows = JSON.parse(out) as Array<{ percent: number; type: number }>;
+  // type bit 0: NBD_STATE_HOLE
+  return rows.filter((r) => (r.type & 1) === 1).reduce((sum, r) => sum + r.percent, 0);
 }
 
 export const NBD_BENCH_READ_WORKLOADS: readonly NbdBenchWorkload[] = NBD_BENCH_WORKLOADS.filter((w) => w.includes('read'));
@@ -204,6 +221,16 @@ export async function runNbdBench(opts: NbdBenchOptions): Promise<NbdBenchReport
   }
   const fioBlocked = fioCannotOpen(opts.uri);
   const skipped: NbdBenchReport['skipped'] = [];
+  let holePercent: number | null = null;
+  if (!workloads.includes('nbdcopy-write') && workloads.some((w) => w.includes('read'))) {
+    holePercent = await holePercentOf(opts.uri);
+    if (holePercent >= 10) {
+      say(
+        `  note: ${holePercent.toFixed(1)}% of the export is unallocated (never written, trimmed or zeroed): reads there return zeros ` +
+          'without decrypting anything, so the read figures overstate the encrypted path; fill the disk first (or use --overwrite)',
+      );
+    }
+  }
 
   say(`kmsdisk bench nbd: ${opts.uri}, ${aligned / MiB} MiB, ${runtime} s per fio workload`);
   const results: NbdBenchFigure[] = [];
@@ -244,7 +271,7 @@ export async function runNbdBench(opts: NbdBenchOptions): Promise<NbdBenchReport
   } finally {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   }
-  const report: NbdBenchReport = { uri: opts.uri, sizeBytes: aligned, runtimeSeconds: runtime, results, skipped };
+  const report: NbdBenchReport = { uri: opts.uri, sizeBytes: aligned, runtimeSeconds: runtime, results, skipped, holePercent };
   if (opts.json && !opts.quiet) write(JSON.stringify(report));
   return report;
 }

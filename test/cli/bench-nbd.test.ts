@@ -66,6 +66,7 @@ describe('kmsdisk bench nbd', () => {
 
     const r = ok(['bench', 'nbd', '--disk', 'bn', '--size', '8M', '--runtime', '1', '--read-only']);
     expect(r.results.map((x: { workload: string }) => x.workload)).toEqual(['nbdcopy-read', 'seq-read-1m-qd8', 'rand-read-4k-qd32']);
+    expect(r.holePercent).toBe(0); // filled by the nbdcopy above
     for (const x of r.results) expect(x.mibPerSec).toBeGreaterThan(0);
     expect(digest(uri('bn'))).toBe(before);
   });
@@ -89,6 +90,7 @@ describe('kmsdisk bench nbd', () => {
     const r = ok(['bench', 'nbd', '--disk', 'bn', '--size', '8M', '--runtime', '1', '--overwrite']);
     expect(r.results.map((x: { workload: string }) => x.workload)).toEqual([...NBD_BENCH_WORKLOADS]);
     expect(r.skipped).toEqual([]);
+    expect(r.holePercent).toBeNull(); // nbdcopy-write filled the area before the reads
     expect(r.sizeBytes).toBe(8 << 20);
     // As the flag said: the data was overwritten.
     expect(digest(uri('bn'))).not.toBe(before);
@@ -101,6 +103,11 @@ describe('kmsdisk bench nbd', () => {
     expect(msg).toMatch(/read-only/);
     const r = ok(['bench', 'nbd', '--uri', uri('bro'), '--runtime', '1', '--read-only']);
     expect(r.results).toHaveLength(3);
+    // Never written: all holes, and the text output says the read figures overstate.
+    expect(r.holePercent).toBeCloseTo(100, 3);
+    const text = cli(['bench', 'nbd', '--uri', uri('bro'), '--runtime', '1', '--read-only'], env);
+    expect(text.status).toBe(0);
+    expect(text.stdout).toMatch(/100\.0% of the export is unallocated/);
     refused(['bench', 'nbd', '--uri', uri('no-such-export'), '--read-only'], 3, 'KMSDISK_ERR_NOT_FOUND');
   });
 
