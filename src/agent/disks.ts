@@ -175,8 +175,9 @@ export class DisksService {
 
   private setError(row: DiskRow, err: unknown, stamp: FileStamp | null, readable?: VolumeHeader): void {
     const e = err as { code?: unknown; message?: unknown };
-    const code = errorCodeOf(err) === 'KMSDISK_ERR_NOT_FOUND' ? 'KMSDISK_ERR_VOLUME_CORRUPT' : (errorCodeOf(err) ?? 'KMSDISK_ERR_IO');
-    const message = errorCodeOf(err) === 'KMSDISK_ERR_NOT_FOUND' ? `volume file ${row.path} is missing` : typeof e.message === 'string' ? e.message : String(err);
+    const missing = errorCodeOf(err) === 'KMSDISK_ERR_NOT_FOUND';
+    const code = missing ? 'KMSDISK_ERR_VOLUME_CORRUPT' : (errorCodeOf(err) ?? 'KMSDISK_ERR_IO');
+    const message = missing ? `volume file ${row.path} is missing` : typeof e.message === 'string' ? e.message : String(err);
     const before = this.headers.get(row.name);
     if (!before || !('error' in before) || before.error.message !== message) {
       this.ctx.logger.error({ disk: row.name, path: row.path, code }, `disk volume unusable: ${message}`);

@@ -13,6 +13,7 @@ import type { Duplex } from 'node:stream';
 import type { EventEmitter } from 'node:events';
 import { monotonicMs, startNativeLane, type NativeLane, type NativeLaneOptions, type NativeVolumeCore } from '../crypto/index.js';
 import { errnoName, type NbdRequestEvent, type NbdStats } from './stats.js';
+import { nowMs } from '../keys/clock.js';
 
 /** A request the lane hands to JS (anything but an aligned READ/WRITE). */
 export interface LaneRequest {
@@ -202,8 +203,8 @@ export class NbdLane {
     this.reportedInflightBytes = s.inflightBytes;
     const r = s.records;
     if (r.length > 0 && this.events.listenerCount('request') > 0) {
-      // The lane's clock (CLOCK_MONOTONIC) to epoch ms: performance.now() runs on the same clock.
-      const toEpoch = performance.timeOrigin + performance.now() - monotonicMs();
+      // The lane's clock (CLOCK_MONOTONIC) to epoch ms: nowMs() (performance.now()) runs on the same clock.
+      const toEpoch = nowMs() - monotonicMs();
       for (let i = 0; i < r.length; i += 6) {
         const ev: NbdRequestEvent = {
           export: this.exportName,

@@ -83,17 +83,18 @@ export class NbdServer extends EventEmitter {
       throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'tlsPskIdentities needs a server with TLS configured');
     }
     if (opts.requireTls && !this.tls) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'requireTls needs a server with TLS configured');
-    if (this.tls && needsTls(opts)) {
+    const entry = makeEntry(name, opts);
+    if (this.tls && needsTls(entry)) {
       // An export that needs TLS but that no configured kind of TLS client may open would be
       // listed by attach and reachable by no one.
       const kinds = this.tls.kinds;
-      const byPsk = kinds.psk && (opts.tlsPskIdentities === undefined || opts.tlsPskIdentities.length > 0);
-      const byX509 = kinds.x509 && (opts.tlsX509 ?? opts.tlsPskIdentities === undefined);
+      const byPsk = kinds.psk && (entry.tlsPskIdentities === undefined || entry.tlsPskIdentities.size > 0);
+      const byX509 = kinds.x509 && entry.tlsX509;
       if (!byPsk && !byX509) {
         throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `export ${name} requires TLS, but no kind of TLS client this server takes may open it`);
       }
     }
-    this.exports.set(name, makeEntry(name, opts));
+    this.exports.set(name, entry);
     this.log.info({ export: name, size: opts.device.size, readOnly: Boolean(opts.readOnly) || opts.device.readOnly }, 'nbd export added');
   }
 

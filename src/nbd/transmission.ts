@@ -11,6 +11,7 @@
 // every other request here (onLaneRequest -> the same dispatch/execute as above); replies go back
 // through the lane, the only writer on the socket then.
 
+import { nowMs } from '../keys/clock.js';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import type { EventEmitter } from 'node:events';
@@ -141,7 +142,7 @@ export class TransmissionSession {
   };
   private idleWaiters: Array<() => void> = [];
   /** The client shut down its sending side: once every complete request it sent is taken, the
-   * session answers them and ends the socket (drainAfterPeerEnd). */
+   * session answers them and ends the socket (drainIfPeerEnded). */
   private peerEnded = false;
   private readonly closed: Promise<void>;
   /** Lane mode: the device's native core and the socket's descriptor, until start() hands them over. */
@@ -676,8 +677,8 @@ export class TransmissionSession {
       this.sendError(req, NBD_ERR.EPERM, 'data key is no longer usable');
       return NBD_ERR.EPERM;
     }
-    // Stamped right at the check that lets the data go (the clock of src/keys/clock.ts nowMs()).
-    if (this.events.listenerCount('request') > 0) release.at = performance.timeOrigin + performance.now();
+    // Stamped right at the check that lets the data go, on the revocation timelines' clock.
+    if (this.events.listenerCount('request') > 0) release.at = nowMs();
     if (this.extended) {
       this.writeExtendedHeader(buf, REPLY_FLAG_DONE, REPLY_TYPE.OFFSET_DATA, req, 8 + len);
       writeU64(buf, EXTENDED_REPLY_HEADER_SIZE, req.offset);

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
+import { cli, cliOk, cliRefused, startDaemonStack, type DaemonStack } from './helpers.js';
 import { RawClient } from '../nbd/raw-client.js';
 import { NBD_BENCH_WORKLOADS } from '../../src/nbd/bench-command.js';
 
@@ -27,19 +27,9 @@ afterAll(async () => {
   await stack?.close();
 });
 
-function ok(args: string[]): Record<string, any> {
-  const r = cli([...args, '--json'], env);
-  if (r.status !== 0) throw new Error(`kmsdisk ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  return r.json as Record<string, any>;
-}
+const ok = (args: string[]): Record<string, any> => cliOk(args, env);
 
-function refused(args: string[], exit: number, code: string): string {
-  const r = cli([...args, '--json'], env);
-  expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(exit);
-  const err = (r.json as { error: { code: string; message: string } }).error;
-  expect(err.code).toBe(code);
-  return err.message;
-}
+const refused = (args: string[], exit: number, code: string): string => cliRefused(args, env, exit, code).error.message;
 
 /** sha256 of the whole export, read by nbdcopy. */
 function digest(uri: string): string {

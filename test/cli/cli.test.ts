@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
+import { cli, cliOk, cliRefused, startDaemonStack, type CliRefusal, type DaemonStack } from './helpers.js';
 
 let stack: DaemonStack;
 let dir: string;
@@ -22,20 +22,13 @@ afterAll(async () => {
   await stack?.close();
 });
 
-function ok(args: string[]) {
-  const r = cli([...args, '--json'], env);
-  if (r.status !== 0) throw new Error(`kmsdisk ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  return r.json as Record<string, any>;
-}
+const ok = (args: string[]): Record<string, any> => cliOk(args, env);
 
-function refused(args: string[], exit: number, code: string, ecsCode?: string) {
-  const r = cli([...args, '--json'], env);
-  expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(exit);
-  const err = (r.json as { error: { code: string; ecsCode?: string; message: string } }).error;
-  expect(err.code).toBe(code);
-  if (ecsCode) expect(err.ecsCode).toBe(ecsCode);
-  expect(r.stderr).toContain(code);
-  return err;
+function refused(args: string[], exit: number, code: string, ecsCode?: string): CliRefusal['error'] {
+  const { error, stderr } = cliRefused(args, env, exit, code);
+  if (ecsCode) expect(error.ecsCode).toBe(ecsCode);
+  expect(stderr).toContain(code);
+  return error;
 }
 
 describe('kmsdisk CLI against a real emulator and agent', () => {

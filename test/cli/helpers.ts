@@ -1,5 +1,6 @@
 // Runs the real CLI (compiled, as users run it) and real daemons as subprocesses.
 
+import { expect } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -62,6 +63,27 @@ export function cliAsync(args: string[], env: NodeJS.ProcessEnv = {}): Promise<C
       resolve({ status: code ?? -1, stdout, stderr, json });
     });
   });
+}
+
+/** `kmsdisk ARGS --json` that must succeed: its JSON output. */
+export function cliOk(args: string[], env: NodeJS.ProcessEnv): Record<string, any> {
+  const r = cli([...args, '--json'], env);
+  if (r.status !== 0) throw new Error(`kmsdisk ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.json as Record<string, any>;
+}
+
+export interface CliRefusal {
+  error: { code: string; message: string; ecsCode?: string };
+  stderr: string;
+}
+
+/** `kmsdisk ARGS --json` that must be refused with this exit status and error code. */
+export function cliRefused(args: string[], env: NodeJS.ProcessEnv, exit: number, code: string): CliRefusal {
+  const r = cli([...args, '--json'], env);
+  expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(exit);
+  const error = (r.json as { error: CliRefusal['error'] }).error;
+  expect(error.code).toBe(code);
+  return { error, stderr: r.stderr };
 }
 
 export function daemon(args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT): ChildProcess & { output: () => string } {

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, stop, startDaemonStack, type DaemonStack } from './helpers.js';
+import { cli, cliOk, cliRefused, stop, startDaemonStack, type CliRefusal, type DaemonStack } from './helpers.js';
 
 let stack: DaemonStack;
 let env: NodeJS.ProcessEnv;
@@ -19,11 +19,7 @@ afterAll(async () => {
   await stack?.close();
 });
 
-function ok(args: string[]): Record<string, any> {
-  const r = cli([...args, '--json'], env);
-  if (r.status !== 0) throw new Error(`kmsdisk ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  return r.json as Record<string, any>;
-}
+const ok = (args: string[]): Record<string, any> => cliOk(args, env);
 
 /** Set-up steps go straight to the admin API: each CLI process costs a second or more here. */
 async function api(method: string, path: string, body?: unknown): Promise<Record<string, any>> {
@@ -38,13 +34,10 @@ async function api(method: string, path: string, body?: unknown): Promise<Record
   return json;
 }
 
-function refused(args: string[], exit: number, code: string, ecsCode?: string): { code: string; message: string; ecsCode?: string } {
-  const r = cli([...args, '--json'], env);
-  expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(exit);
-  const err = (r.json as { error: { code: string; message: string; ecsCode?: string } }).error;
-  expect(err.code).toBe(code);
-  expect(err.ecsCode).toBe(ecsCode);
-  return err;
+function refused(args: string[], exit: number, code: string, ecsCode?: string): CliRefusal['error'] {
+  const { error } = cliRefused(args, env, exit, code);
+  expect(error.ecsCode).toBe(ecsCode);
+  return error;
 }
 
 describe('kmsdisk key / attach against real daemons', () => {

@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from
 import { join } from 'node:path';
 import { mustRun, run } from '../nbd/harness.js';
 import { makePki, type TestPki } from '../nbd/pki.js';
-import { cli, stop, type DaemonStack, startDaemonStack } from './helpers.js';
+import { cli, cliOk, stop, type DaemonStack, startDaemonStack } from './helpers.js';
 
 let stack: DaemonStack;
 let env: NodeJS.ProcessEnv;
@@ -30,11 +30,7 @@ afterAll(async () => {
   await stack?.close();
 });
 
-function ok(args: string[]): Record<string, any> {
-  const r = cli([...args, '--json'], env);
-  if (r.status !== 0) throw new Error(`kmsdisk ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  return r.json as Record<string, any>;
-}
+const ok = (args: string[]): Record<string, any> => cliOk(args, env);
 
 /** `kmsdisk attach ...` in text mode, as a person runs it: the output and the URI it prints. */
 function attachText(args: string[]): { out: string; uri: string } {
