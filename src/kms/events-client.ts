@@ -111,7 +111,14 @@ export function subscribeKmsEvents(
     if (f.event === 'hello') {
       const hello = JSON.parse(f.data) as { subscriptionId: string; seq: number };
       subscriptionId = hello.subscriptionId;
-      if (lastSeq === undefined) lastSeq = hello.seq;
+      // The emulator's numbering went back (state restored from a backup, or changes announced
+      // but never persisted before a crash): it hands those seqs out again to new events, which
+      // the replay-overlap check below would otherwise drop -- a DisableKey never reaching the
+      // key guard. Continue from its last committed seq. (In the queue: a handler of the previous
+      // connection still running would otherwise set lastSeq back to the old numbering.)
+      queue = queue.then(() => {
+        if (lastSeq === undefined || hello.seq < lastSeq) lastSeq = hello.seq;
+      });
       failures = 0;
       lastReason = '';
       connected = true;

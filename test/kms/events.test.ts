@@ -1,7 +1,7 @@
 // GET /events: delivery of committed changes, visibility per principal, acks and synchronous
 // revocation (waiting for the subscriber's ack, or timing out when it does not ack).
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { KmsEmulator } from '../../src/kms/emulator/index.js';
@@ -24,7 +24,7 @@ afterEach(() => {
   for (const s of subs.splice(0)) s.close();
 });
 
-function subscribe(emu: KmsEmulator, who: 'admin' | 'agent', onEvent: (ev: KmsEvent) => Promise<void> | void, extra: { onDisconnected?: (e: KmsdiskError) => void; since?: number } = {}) {
+function subscribe(emu: KmsEmulator, who: 'admin' | 'agent', onEvent: (ev: KmsEvent) => Promise<void> | void, extra: { onDisconnected?: (e: KmsdiskError) => void; onGap?: (g: { since: number; oldest: number }) => void; since?: number } = {}) {
   let connected = 0;
   const sub = subscribeKmsEvents({ endpoint: endpointOf(emu), protocol: 'http', credentials: emu.credentials[who] }, onEvent, {
     onConnected: () => {
@@ -253,6 +253,55 @@ describe('event stream across an emulator restart', () => {
       await keyService(emu, emu.credentials.admin).enableKey(k);
       await waitFor(() => got.some((e) => e.keyId === k && e.state === 'Enabled'), 'event after restart');
       expect(got[0]!.seq).toBeGreaterThan(seqNow + 1);
+    } finally {
+      await emu.close();
+      removeDir(dir);
+    }
+  });
+});
+
+describe('event stream after the emulator\'s numbering went back', () => {
+  it('a state.json restored from a backup: the next DisableKey still reaches the subscriber, and its ack is real', async () => {
+    const dir = tempDir();
+    let emu = await startEmulator(dir, { syncRevocationTimeoutMs: 5000 });
+    const port = emu.port;
+    try {
+      const admin = () => keyService(emu, emu.credentials.admin);
+      const k = (await admin().createKey()).keyId;
+      const backup = readFileSync(join(dir, 'state.json')); // event seq 0
+      const got: KmsEvent[] = [];
+      const gaps: Array<{ since: number; oldest: number }> = [];
+      let wipes = 0;
+      const s = subscribe(
+        emu,
+        'admin',
+        async (ev) => {
+          got.push(ev);
+          if (ev.state === 'Disabled') {
+            await new Promise((r) => setTimeout(r, 30)); // the "wipe"
+            wipes += 1;
+          }
+        },
+        { onGap: (g) => void gaps.push(g) },
+      );
+      await waitFor(() => s.connections() === 1, 'subscription');
+      for (let i = 0; i < 2; i++) {
+        await admin().disableKey(k);
+        await admin().enableKey(k);
+      }
+      await waitFor(() => s.sub.lastSeq === 4, 'events 1-4 handled');
+      await emu.close();
+      writeFileSync(join(dir, 'state.json'), backup, { mode: 0o600 }); // the operator restores a backup
+      emu = await startEmulator(dir, { syncRevocationTimeoutMs: 5000, listen: { host: '127.0.0.1', port } });
+      await waitFor(() => s.connections() === 2, 'reconnect');
+      await waitFor(() => gaps.length === 1, 'gap: the subscriber is ahead of the emulator');
+      expect(gaps[0]).toEqual({ since: 4, oldest: 1 });
+      const wipesBefore = wipes;
+      // Seq 1 again, for a new event: it must not be taken for an already handled one.
+      const r = await admin().disableKey(k);
+      expect(wipes).toBe(wipesBefore + 1);
+      expect(r.revocationAcks).toMatchObject({ acked: 1, expected: 1, timedOut: false });
+      expect(got.at(-1)).toMatchObject({ seq: 1, keyId: k, state: 'Disabled' });
     } finally {
       await emu.close();
       removeDir(dir);

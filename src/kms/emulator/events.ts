@@ -78,7 +78,13 @@ export class EventHub {
   }
 
   subscribe(principal: Principal, res: ServerResponse, lastSeq: number, since: number | undefined): string {
-    const s: Stream = { id: randomUUID(), principal, res, ackedSeq: since ?? lastSeq, closed: false };
+    // A Since beyond the last committed seq comes from a numbering this emulator no longer has:
+    // its state.json was restored from a backup, or it died after announcing a revocation and
+    // before persisting it. The seqs after lastSeq will be handed out again, to new events, so
+    // the stream starts from lastSeq: counting the subscriber as having acked up to its Since
+    // would report a revocation it never saw as acknowledged.
+    const ahead = since !== undefined && since > lastSeq;
+    const s: Stream = { id: randomUUID(), principal, res, ackedSeq: since !== undefined && !ahead ? since : lastSeq, closed: false };
     // Frames must leave at once: no Nagle delay behind a previous small write (each frame is
     // one write; there is no compression on this stream).
     res.socket?.setNoDelay(true);
@@ -93,7 +99,9 @@ export class EventHub {
       // Events older than the buffer (or from before an emulator restart) cannot be replayed:
       // say so, so the subscriber re-checks its keys instead of trusting a silent stream.
       const oldest = this.ring.length > 0 ? this.ring[0]!.seq : lastSeq + 1;
-      if (since < lastSeq && oldest > since + 1) res.write(`event: gap\ndata: ${JSON.stringify({ since, oldest })}\n\n`);
+      // Ahead: what the subscriber handled after lastSeq is unknown here (possibly lost
+      // changes), so its view of its keys must be re-checked too.
+      if (ahead || (since < lastSeq && oldest > since + 1)) res.write(`event: gap\ndata: ${JSON.stringify({ since, oldest: ahead ? lastSeq + 1 : oldest })}\n\n`);
       for (const ev of this.ring) if (ev.seq > since && this.visible(principal, ev)) this.send(s, ev);
     }
     this.streams.set(s.id, s);
