@@ -157,6 +157,33 @@ describe('ExportDataKey / GenerateAndExportDataKey on the wire', () => {
     expect(await codeOf(raw(admin, 'ExportDataKey', { ...base, CiphertextBlob: textBlob, PublicKeyBlob: der, WrappingAlgorithm: 'RSAES_OAEP_SHA_256', WrappingKeySpec: 'RSA_2048' }))).toBe('InvalidParameter');
   });
 
+  it('a data key longer than the RSA padding allows -> InvalidParameter 400 naming the parameter, not InternalFailure 500', async () => {
+    const k = await newKey();
+    const der = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ format: 'der', type: 'spki' }).toString('base64');
+    const wrapping = { PublicKeyBlob: der, WrappingKeySpec: 'RSA_2048', EncryptionContext: JSON.stringify(ctx) };
+    /** HTTP status and body of a refused call. */
+    const refusal = async (p: Promise<unknown>) => {
+      const e = (await p.then(() => ({ message: 'resolved', data: {} }), (x: unknown) => x)) as { message: string; data: { Code?: string; Message?: string } };
+      return { status: /code: (\d{3})/.exec(e.message)?.[1], code: e.data.Code, message: e.data.Message };
+    };
+    // RSA_2048 wraps at most 190 bytes with OAEP-SHA-256, 214 with OAEP-SHA-1, 245 with PKCS#1 v1.5.
+    for (const [alg, max] of [['RSAES_OAEP_SHA_256', 190], ['RSAES_OAEP_SHA_1', 214], ['RSAES_PKCS1_V1_5', 245]] as const) {
+      const gen = (n: number) => raw(admin, 'GenerateAndExportDataKey', { KeyId: k, NumberOfBytes: n, WrappingAlgorithm: alg, ...wrapping });
+      expect(await codeOf(gen(max))).toBe('OK');
+      expect(await refusal(gen(max + 1))).toEqual({
+        status: '400',
+        code: 'InvalidParameter',
+        message: `The specified parameter NumberOfBytes is not valid. A ${max + 1}-byte data key does not fit ${alg} under RSA_2048: at most ${max} bytes.`,
+      });
+    }
+    const blob = (await admin.generateDataKeyWithoutPlaintext(new KMS.GenerateDataKeyWithoutPlaintextRequest({ keyId: k, numberOfBytes: 1024, encryptionContext: JSON.stringify(ctx) as never }))).ciphertextBlob!;
+    expect(await refusal(raw(admin, 'ExportDataKey', { CiphertextBlob: blob, WrappingAlgorithm: 'RSAES_OAEP_SHA_256', ...wrapping }))).toEqual({
+      status: '400',
+      code: 'InvalidParameter',
+      message: 'The specified parameter PublicKeyBlob is not valid. A 1024-byte data key does not fit RSAES_OAEP_SHA_256 under RSA_2048: at most 190 bytes.',
+    });
+  });
+
   it('client: wrong context -> KMSDISK_ERR_KMS_INVALID_CIPHERTEXT, disabled key -> KMSDISK_ERR_KEY_DISABLED with ecsCode and requestId', async () => {
     const k = await newKey();
     const svc = keyService(emu, emu.credentials.admin);

@@ -112,6 +112,13 @@ function parsePublicKeyUncached(blob: string, wrappingKeySpec: string): KeyObjec
   return key;
 }
 
+/** Longest plaintext `alg` can wrap under `pub` (RFC 8017: OAEP k - 2hLen - 2, PKCS#1 v1.5 k - 11). */
+export function rsaWrapCapacity(pub: KeyObject, alg: WrappingAlgorithm): number {
+  const k = Math.ceil((pub.asymmetricKeyDetails?.modulusLength ?? 0) / 8);
+  if (alg === 'RSAES_PKCS1_V1_5') return k - 11;
+  return k - 2 * (alg === 'RSAES_OAEP_SHA_256' ? 32 : 20) - 2;
+}
+
 export function rsaWrap(pub: KeyObject, alg: WrappingAlgorithm, plain: Buffer): Buffer {
   if (alg === 'RSAES_PKCS1_V1_5') return publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_PADDING }, plain);
   return publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, plain);

@@ -7,7 +7,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { E } from '../api-error.js';
-import { openBlob, parseBlob, parsePublicKeyBlob, parseWrappingAlgorithm, rsaWrap, sealBlob } from '../crypto-ops.js';
+import { openBlob, parseBlob, parsePublicKeyBlob, parseWrappingAlgorithm, rsaWrap, rsaWrapCapacity, sealBlob } from '../crypto-ops.js';
 import type { GrantOperation, KeyRecord } from '../model.js';
 import { type ActionContext, type ActionHandler, authorizeUse, contextAad, int, req, requireUsable, str } from './context.js';
 
@@ -61,10 +61,30 @@ function dataKeyBytes(payload: Buffer): Buffer {
   return bytes;
 }
 
-function wrappingFor(ctx: ActionContext) {
-  const pub = parsePublicKeyBlob(req(ctx, 'PublicKeyBlob'), str(ctx, 'WrappingKeySpec') ?? 'RSA_2048');
+/**
+ * The RSA wrap of the export actions. A data key longer than the padding leaves room for (e.g.
+ * NumberOfBytes=300 under RSA_2048 with OAEP-SHA-256, at most 190) is the caller's choice of
+ * parameters: InvalidParameter naming `lengthParam`, not OpenSSL's "data too large for key size"
+ * as an InternalFailure 500 (which clients also retry as a server fault).
+ */
+function wrappingFor(ctx: ActionContext, lengthParam: 'NumberOfBytes' | 'PublicKeyBlob') {
+  const spec = str(ctx, 'WrappingKeySpec') ?? 'RSA_2048';
+  const pub = parsePublicKeyBlob(req(ctx, 'PublicKeyBlob'), spec);
   const alg = parseWrappingAlgorithm(str(ctx, 'WrappingAlgorithm'));
-  return (plain: Buffer) => rsaWrap(pub, alg, plain).toString('base64');
+  const max = rsaWrapCapacity(pub, alg);
+  return (plain: Buffer) => {
+    if (plain.length > max) throw E.invalid(lengthParam, `A ${plain.length}-byte data key does not fit ${alg} under ${spec}: at most ${max} bytes.`);
+    return rsaWrap(pub, alg, plain).toString('base64');
+  };
+}
+
+/** Wraps the data key, zeroing it whether or not the wrap succeeds. */
+function wrapAndWipe(wrap: (plain: Buffer) => string, dk: Buffer): string {
+  try {
+    return wrap(dk);
+  } finally {
+    dk.fill(0);
+  }
 }
 
 const encrypt: ActionHandler = (ctx) => {
@@ -96,19 +116,16 @@ const generateDataKeyWithoutPlaintext: ActionHandler = (ctx) => {
 };
 
 const exportDataKey: ActionHandler = (ctx) => {
-  const wrap = wrappingFor(ctx);
+  const wrap = wrappingFor(ctx, 'PublicKeyBlob');
   const o = openWith(ctx, req(ctx, 'CiphertextBlob'), 'ExportDataKey', contextAad(ctx));
-  const dk = dataKeyBytes(o.payload);
-  const exported = wrap(dk);
-  dk.fill(0);
+  const exported = wrapAndWipe(wrap, dataKeyBytes(o.payload));
   return { body: { ExportedDataKey: exported, KeyId: o.key.keyId, KeyVersionId: o.keyVersionId } };
 };
 
 const generateAndExportDataKey: ActionHandler = (ctx) => {
-  const wrap = wrappingFor(ctx);
+  const wrap = wrappingFor(ctx, 'NumberOfBytes');
   const { s, dk } = generate(ctx, 'GenerateAndExportDataKey');
-  const exported = wrap(dk);
-  dk.fill(0);
+  const exported = wrapAndWipe(wrap, dk);
   return { body: { CiphertextBlob: s.blob, ExportedDataKey: exported, KeyId: s.key.keyId, KeyVersionId: s.keyVersionId } };
 };
 
