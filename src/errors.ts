@@ -74,6 +74,7 @@ export const ERRORS = {
   KMSDISK_ERR_KMS_UNAVAILABLE: { http: 503, nbd: NBD_ERR.EIO, exit: EXIT.unavailable, summary: 'the KMS is unreachable or failing' },
   KMSDISK_ERR_KMS_INVALID_CIPHERTEXT: { http: 400, nbd: NBD_ERR.EIO, exit: EXIT.integrity, summary: 'the KMS refused the wrapped key (corrupt blob or wrong context)' },
   KMSDISK_ERR_KMS_REQUEST: { http: 400, nbd: NBD_ERR.EIO, exit: EXIT.usage, summary: 'the KMS refused the request parameters' },
+  KMSDISK_ERR_KMS_STATE_CORRUPT: { http: 500, nbd: NBD_ERR.EIO, exit: EXIT.integrity, summary: "the KMS emulator's state is corrupt, truncated or sealed under another root key" },
 
   // --- volumes ------------------------------------------------------------------------------
   KMSDISK_ERR_VOLUME_CORRUPT: { http: 500, nbd: NBD_ERR.EIO, exit: EXIT.integrity, summary: 'the volume header is corrupt or truncated' },

@@ -3,7 +3,7 @@
 // with a stable code and the exit class of the error table.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
@@ -49,6 +49,29 @@ describe('kmsdisk CLI error messages', () => {
       code: 'KMSDISK_ERR_ADDRESS_IN_USE',
       message: `the KMS emulator cannot listen on ${taken}: the address is already in use (another kmsdisk, or another program); choose another with --listen HOST:PORT or KMSDISK_KMS`,
     });
+  });
+
+  it('an emulator refusing its state folder exits with the class of the fault, not 1 (internal)', () => {
+    // A copy of the running emulator's folder, then broken one way at a time.
+    const dir = join(spare, 'kms-broken');
+    mkdirSync(dir, { recursive: true });
+    const src = join(stack.dir, 'state', 'kms');
+    for (const f of ['state.json', 'root.key', 'credentials.json']) copyFileSync(join(src, f), join(dir, f));
+    const kms = ['kms', '--state', dir, '--listen', '127.0.0.1:0'];
+    const state = readFileSync(join(dir, 'state.json'));
+    writeFileSync(join(dir, 'state.json'), state.subarray(0, state.length - 10));
+    expect(failed(kms, 7)).toMatchObject({ code: 'KMSDISK_ERR_KMS_STATE_CORRUPT', message: expect.stringMatching(/state\.json is corrupt or truncated .*refusing to start/) });
+    writeFileSync(join(dir, 'state.json'), state);
+    const rootKey = readFileSync(join(dir, 'root.key'));
+    writeFileSync(join(dir, 'root.key'), 'ab'.repeat(32));
+    expect(failed(kms, 7)).toMatchObject({ code: 'KMSDISK_ERR_KMS_STATE_CORRUPT', message: expect.stringMatching(/different root key/) });
+    rmSync(join(dir, 'root.key'));
+    expect(failed(kms, 3)).toMatchObject({ code: 'KMSDISK_ERR_NOT_FOUND', message: expect.stringMatching(/root key is missing/) });
+    writeFileSync(join(dir, 'root.key'), 'not hex');
+    expect(failed(kms, 2)).toMatchObject({ code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: expect.stringMatching(/must be 64 hex characters/) });
+    writeFileSync(join(dir, 'root.key'), rootKey);
+    writeFileSync(join(dir, 'credentials.json'), '{"admin":');
+    expect(failed(kms, 2)).toMatchObject({ code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: expect.stringMatching(/credentials\.json is not valid JSON/) });
   });
 
   it('an agent on a taken NBD or API address, or on an address of no interface here, says which and how to move it', () => {

@@ -3,6 +3,7 @@
 // caller then persists with StateWriter, so a snapshot always reflects whole operations.
 
 import { randomBytes, randomUUID, createHash, createSecretKey, type KeyObject } from 'node:crypto';
+import { KmsdiskError } from '../../errors.js';
 import { E } from './api-error.js';
 import type { RootKey } from './root-key.js';
 import type {
@@ -79,10 +80,10 @@ export class KeyStore {
   static load(root: RootKey, raw: unknown, file: string): KeyStore {
     const s = raw as Partial<PersistedState> | null;
     if (!s || typeof s.account !== 'string' || !Array.isArray(s.keys) || !Array.isArray(s.grants) || typeof s.aliases !== 'object' || typeof s.eventSeq !== 'number') {
-      throw new Error(`KMS state file ${file} does not have the expected structure; refusing to start`);
+      throw new KmsdiskError('KMSDISK_ERR_KMS_STATE_CORRUPT', `KMS state file ${file} does not have the expected structure; refusing to start`);
     }
     if (s.rootKeyCheck !== root.checkValue()) {
-      throw new Error(`KMS state file ${file} was written under a different root key; refusing to start (check KMSDISK_KMS_ROOT_KEY / root.key)`);
+      throw new KmsdiskError('KMSDISK_ERR_KMS_STATE_CORRUPT', `KMS state file ${file} was written under a different root key; refusing to start (check KMSDISK_KMS_ROOT_KEY / root.key)`);
     }
     const full = s as PersistedState;
     return new KeyStore(root, { ...full, accessKeys: full.accessKeys ?? {}, region: full.region ?? "cn-hangzhou" });
@@ -107,7 +108,7 @@ export class KeyStore {
       this.versionOwner.set(v.keyVersionId, k.keyId);
       if (v.sealedMaterial) {
         const m = this.root.open(v.sealedMaterial, v.keyVersionId);
-        if (!m) throw new Error(`key material of version ${v.keyVersionId} does not authenticate under the root key; refusing to start`);
+        if (!m) throw new KmsdiskError('KMSDISK_ERR_KMS_STATE_CORRUPT', `key material of version ${v.keyVersionId} does not authenticate under the root key; refusing to start`);
         this.material.set(v.keyVersionId, m);
         this.materialKeys.set(v.keyVersionId, createSecretKey(m));
       }

@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { KmsdiskError } from '../../errors.js';
 
 export interface AccessKeyPair {
   accessKeyId: string;
@@ -54,11 +55,11 @@ export function loadOrCreateCredentials(dir: string): KmsCredentialsFile {
     try {
       parsed = JSON.parse(readFileSync(file, 'utf8'));
     } catch (err) {
-      throw new Error(`KMS credentials file ${file} is not valid JSON: ${(err as Error).message}`);
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS credentials file ${file} is not valid JSON: ${(err as Error).message}`);
     }
     const o = parsed as Partial<KmsCredentialsFile>;
     if (!isPair(o.admin) || !isPair(o.agent)) {
-      throw new Error(`KMS credentials file ${file} must hold {"admin": {accessKeyId, accessKeySecret}, "agent": {...}}`);
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS credentials file ${file} must hold {"admin": {accessKeyId, accessKeySecret}, "agent": {...}}`);
     }
     return { admin: o.admin, agent: o.agent };
   }
@@ -79,15 +80,15 @@ export function loadPrincipals(dir: string, creds: KmsCredentialsFile): Principa
     try {
       parsed = JSON.parse(readFileSync(file, 'utf8'));
     } catch (err) {
-      throw new Error(`KMS principals file ${file} is not valid JSON: ${(err as Error).message}`);
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS principals file ${file} is not valid JSON: ${(err as Error).message}`);
     }
     if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
-      throw new Error(`KMS principals file ${file} must be an object {"name": {accessKeyId, accessKeySecret, admin?}}`);
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS principals file ${file} must be an object {"name": {accessKeyId, accessKeySecret, admin?}}`);
     }
     for (const [name, v] of Object.entries(parsed as Record<string, unknown>)) {
-      if (!isPair(v)) throw new Error(`KMS principals file ${file}: principal "${name}" needs accessKeyId and accessKeySecret`);
+      if (!isPair(v)) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS principals file ${file}: principal "${name}" needs accessKeyId and accessKeySecret`);
       if (out.some((p) => p.name === name || p.accessKeyId === v.accessKeyId)) {
-        throw new Error(`KMS principals file ${file}: principal "${name}" duplicates a name or AccessKeyId`);
+        throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS principals file ${file}: principal "${name}" duplicates a name or AccessKeyId`);
       }
       out.push({ name, accessKeyId: v.accessKeyId, accessKeySecret: v.accessKeySecret, admin: (v as { admin?: unknown }).admin === true });
     }

@@ -6,6 +6,7 @@
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { KmsdiskError } from '../../errors.js';
 
 export const ROOT_KEY_ENV = 'KMSDISK_KMS_ROOT_KEY';
 
@@ -14,7 +15,7 @@ export class RootKey {
 
   static fromHex(hex: string, source: string): RootKey {
     if (!/^[0-9a-fA-F]{64}$/.test(hex.trim())) {
-      throw new Error(`KMS root key from ${source} must be 64 hex characters (32 bytes)`);
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS root key from ${source} must be 64 hex characters (32 bytes)`);
     }
     return new RootKey(Buffer.from(hex.trim(), 'hex'));
   }
@@ -30,7 +31,8 @@ export class RootKey {
     const file = opts.rootKeyFile ?? join(dir, 'root.key');
     if (existsSync(file)) return RootKey.fromHex(readFileSync(file, 'utf8'), file);
     if (!opts.allowCreate) {
-      throw new Error(
+      throw new KmsdiskError(
+        'KMSDISK_ERR_NOT_FOUND',
         `KMS state exists in ${dir} but its root key is missing (${file} not found and $${ROOT_KEY_ENV} unset); refusing to start`,
       );
     }

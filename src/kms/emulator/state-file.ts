@@ -12,16 +12,10 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { KmsdiskError } from '../../errors.js';
 
 export const STATE_FORMAT = 'kmsdisk-kms-state';
 export const STATE_VERSION = 1;
-
-export class StateFileError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'StateFileError';
-  }
-}
 
 export function stateFilePath(dir: string): string {
   return join(dir, 'state.json');
@@ -38,11 +32,12 @@ export function encodeStateFile(state: unknown): Buffer {
   return Buffer.concat([Buffer.from(header + '\n', 'utf8'), body]);
 }
 
-/** Parse and verify a state file; throws StateFileError with a message naming the file. */
+/** Parse and verify a state file; throws KMSDISK_ERR_KMS_STATE_CORRUPT (exit 7) naming the file. */
 export function decodeStateFile(file: string, raw: Buffer): unknown {
   const nl = raw.indexOf(0x0a);
   const fail = (why: string): never => {
-    throw new StateFileError(
+    throw new KmsdiskError(
+      'KMSDISK_ERR_KMS_STATE_CORRUPT',
       `KMS state file ${file} is corrupt or truncated (${why}); refusing to start. ` +
         'Restore it from a backup; it is never reset automatically.',
     );
