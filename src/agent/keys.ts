@@ -281,8 +281,14 @@ export class KeysService {
   }
 }
 
+/**
+ * DisableKey on the service key: a conflict (exit 4), whichever way the key was named. By the
+ * KMS's answer (the emulator refuses management of the service key with UnsupportedOperation),
+ * not only by an alias/acs/ spelling: its key id or ARN was a KMS_REQUEST usage error (exit 2).
+ */
 function serviceKeyGuard(err: unknown, keyId: string): unknown {
-  if (errorCodeOf(err) === 'KMSDISK_ERR_KMS_REQUEST' && keyId.startsWith('alias/acs/')) {
+  const serviceRefusal = err instanceof KmsdiskError && err.ecsCode === 'UnsupportedOperation';
+  if (errorCodeOf(err) === 'KMSDISK_ERR_KMS_REQUEST' && (serviceRefusal || keyId.startsWith('alias/acs/'))) {
     return new KmsdiskError('KMSDISK_ERR_CONFLICT', `${keyId} is a service key: it cannot be disabled`, { cause: err });
   }
   return err;
