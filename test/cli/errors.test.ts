@@ -51,6 +51,14 @@ describe('kmsdisk CLI error messages', () => {
     });
   });
 
+  it('kms --sync-revocation-timeout takes whole milliseconds 0-60000 (a typo used to disable the wait silently)', () => {
+    for (const bad of ['abc', '-5', '60001']) {
+      const err = failed(['kms', '--state', join(spare, 'kms-opt'), '--listen', '127.0.0.1:0', '--sync-revocation-timeout', bad], 2);
+      expect(err.code).toBe('KMSDISK_ERR_INVALID_ARGUMENT');
+      expect(err.message).toMatch(new RegExp(`option '--sync-revocation-timeout <ms>' argument '${bad}' is invalid\\. it must be an integer from 0 to 60000`));
+    }
+  });
+
   it('an emulator refusing its state folder exits with the class of the fault, not 1 (internal)', () => {
     // A copy of the running emulator's folder, then broken one way at a time.
     const dir = join(spare, 'kms-broken');

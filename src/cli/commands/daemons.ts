@@ -10,6 +10,7 @@ import { KmsdiskError } from '../../errors.js';
 import { createLogger } from '../../util/logger.js';
 import { projectRoot } from '../version-info.js';
 import { ApiClient } from '../api-client.js';
+import { intOption } from '../common.js';
 import { loadAgentConfig, type ServeFlags } from '../serve-config.js';
 
 export function registerDaemons(program: Command): void {
@@ -19,8 +20,10 @@ export function registerDaemons(program: Command): void {
     .option('--state <dir>', 'emulator state folder (default <KMSDISK_STATE>/kms)')
     .option('--listen <host:port>', 'listen address (default 127.0.0.1:9801, env KMSDISK_KMS)')
     .option('--no-sync-revocation', 'answer DisableKey/RevokeGrant at once instead of waiting for agents to wipe')
-    .option('--sync-revocation-timeout <ms>', 'bounded wait for agent acknowledgements', '200')
-    .action(async (opts: { state?: string; listen?: string; syncRevocation: boolean; syncRevocationTimeout: string }) => {
+    // Parsed as an integer: Number('abc') was NaN, and a NaN (or negative) timer fires at once,
+    // so every revocation silently stopped waiting for the agents' wipe.
+    .option('--sync-revocation-timeout <ms>', 'bounded wait for agent acknowledgements, in ms (0-60000)', intOption(0, 60_000), 200)
+    .action(async (opts: { state?: string; listen?: string; syncRevocation: boolean; syncRevocationTimeout: number }) => {
       const { startKmsEmulator } = await import('../../kms/emulator/index.js');
       const stateDir = opts.state ?? statePaths().kmsDir;
       const listen = kmsAddress(opts.listen);
@@ -29,7 +32,7 @@ export function registerDaemons(program: Command): void {
         stateDir,
         listen,
         syncRevocation: opts.syncRevocation,
-        syncRevocationTimeoutMs: Number(opts.syncRevocationTimeout),
+        syncRevocationTimeoutMs: opts.syncRevocationTimeout,
         logger,
       }).catch((err: unknown) => {
         throw listenError(err, 'kms', formatHostPort(listen));
