@@ -19,6 +19,14 @@ export const AGENT_GRANT_OPERATIONS: GrantOperation[] = [
   'DescribeKey',
 ];
 
+/**
+ * The operations the agent itself calls on a CMK with its own AccessKey (GenerateAndExportDataKey
+ * for a new disk, ExportDataKey to open one, DescribeKey to resolve an alias). A grant to the agent
+ * that lacks one of them (say, an application's Decrypt-only grant) does not let its disks work,
+ * so it is not the console's authorization.
+ */
+const AGENT_NEEDS: GrantOperation[] = ['GenerateAndExportDataKey', 'ExportDataKey', 'DescribeKey'];
+
 export interface KeyView {
   keyId: string;
   aliases: string[];
@@ -82,8 +90,19 @@ export class KeysService {
     return GRANT_NAME_PREFIX + this.ctx.agentPrincipal;
   }
 
+  /** A grant to the agent, whatever it allows (revoking the authorization revokes them all). */
   private isAgentGrant(g: GrantInfo): boolean {
     return g.name === this.grantName() || g.granteePrincipal === this.ctx.agentPrincipal || this.opts.principalNames.includes(g.granteePrincipal);
+  }
+
+  /**
+   * A grant to the agent that covers what its disks need: what `authorized` means. Any agent grant
+   * used to count, so a Decrypt-only grant showed "authorized yes", `key authorize` answered
+   * created:false without granting anything, and disk create kept failing with KMSUnauthorized
+   * and the hint to run `key authorize`.
+   */
+  private authorizesAgent(g: GrantInfo): boolean {
+    return this.isAgentGrant(g) && AGENT_NEEDS.every((op) => g.operations.includes(op));
   }
 
   async list(): Promise<KeyView[]> {
@@ -99,7 +118,7 @@ export class KeysService {
         let authorized = service;
         if (!service && this.ctx.adminKms) {
           const grants = await this.ctx.adminKms.listGrants(e.keyId).catch(() => [] as GrantInfo[]);
-          authorized = grants.some((g) => this.isAgentGrant(g));
+          authorized = grants.some((g) => this.authorizesAgent(g));
         } else if (!service) {
           // Without admin rights, "can the agent describe it" is the best proxy.
           authorized = meta !== undefined;
@@ -202,7 +221,7 @@ export class KeysService {
     if (service) {
       return { keyId: meta.keyId, authorized: true, service: true, created: false, note: `the service key ${service} needs no authorization` };
     }
-    const existing = (await admin.listGrants(meta.keyId)).find((g) => this.isAgentGrant(g));
+    const existing = (await admin.listGrants(meta.keyId)).find((g) => this.authorizesAgent(g));
     if (existing) return { keyId: meta.keyId, authorized: true, service: false, grantId: existing.grantId, created: false };
     const g = await admin.createGrant({
       keyId: meta.keyId,

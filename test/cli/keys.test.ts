@@ -6,6 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createKeyService } from '../../src/kms/alibaba.js';
+import { readStateKmsCredentials } from '../../src/kms/credentials.js';
 import { cli, cliOk, cliRefused, stop, startDaemonStack, type CliRefusal, type DaemonStack } from './helpers.js';
 
 let stack: DaemonStack;
@@ -85,6 +87,20 @@ describe('kmsdisk key / attach against real daemons', () => {
     expect(text).toMatch(/^kmsdisk_kms_call_seconds_count\{action="GenerateAndExportDataKey",outcome="ok"\} [1-9]/m);
     expect(text).toMatch(/^kmsdisk_kms_errors_total\{action="ExportDataKey",code="Forbidden.NoPermission"\} 1$/m);
     expect(text).toMatch(/^kmsdisk_kms_errors_total\{action="ExportDataKey",code="Rejected.Disabled"\} 1$/m);
+  });
+
+  it('a grant to the agent that does not cover its disks is no authorization: key list says no, key authorize grants, disk create works', async () => {
+    const k = (await api('POST', '/v1/keys', { alias: 'alias/partial' })).keyId as string;
+    // An application's Decrypt-only grant to the same principal, made straight at the KMS.
+    const admin = createKeyService({ endpoint: String(env.KMSDISK_KMS), protocol: 'http', credentials: readStateKmsCredentials(String(env.KMSDISK_STATE)).admin, retries: 0 });
+    const app = await admin.createGrant({ keyId: k, granteePrincipal: 'agent', operations: ['Decrypt', 'DescribeKey'], name: 'app-decrypt' });
+    const listed = ok(['key', 'list']).keys.find((x: { keyId: string }) => x.keyId === k);
+    expect(listed).toMatchObject({ authorized: false });
+    const auth = ok(['key', 'authorize', 'alias/partial']);
+    expect(auth).toMatchObject({ keyId: k, authorized: true, created: true });
+    expect(auth.grantId).not.toBe(app.grantId);
+    await api('POST', '/v1/disks', { name: 'dp', size: '4M', kmsKeyId: 'alias/partial' });
+    expect(ok(['key', 'list']).keys.find((x: { keyId: string }) => x.keyId === k)).toMatchObject({ authorized: true, disks: ['dp'] });
   });
 
   // Last: stops the emulator.
