@@ -356,6 +356,13 @@ export class KeyGuard extends EventEmitter {
     const aboutUs = this.namesUs(ev.principal);
     const needsPrincipal = ev.type === 'GrantRevoked' || ev.type === 'GrantRetired' || ev.type === 'GrantCreated' || ev.type === 'AccessKeyChanged';
 
+    if (revoking && grantNeverUnwrapped(ev)) {
+      // A grant to us that did not allow ExportDataKey (an application's Decrypt-only grant, say)
+      // never unwrapped a slot here, so its revocation takes nothing away: wiping would only cut
+      // the disks off until a renewal (or, with --resume manual, an operator) brings them back.
+      this.logEvent(ev, targets.length);
+      return;
+    }
     if (revoking) {
       const cause = causeOfEvent(ev);
       if (!needsPrincipal || aboutUs === true) {
@@ -625,6 +632,14 @@ export class KeyGuard extends EventEmitter {
     for (const e of lease.entries) this.metrics?.diskKeyState.set({ disk: e.diskName, key_id: lease.keyId }, e.slot ? 1 : 0);
     this.setActive(lease);
   }
+}
+
+/**
+ * A GrantRevoked / GrantRetired whose grant did not allow ExportDataKey, the only call that loads
+ * and renews the guard's slots. Without `operations` (an older emulator) it cannot tell: false.
+ */
+function grantNeverUnwrapped(ev: KmsEvent): boolean {
+  return (ev.type === 'GrantRevoked' || ev.type === 'GrantRetired') && Array.isArray(ev.operations) && !ev.operations.includes('ExportDataKey');
 }
 
 function causeOfEvent(ev: KmsEvent): DenyCause {

@@ -116,6 +116,30 @@ describe('deny causes with synchronous revocation (event stream + lease)', () =>
     }
   });
 
+  it('a revoked or retired grant of the agent that never allowed ExportDataKey leaves the disk serving (no wipe)', async () => {
+    const reader = await startReader(h, 4);
+    let revokedSeen = 0;
+    const onRevoked = (): void => {
+      revokedSeen += 1;
+    };
+    h.agent.guard.on('revoked', onRevoked);
+    try {
+      // An application's grants to the same principal: they never unwrapped the disk's key.
+      const app = await h.kms.admin.createGrant({ keyId: h.keyId, granteePrincipal: 'agent', operations: ['Decrypt', 'DescribeKey'], name: 'app-decrypt' });
+      const r = await h.kms.admin.revokeGrant(h.keyId, app.grantId);
+      // Synchronous revocation: the agent handled the event before this answer.
+      expect(r.revocationAcks).toMatchObject({ acked: 1, expected: 1, timedOut: false });
+      const app2 = await h.kms.admin.createGrant({ keyId: h.keyId, granteePrincipal: 'agent', operations: ['GenerateAndExportDataKey'], name: 'app-create' });
+      await h.kms.admin.retireGrant({ keyId: h.keyId, grantId: app2.grantId });
+      expect(revokedSeen).toBe(0);
+      expect(h.agent.guard.keyState(h.keyId)?.state).toBe('active');
+      expect(await readOnce(reader.client)).toBe('served');
+    } finally {
+      h.agent.guard.off('revoked', onRevoked);
+      await reader.stop();
+    }
+  });
+
   it('a revoked grant of another principal leaves the disk serving', async () => {
     const other = await h.kms.admin.createGrant({ keyId: h.keyId, granteePrincipal: 'admin', operations: ['Decrypt'], name: 'someone-else' });
     const reader = await startReader(h, 4);

@@ -92,6 +92,8 @@ export interface KmsEvent {
   principal?: string;
   /** New key state, or `Active`/`Inactive` for AccessKeyChanged. */
   state?: string;
+  /** Grant events: the operations the grant allowed (or allows). */
+  operations?: string[];
   at: string;
 }
 

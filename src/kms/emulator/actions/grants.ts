@@ -46,7 +46,7 @@ const createGrant: ActionHandler = (ctx) => {
   const grantee = ctx.principals.resolve(ref);
   if (!grantee) throw E.invalid('GranteePrincipal', `No principal or AccessKeyId named ${ref}.`);
   const { grant, token } = ctx.store.createGrant(k.keyId, grantee.name, parseOperations(ctx), str(ctx, 'Name') ?? '', ctx.now);
-  const ev = ctx.store.newEvent('GrantCreated', ctx.now, { keyId: k.keyId, grantId: grant.grantId, principal: grantee.name });
+  const ev = ctx.store.newEvent('GrantCreated', ctx.now, { keyId: k.keyId, grantId: grant.grantId, principal: grantee.name, operations: grant.operations });
   return { body: { GrantId: grant.grantId, GrantToken: token }, mutated: true, events: [ev] };
 };
 
@@ -57,7 +57,8 @@ const revokeGrant: ActionHandler = (ctx) => {
   const g = ctx.store.grant(id);
   if (!g || g.keyId !== k.keyId) throw E.grantNotFound(id);
   ctx.store.deleteGrant(id);
-  const ev = ctx.store.newEvent('GrantRevoked', ctx.now, { keyId: g.keyId, grantId: g.grantId, principal: g.granteePrincipal });
+  // With the operations: a subscriber can tell whether the grant was what let it unwrap.
+  const ev = ctx.store.newEvent('GrantRevoked', ctx.now, { keyId: g.keyId, grantId: g.grantId, principal: g.granteePrincipal, operations: g.operations });
   return { body: {}, mutated: true, events: [ev] };
 };
 
@@ -76,7 +77,7 @@ const retireGrant: ActionHandler = (ctx) => {
   // The key owner or the grantee itself may retire a grant.
   if (!ctx.principal.admin && g.granteePrincipal !== ctx.principal.name) throw E.noPermission();
   ctx.store.deleteGrant(g.grantId);
-  const ev = ctx.store.newEvent('GrantRetired', ctx.now, { keyId: g.keyId, grantId: g.grantId, principal: g.granteePrincipal });
+  const ev = ctx.store.newEvent('GrantRetired', ctx.now, { keyId: g.keyId, grantId: g.grantId, principal: g.granteePrincipal, operations: g.operations });
   return { body: {}, mutated: true, events: [ev] };
 };
 
