@@ -1,6 +1,7 @@
 // Every action's success path, documented failures, exact response shapes and the key state x
 // API table (kms-api.md §3.2), through the unmodified SDK over HTTP.
 
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KmsEmulator } from '../../src/kms/emulator/index.js';
 import { KMS, codeOf, raw, removeDir, sdkClient, startEmulator, statusOf, tempDir } from './helpers.js';
@@ -134,6 +135,23 @@ describe('crypto actions', () => {
     expect((g as unknown as { plaintext?: string }).plaintext).toBeUndefined();
     const d = await admin.decrypt(new KMS.DecryptRequest({ ciphertextBlob: g.ciphertextBlob, encryptionContext: ctx as never }));
     expect(Buffer.from(d.plaintext!, 'base64').length).toBe(32);
+  });
+
+  it('Encrypt takes 6 KB of non-ASCII Plaintext (18 KB of URL); malformed HTTP gets a KMS-shaped error', async () => {
+    const k = await newKey();
+    const text = '密'.repeat(2048); // 6144 bytes of UTF-8, each percent-encoded on the wire
+    const e = await admin.encrypt(new KMS.EncryptRequest({ keyId: k, plaintext: text, encryptionContext: ctx as never }));
+    expect((await admin.decrypt(new KMS.DecryptRequest({ ciphertextBlob: e.ciphertextBlob!, encryptionContext: ctx as never }))).plaintext).toBe(text);
+    // Not HTTP at all: answered like every other refusal (the SDK reads Code from the body).
+    const answer = await new Promise<string>((resolve, reject) => {
+      let got = '';
+      const sock = connect(emu.port, '127.0.0.1', () => sock.write('NOT HTTP\r\n\r\n'));
+      sock.on('data', (d: Buffer) => (got += d.toString()));
+      sock.on('close', () => resolve(got));
+      sock.on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toMatchObject({ Code: 'InvalidParameter', HttpStatus: 400, RequestId: expect.any(String) });
   });
 
   it('ReEncrypt moves a blob to another key and context', async () => {

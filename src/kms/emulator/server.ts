@@ -7,6 +7,8 @@
 
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { E, KmsApiError } from './api-error.js';
 import { RequestAuthenticator, requestParams } from './auth.js';
@@ -81,11 +83,36 @@ function requestId(): string {
   return randomUUID().toUpperCase();
 }
 
+function errorBody(err: KmsApiError, rid: string): Record<string, unknown> {
+  return { RequestId: rid, HostId: HOST_ID, Code: err.code, Message: err.message, Recommend: `https://api.aliyun.com/troubleshoot?q=${encodeURIComponent(err.code)}&product=Kms`, HttpStatus: err.status };
+}
+
 function sendError(reply: FastifyReply, err: KmsApiError, rid: string): FastifyReply {
-  return reply
-    .code(err.status)
-    .header('content-type', 'application/json; charset=utf-8')
-    .send({ RequestId: rid, HostId: HOST_ID, Code: err.code, Message: err.message, Recommend: `https://api.aliyun.com/troubleshoot?q=${encodeURIComponent(err.code)}&product=Kms`, HttpStatus: err.status });
+  return reply.code(err.status).header('content-type', 'application/json; charset=utf-8').send(errorBody(err, rid));
+}
+
+/**
+ * Every parameter travels in the URL (kms-api.md §2.1), percent-encoded: Encrypt's documented 6 KB
+ * of Plaintext is up to 18 KB of query when the text is not ASCII, past Node's default 16 KiB
+ * header limit. That request used to get Fastify's `{"error": ...}` 431, which the SDK reports as
+ * `undefinedError` (no Code). Room for it, plus a KMS-shaped answer for what is still too large or
+ * malformed.
+ */
+const MAX_HEADER_BYTES = 64 * 1024;
+
+function clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const e =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? new KmsApiError('InvalidParameter', 431, `The request is not valid: its URL and headers exceed ${MAX_HEADER_BYTES} bytes.`)
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? new KmsApiError('InvalidParameter', 408, 'The request is not valid: it did not arrive in time.')
+        : new KmsApiError('InvalidParameter', 400, 'The request is not valid: it is not well-formed HTTP.');
+  const body = JSON.stringify(errorBody(e, requestId()));
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status] ?? 'Bad Request'}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy();
 }
 
 export function createServer(deps: ServerDeps): EmulatorServer {
@@ -166,6 +193,8 @@ export function createServer(deps: ServerDeps): EmulatorServer {
   const app = Fastify({
     logger: false,
     bodyLimit: 1024 * 1024,
+    http: { maxHeaderSize: MAX_HEADER_BYTES },
+    clientErrorHandler: clientError,
     // Parameters are decoded from request.raw.url ourselves (the signature needs them exactly).
     routerOptions: { querystringParser: () => ({}) },
   });
