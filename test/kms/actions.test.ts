@@ -107,6 +107,15 @@ describe('crypto actions', () => {
     expect(await codeOf(admin.decrypt(new KMS.DecryptRequest({ ciphertextBlob: flipped.toString('base64'), encryptionContext: ctx as never })))).toBe('InvalidParameter');
     expect(await codeOf(admin.decrypt(new KMS.DecryptRequest({ ciphertextBlob: 'garbage!' })))).toBe('InvalidParameter');
     expect(await codeOf(admin.decrypt(new KMS.DecryptRequest({ ciphertextBlob: raw36.subarray(0, 50).toString('base64') })))).toBe('InvalidParameter');
+    // A well-formed blob of a key version this KMS does not know: 404, naming it as a key version.
+    const foreign = Buffer.from(raw36);
+    foreign.write('00000000-0000-4000-8000-000000000000', 0, 'latin1');
+    const nf = (await admin.decrypt(new KMS.DecryptRequest({ ciphertextBlob: foreign.toString('base64'), encryptionContext: ctx as never })).catch((x: unknown) => x)) as { message: string; data: { Code: string; Message: string } };
+    expect(nf.message).toMatch(/code: 404/);
+    expect(nf.data.Code).toBe('Forbidden.KeyNotFound');
+    expect(nf.data.Message).toBe(
+      "The specified Key is not found: the CiphertextBlob was made under key version 00000000-0000-4000-8000-000000000000, whose key does not exist (deleted, or another KMS's blob).",
+    );
   });
 
   it('accepts the SDK-flattened context form (EncryptionContext.k=v)', async () => {

@@ -19,6 +19,9 @@ export const E = {
     new KmsApiError('InvalidParameter', 400, `The specified parameter ${name} is not valid.${why ? ' ' + why : ''}`),
   invalidCiphertext: () => new KmsApiError('InvalidParameter', 400, 'The specified parameter CiphertextBlob is not valid (corrupt blob or wrong EncryptionContext).'),
   keyNotFound: (id: string) => new KmsApiError('Forbidden.KeyNotFound', 404, `The specified Key is not found: ${id}.`),
+  /** A blob names a key version, not a key: say so, or the message shows an id no key has. */
+  blobKeyNotFound: (keyVersionId: string) =>
+    new KmsApiError('Forbidden.KeyNotFound', 404, `The specified Key is not found: the CiphertextBlob was made under key version ${keyVersionId}, whose key does not exist (deleted, or another KMS's blob).`),
   aliasNotFound: (name: string) => new KmsApiError('Forbidden.AliasNotFound', 404, `The specified Alias is not found: ${name}.`),
   keyVersionNotFound: (id: string) => new KmsApiError('Forbidden.KeyVersionNotFound', 404, `The specified KeyVersion is not found: ${id}.`),
   grantNotFound: (id: string) => new KmsApiError('Forbidden.GrantNotFound', 404, `The specified Grant is not found: ${id}.`),

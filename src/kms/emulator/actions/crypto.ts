@@ -35,7 +35,7 @@ interface Opened {
 function openWith(ctx: ActionContext, blob: string, op: GrantOperation, aad: Buffer): Opened {
   const parsed = parseBlob(blob);
   const { key, material } = ctx.store.versionMaterial(parsed.keyVersionId);
-  if (!key) throw E.keyNotFound(parsed.keyVersionId);
+  if (!key) throw E.blobKeyNotFound(parsed.keyVersionId);
   authorizeUse(ctx, key, op);
   requireUsable(key);
   if (!material) throw E.keyState('PendingImport');
