@@ -61,14 +61,27 @@ export class ApiClient {
       }
     }
     if (!res.ok) {
-      const b = (data ?? {}) as { code?: string; message?: string; requestId?: string; ecsCode?: string };
-      const code = isErrorCode(b.code) ? b.code : res.status === 404 ? 'KMSDISK_ERR_NOT_FOUND' : 'KMSDISK_ERR_INTERNAL';
+      const b = (data ?? {}) as { code?: string; message?: string; requestId?: string; ecsCode?: string; Code?: unknown };
+      // The agent answers every error with a code of the table. Anything else came from some
+      // other server -- typically --api / KMSDISK_API pointing at the KMS emulator (9801 for
+      // 9800) -- and used to surface as a bare "KMSDISK_ERR_NOT_FOUND: HTTP 404" (exit 3).
+      if (!isErrorCode(b.code)) throw this.notTheAgent(method, path, res.status, typeof b.Code === 'string');
+      const code = b.code;
       // The agent cannot know where this CLI looked for its token: say it here, so a wrong
       // --state or KMSDISK_STATE is obvious.
       const message = code === 'KMSDISK_ERR_UNAUTHORIZED' ? this.tokenHint(b.message) : (b.message ?? `HTTP ${res.status}`);
       throw new KmsdiskError(code, message, { ecsCode: b.ecsCode, requestId: b.requestId });
     }
     return data as T;
+  }
+
+  private notTheAgent(method: string, path: string, status: number, kmsShaped: boolean): KmsdiskError {
+    const what = kmsShaped ? 'the KMS (emulator), not the kmsdisk agent' : 'not the kmsdisk agent';
+    return new KmsdiskError(
+      'KMSDISK_ERR_AGENT_UNREACHABLE',
+      `${this.baseUrl} answered ${method} ${path} with HTTP ${status} and no kmsdisk error code: it is ${what}; point --api (or KMSDISK_API) at the agent's admin API (default 127.0.0.1:9800)`,
+      { details: { url: this.baseUrl, httpStatus: status } },
+    );
   }
 
   private tokenHint(agentMessage: string | undefined): string {

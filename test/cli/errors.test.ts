@@ -43,6 +43,14 @@ describe('kmsdisk CLI error messages', () => {
     expect((json.json as { error: unknown }).error).toMatchObject(expected);
   });
 
+  it('--api pointing at the KMS emulator instead of the agent says so (exit 6), not a bare "HTTP 404" (exit 3)', () => {
+    const kms = stack.env.KMSDISK_KMS!;
+    expect(failed(['key', 'list', '--api', kms], 6)).toEqual({
+      code: 'KMSDISK_ERR_AGENT_UNREACHABLE',
+      message: `http://${kms} answered GET /v1/keys with HTTP 404 and no kmsdisk error code: it is the KMS (emulator), not the kmsdisk agent; point --api (or KMSDISK_API) at the agent's admin API (default 127.0.0.1:9800)`,
+    });
+  });
+
   it('an emulator on a taken address: KMSDISK_ERR_ADDRESS_IN_USE, exit 4, naming the address and --listen / KMSDISK_KMS', () => {
     const taken = stack.env.KMSDISK_KMS!;
     expect(failed(['kms', '--state', join(spare, 'kms2'), '--listen', taken], 4)).toEqual({
