@@ -62,7 +62,11 @@ export class ApiClient {
             `(see \`kmsdisk disk list\`, \`kmsdisk job list\`): ${API_TIMEOUT_ENV} sets how long the CLI waits, in ms (0: no limit)`,
         );
       }
-      throw new KmsdiskError('KMSDISK_ERR_AGENT_UNREACHABLE', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${(err as Error).message}`);
+      // fetch says only "fetch failed"; its cause says why: a code (ECONNREFUSED, ENOTFOUND, ...)
+      // or a message ("bad port": fetch refuses ports such as 6000 or 6667 outright).
+      const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
+      const why = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : (err as Error).message;
+      throw new KmsdiskError('KMSDISK_ERR_AGENT_UNREACHABLE', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${why}`);
     }
     let data: unknown = undefined;
     if (text) {

@@ -1,10 +1,11 @@
 // The CLI's wait for the agent (KMSDISK_API_TIMEOUT_MS): a request that outlasts it is reported as
 // possibly still running in the agent, not as an agent that cannot be reached; 0 waits as long
-// as it takes. Real CLI subprocess, real agent and KMS emulator.
+// as it takes; an agent that cannot be reached is named with the cause. Real CLI subprocess, real
+// agent and KMS emulator.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, until, type Stack } from '../api/helpers.js';
-import { cliAsync } from './helpers.js';
+import { cliAsync, freePort } from './helpers.js';
 
 describe('KMSDISK_API_TIMEOUT_MS', () => {
   let s: Stack;
@@ -33,6 +34,18 @@ describe('KMSDISK_API_TIMEOUT_MS', () => {
     expect(error.message).toContain('KMSDISK_API_TIMEOUT_MS');
     expect(error.message).not.toMatch(/is `kmsdisk serve`/);
     await until(async () => (await s.api('GET', '/v1/disks/slow')).status === 200, 'disk slow created by the agent');
+  });
+
+  it('an agent that is not there is named with the cause, not fetch\'s "fetch failed"', async () => {
+    const port = await freePort();
+    const r = await cliAsync(['disk', 'list', '--json', '--api', `127.0.0.1:${port}`, '--token', s.agent.token]);
+    expect(r.status).toBe(6);
+    expect((r.json as { error: { message: string } }).error.message).toBe(
+      `cannot reach the kmsdisk agent at http://127.0.0.1:${port} (is \`kmsdisk serve\` or \`npm start\` running?): ECONNREFUSED`,
+    );
+    // A port fetch will not use at all is named as such.
+    const bad = await cliAsync(['disk', 'list', '--json', '--api', '127.0.0.1:6000', '--token', s.agent.token]);
+    expect((bad.json as { error: { message: string } }).error.message).toMatch(/: bad port$/);
   });
 
   it('0 waits without a limit; a value that is no number is a usage error', async () => {
