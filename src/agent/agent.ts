@@ -457,8 +457,10 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
   nbd.on('request', (ev: NbdRequestEvent) => {
     const c = childrenFor(ev.export, ev.command);
     c.requests.inc();
-    c.bytes?.inc(ev.length);
     c.latency.observe(ev.durationMs / 1000);
-    if (ev.errno !== 0) m.diskErrors.inc({ disk: c.disk, code: errnoName(ev.errno) });
+    // Bytes transferred: a refused request moved none. Counting its length made a revoked disk
+    // (every READ refused with EPERM) show read throughput on dashboards.
+    if (ev.errno === 0) c.bytes?.inc(ev.length);
+    else m.diskErrors.inc({ disk: c.disk, code: errnoName(ev.errno) });
   });
 }

@@ -16,6 +16,7 @@ import { checkName } from './names.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
 import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import { parseSize } from '../util/size.js';
+import { removeDiskSeries } from '../metrics/registry.js';
 import { VolumeSizeLimit } from './size-limit.js';
 
 export type DiskState = 'available' | 'in-use' | 'key-revoked' | 'error';
@@ -432,6 +433,8 @@ export class DisksService {
       });
       this.onDeleted?.(name);
       this.headers.delete(name);
+      // Its I/O, error and snapshot series go too: /metrics describes the disks that exist.
+      await removeDiskSeries(this.ctx.metrics, name);
       await fsp.unlink(row.path).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') this.ctx.logger.warn({ disk: name, path: row.path, err: err.message }, 'could not remove the volume file');
       });

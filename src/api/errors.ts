@@ -5,6 +5,10 @@
 
 import type { FastifyError, FastifyInstance, FastifySchemaValidationError } from 'fastify';
 import { ERRORS, KmsdiskError, errorCodeOf, type ErrorCode } from '../errors.js';
+import { ref } from './schemas.js';
+
+/** Largest request body the admin API reads (Fastify's bodyLimit); larger ones get 413. */
+export const API_BODY_LIMIT = 1024 * 1024;
 
 interface ErrorBody {
   code: ErrorCode;
@@ -64,13 +68,24 @@ export function toErrorBody(err: unknown, requestId: string): { status: number; 
   if (code) return { status: ERRORS[code].http, body: { code, message: (err as Error).message, requestId } };
   // Fastify's own client errors (bad JSON, wrong content type, body too large, ...).
   const status = typeof fe?.statusCode === 'number' ? fe.statusCode : 500;
+  if (status === 413) {
+    // Fastify's own words ("Request body is too large") do not say what the limit is.
+    return { status, body: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: `request body too large: the admin API accepts at most ${API_BODY_LIMIT} bytes`, requestId } };
+  }
   if (status >= 400 && status < 500) {
-    return { status: status === 413 ? 413 : 400, body: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: fe.message, requestId } };
+    return { status: 400, body: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: fe.message, requestId } };
   }
   return { status: 500, body: { code: 'KMSDISK_ERR_INTERNAL', message: 'internal error (see the agent log for this requestId)', requestId } };
 }
 
 export function installErrorHandling(app: FastifyInstance): void {
+  // A body over API_BODY_LIMIT is refused with 413 before any handler runs, on every route that
+  // takes a body (any method but GET and HEAD): the OpenAPI document says so, as it does for the
+  // other statuses a route can give. (onRoute sees the routes registered after this call.)
+  app.addHook('onRoute', (route) => {
+    const response = route.schema?.response as Record<string, unknown> | undefined;
+    if (response && [route.method].flat().some((m) => m !== 'GET' && m !== 'HEAD')) response[413] ??= ref('Error');
+  });
   app.setErrorHandler((err, req, reply) => {
     const { status, body } = toErrorBody(err, req.id);
     if (status >= 500) req.log.error({ err, requestId: req.id, url: req.url }, 'request failed');

@@ -13,7 +13,7 @@ import type { Logger } from '../util/logger.js';
 import { createTokenCheck, installAuth } from './auth.js';
 import { createDiskListCache } from './disk-list.js';
 import { createFastPath } from './fast-path.js';
-import { formatSchemaErrors, installErrorHandling } from './errors.js';
+import { API_BODY_LIMIT, formatSchemaErrors, installErrorHandling } from './errors.js';
 import { sharedSchemas } from './schemas.js';
 import { registerSystemRoutes } from './routes/system.js';
 import { registerKeyRoutes } from './routes/keys.js';
@@ -61,7 +61,7 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
     // disk list): error logs carry the requestId explicitly instead.
     childLoggerFactory: (logger) => logger,
     genReqId: () => randomUUID(),
-    bodyLimit: 1024 * 1024,
+    bodyLimit: API_BODY_LIMIT,
     // Validation messages that name what is allowed (enum values, the unknown property).
     schemaErrorFormatter: formatSchemaErrors,
     ajv: {

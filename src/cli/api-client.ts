@@ -37,7 +37,9 @@ export class ApiClient {
   }
 
   async request<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
+    const timeoutMs = apiTimeoutMs();
     let res: Response;
+    let text: string;
     try {
       res = await fetch(this.baseUrl + path, {
         method,
@@ -46,12 +48,26 @@ export class ApiClient {
           ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
         },
         body: body !== undefined ? JSON.stringify(body) : undefined,
-        signal: AbortSignal.timeout(120_000),
+        ...(timeoutMs > 0 ? { signal: AbortSignal.timeout(timeoutMs) } : {}),
       });
+      text = await res.text();
     } catch (err) {
-      throw new KmsdiskError('KMSDISK_ERR_AGENT_UNREACHABLE', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${(err as Error).message}`);
+      // A timeout is not an agent that cannot be reached: the request got there and the agent may
+      // still be working on it (a disk from a large image, a snapshot of a large disk), so the
+      // caller must not take it as failed, nor be told to start the agent.
+      if ((err as Error).name === 'TimeoutError') {
+        throw new KmsdiskError(
+          'KMSDISK_ERR_AGENT_UNREACHABLE',
+          `the kmsdisk agent at ${this.baseUrl} did not answer ${method} ${path} within ${timeoutMs / 1000} s; it may still be working on it ` +
+            `(see \`kmsdisk disk list\`, \`kmsdisk job list\`): ${API_TIMEOUT_ENV} sets how long the CLI waits, in ms (0: no limit)`,
+        );
+      }
+      // fetch says only "fetch failed"; its cause says why: a code (ECONNREFUSED, ENOTFOUND, ...)
+      // or a message ("bad port": fetch refuses ports such as 6000 or 6667 outright).
+      const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
+      const why = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : (err as Error).message;
+      throw new KmsdiskError('KMSDISK_ERR_AGENT_UNREACHABLE', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${why}`);
     }
-    const text = await res.text();
     let data: unknown = undefined;
     if (text) {
       try {
@@ -104,6 +120,17 @@ export class ApiClient {
   delete<T = unknown>(path: string): Promise<T> {
     return this.request<T>('DELETE', path);
   }
+}
+
+const API_TIMEOUT_ENV = 'KMSDISK_API_TIMEOUT_MS';
+
+/** How long the CLI waits for one answer of the agent: KMSDISK_API_TIMEOUT_MS, default 120 s, 0 = no limit. */
+function apiTimeoutMs(): number {
+  const v = process.env[API_TIMEOUT_ENV];
+  if (v === undefined || v.trim() === '') return 120_000;
+  const n = /^\s*\d+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${API_TIMEOUT_ENV} must be a whole number of milliseconds (0: no limit), got ${JSON.stringify(v)}`);
+  return n;
 }
 
 function readToken(path: string): { token?: string; problem: string } {

@@ -28,6 +28,8 @@ export interface ServeFlags {
   resume?: string;
   events?: boolean;
   protectMetrics?: boolean;
+  /** --json: one JSON document on stdout once listening (the CLI's, not the agent's configuration). */
+  json?: boolean;
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;

@@ -17,7 +17,7 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
   return {
     registry,
     // --- per disk I/O -------------------------------------------------------------------------
-    diskBytes: new Counter({ name: 'kmsdisk_disk_bytes_total', help: 'Bytes transferred per disk and direction', labelNames: ['disk', 'op'] as const, registers: r }),
+    diskBytes: new Counter({ name: 'kmsdisk_disk_bytes_total', help: 'Bytes transferred per disk and direction (successful requests only)', labelNames: ['disk', 'op'] as const, registers: r }),
     diskRequests: new Counter({ name: 'kmsdisk_disk_requests_total', help: 'NBD requests per disk and command', labelNames: ['disk', 'op'] as const, registers: r }),
     diskErrors: new Counter({ name: 'kmsdisk_disk_errors_total', help: 'Failed requests per disk and error code', labelNames: ['disk', 'code'] as const, registers: r }),
     diskLatency: new Histogram({ name: 'kmsdisk_disk_request_seconds', help: 'Request latency per disk and command', labelNames: ['disk', 'op'] as const, buckets: IO_BUCKETS, registers: r }),
@@ -58,4 +58,27 @@ export function recordKmsCall(m: Metrics, ev: { action: string; seconds: number;
   const action = label(ev.action);
   m.kmsCalls.observe({ action, outcome: ev.errorCode === undefined ? 'ok' : 'error' }, ev.seconds);
   if (ev.errorCode !== undefined) m.kmsErrors.inc({ action, code: label(ev.errorCode) });
+}
+
+/**
+ * Drops every series of a deleted disk (label `disk`). prom-client keeps a labelled series until it
+ * is removed, so without this a deleted disk's bytes, requests, latencies, errors and snapshot
+ * counts stayed on /metrics for the life of the agent (and one series set per disk ever created
+ * piled up in scripted create/delete cycles). remove() needs every label's value, so the label
+ * sets are read back from the metric (a histogram's `le` is not a label of the series).
+ */
+export async function removeDiskSeries(m: Metrics, disk: string): Promise<void> {
+  const perDisk = [m.diskBytes, m.diskRequests, m.diskErrors, m.diskLatency, m.diskInflight, m.diskKeyState, m.snapshotsTaken];
+  for (const metric of perDisk) {
+    const { values } = await metric.get();
+    const seen = new Set<string>();
+    for (const v of values) {
+      const { le: _le, ...labels } = v.labels as Record<string, string | number>;
+      if (labels.disk !== disk) continue;
+      const key = JSON.stringify(labels);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      (metric as { remove(labels: Record<string, string | number>): void }).remove(labels);
+    }
+  }
 }

@@ -37,4 +37,30 @@ describe('schema violation messages', () => {
     expect(await refused('POST', '/v1/disks', { name: 'd1', size: '4M', colour: 'blue' })).toBe('invalid body: body has an unknown property "colour"');
     expect(await refused('POST', '/v1/disks', { size: '4M' })).toBe("invalid body: body must have required property 'name'");
   });
+
+  it('a size too large to give exactly is refused as too large, not as "not a whole number"', async () => {
+    expect(await refused('POST', '/v1/disks', { name: 'd1', size: '100P' })).toBe('size: 100P is too large (at most 9007199254740991 bytes can be given)');
+    expect(await refused('POST', '/v1/disks', { name: 'd1', size: 2 ** 60 })).toBe(`size: ${2 ** 60} is too large (at most 9007199254740991 bytes can be given)`);
+    expect(await refused('POST', '/v1/disks', { name: 'd1', size: '1.3k' })).toBe('size: 1.3k is not a whole number of bytes');
+  });
+
+  it('a body over the 1 MiB limit is 413 naming the limit, and the OpenAPI document lists 413 on every route that takes a body', async () => {
+    const big = JSON.stringify({ name: 'd1', size: '4M', pad: 'x'.repeat(2 ** 20) });
+    for (const [method, path] of [
+      ['POST', '/v1/disks'],
+      ['DELETE', '/v1/disks/d1'],
+      ['POST', '/v1/keys/alias%2Facs%2Fecs/disable'],
+    ] as const) {
+      const r = await s.api(method, path, big);
+      expect(r.status, `${method} ${path}`).toBe(413);
+      expect(r.body).toMatchObject({ code: 'KMSDISK_ERR_INVALID_ARGUMENT', message: 'request body too large: the admin API accepts at most 1048576 bytes' });
+      expect(typeof r.body.requestId).toBe('string');
+    }
+    const spec = (await s.api('GET', '/docs/json')).body as { paths: Record<string, Record<string, { responses: Record<string, unknown> }>> };
+    for (const [path, ops] of Object.entries(spec.paths)) {
+      for (const [method, op] of Object.entries(ops)) {
+        expect('413' in op.responses, `${method} ${path}`).toBe(method !== 'get' && method !== 'head');
+      }
+    }
+  });
 });

@@ -86,12 +86,17 @@ export function cliRefused(args: string[], env: NodeJS.ProcessEnv, exit: number,
   return { error, stderr: r.stderr };
 }
 
-export function daemon(args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT): ChildProcess & { output: () => string } {
+/** A long-running `kmsdisk ARGS`: output() is stdout and stderr as they came, stdout() stdout alone. */
+export function daemon(args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT): ChildProcess & { output: () => string; stdout: () => string } {
   const child = spawn(process.execPath, [BIN, ...args], { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  let stdout = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    stdout += d.toString();
+  });
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  return Object.assign(child, { output: () => out });
+  return Object.assign(child, { output: () => out, stdout: () => stdout });
 }
 
 export async function waitFor(what: string, probe: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {

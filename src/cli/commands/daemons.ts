@@ -12,6 +12,7 @@ import { projectRoot } from '../version-info.js';
 import { ApiClient } from '../api-client.js';
 import { intOption } from '../common.js';
 import { loadAgentConfig, type ServeFlags } from '../serve-config.js';
+import { printJson } from '../output.js';
 
 export function registerDaemons(program: Command): void {
   program
@@ -23,7 +24,8 @@ export function registerDaemons(program: Command): void {
     // Parsed as an integer: Number('abc') was NaN, and a NaN (or negative) timer fires at once,
     // so every revocation silently stopped waiting for the agents' wipe.
     .option('--sync-revocation-timeout <ms>', 'bounded wait for agent acknowledgements, in ms (0-60000)', intOption(0, 60_000), 200)
-    .action(async (opts: { state?: string; listen?: string; syncRevocation: boolean; syncRevocationTimeout: number }) => {
+    .option('--json', JSON_HELP)
+    .action(async (opts: { state?: string; listen?: string; syncRevocation: boolean; syncRevocationTimeout: number; json?: boolean }) => {
       const { startKmsEmulator } = await import('../../kms/emulator/index.js');
       const stateDir = opts.state ?? statePaths().kmsDir;
       const listen = kmsAddress(opts.listen);
@@ -38,6 +40,7 @@ export function registerDaemons(program: Command): void {
         throw listenError(err, 'kms', formatHostPort(listen));
       });
       process.stderr.write(`kmsdisk kms: listening on ${kms.url} (credentials in ${join(stateDir, 'credentials.json')})\n`);
+      if (opts.json) printJson({ url: kms.url, credentials: join(stateDir, 'credentials.json') });
       await (process.env[DEMO_CHILD_ENV] === '1' ? untilParentLetsGo() : untilSignal());
       await kms.close();
     });
@@ -51,6 +54,7 @@ export function registerDaemons(program: Command): void {
       await agent.start();
       const x509 = config.tls?.cert ? (config.tls.cert.requestCert ? ' + x509 with client certificates' : ' + x509') : '';
       process.stderr.write(`kmsdisk serve: NBD on ${formatHostPort(config.nbd)} (STARTTLS: PSK${x509}), admin API on http://${formatHostPort(config.api)}\n`);
+      if (opts.json) printJson({ api: agent.apiUrl, nbd: formatHostPort(agent.nbdAddress), state: config.paths.root, token: config.paths.apiToken });
       await untilSignal();
       await agent.stop();
     });
@@ -80,8 +84,16 @@ function serveOptions(cmd: Command): Command {
     .option('--protect-metrics', 'require the API token on /metrics and /healthz too')
     .option('--tls-cert <file>', 'NBD STARTTLS x509: server certificate, PEM, chain after it (env KMSDISK_TLS_CERT)')
     .option('--tls-key <file>', 'private key of --tls-cert, PEM, unencrypted (env KMSDISK_TLS_KEY)')
-    .option('--tls-ca <file>', 'require x509 clients to present a certificate from this CA bundle (env KMSDISK_TLS_CA)');
+    .option('--tls-ca <file>', 'require x509 clients to present a certificate from this CA bundle (env KMSDISK_TLS_CA)')
+    .option('--json', JSON_HELP);
 }
+
+/**
+ * The daemons take --json like every other command (scripts start them too): once listening they
+ * print one JSON document saying where, and a failure to start is the {error} document of every
+ * command (main.ts), instead of commander's "unknown option '--json'".
+ */
+const JSON_HELP = 'print one JSON document once listening (addresses, files), and errors as JSON';
 
 /** Set for the emulator the demo starts (see runDemo). */
 const DEMO_CHILD_ENV = 'KMSDISK_DEMO_CHILD';
@@ -190,7 +202,8 @@ async function runDemo(opts: ServeFlags & { diskSize: string }): Promise<void> {
       process.env.KMSDISK_API || opts.api ? `--api ${formatHostPort(config.api)}` : '',
     ].filter(Boolean);
     const cliFlags = flags.length > 0 ? ` ${flags.join(' ')}` : '';
-    process.stdout.write(
+    if (opts.json) printJson({ api: apiUrl, nbd, disk: 'demo', uri: `nbd://${nbd}/demo`, state: paths.root, token: paths.apiToken });
+    else process.stdout.write(
       [
         '',
         'kmsdisk demo is running: KMS emulator + agent, encrypted disk "demo" (AES-256-XTS, DEK wrapped by alias/acs/ecs)',

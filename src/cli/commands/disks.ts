@@ -25,7 +25,7 @@ export function registerDisks(program: Command): void {
     // encrypted image keeps the source's sector size (a different one given is refused).
     .option('--sector-size <n>', '512 or 4096 (default 4096; from a snapshot or encrypted image: the source\'s)', numberChoice([512, 4096]))
     .option('--from-snapshot <snapshot>', 'create from a snapshot (same CMK)')
-    .option('--from-image <image>', 'create from an image (encrypted under --kms-key-id)')
+    .option('--from-image <image>', 'create from an image: a plain one is encrypted under --kms-key-id, an encrypted one keeps its CMK (like a snapshot)')
     .action(async (name: string, opts: ClientOpts) => {
       const body: Record<string, unknown> = { name };
       if (opts.sectorSize !== undefined) body.sectorSize = opts.sectorSize as number;
