@@ -199,6 +199,8 @@ export function createAgent(config: AgentConfig): Agent {
         : null,
       leaseIntervalMs: config.keyGuard.leaseIntervalMs,
       offlineGraceMs: config.keyGuard.offlineGraceMs,
+      // A renewal unanswered for one KMS request timeout counts as the KMS unreachable.
+      ...(config.kms.timeoutMs !== undefined ? { renewalTimeoutMs: config.kms.timeoutMs } : {}),
       revocation: config.keyGuard.revocation,
       resume: config.keyGuard.resume,
       principals: [config.kms.agent.accessKeyId, ...principalNames],

@@ -13,7 +13,7 @@ import { cloneVolumeFile, inspectVolume, inspectVolumeFile, Volume, type SectorS
 import type { DiskRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import { checkName } from './names.js';
-import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
+import { checkCmkUsable, createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
 import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import { parseSize } from '../util/size.js';
 import { removeDiskSeries } from '../metrics/registry.js';
@@ -319,6 +319,7 @@ export class DisksService {
     checkSameSectorSize(sectorSize, src.sectorSize, `snapshot ${snapshot}`);
     await this.checkSameCmk(kmsKeyId, src.kms.keyId, `snapshot ${snapshot}`);
     if (size !== undefined && size < src.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${size} is smaller than snapshot ${snapshot} (${src.size} bytes)`);
+    await checkCmkUsable(this.ctx, src.kms);
     const copy = await cloneVolumeFile(snap.path, path, { name, lineage: { parentVolume: src.uuid, snapshot } });
     return this.growIfAsked(path, copy.header, size);
   }
@@ -340,6 +341,7 @@ export class DisksService {
       checkSameSectorSize(requestedSectorSize, src.sectorSize, `encrypted image ${imageName}`);
       await this.checkSameCmk(kmsKeyId, src.kms.keyId, `encrypted image ${imageName}`);
       if (size !== undefined && size < src.size) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `size ${size} is smaller than image ${imageName} (${src.size} bytes)`);
+      await checkCmkUsable(this.ctx, src.kms);
       const copy = await cloneVolumeFile(image.path, path, { name, lineage: { parentVolume: src.uuid, image: imageName } });
       return this.growIfAsked(path, copy.header, size);
     }

@@ -43,6 +43,11 @@ export class DrillsService {
     private readonly deps: DrillsDeps,
   ) {}
 
+  /** A drill is running: it may have taken access away and not yet given it back. */
+  get busy(): boolean {
+    return this.running;
+  }
+
   async run(req: DrillRequest): Promise<DrillReport> {
     if (!this.ctx.adminKms) throw new KmsdiskError('KMSDISK_ERR_KMS_ACCESS_KEY', 'drills need the KMS admin credentials (the CMK owner performs the revocation)');
     if (this.running) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', 'a drill is already running');

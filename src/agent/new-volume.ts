@@ -5,7 +5,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { KeySlot } from '../crypto/index.js';
-import { Volume, type SectorSize, type VolumeLineage } from '../volume/index.js';
+import { Volume, type SectorSize, type VolumeKmsInfo, type VolumeLineage } from '../volume/index.js';
 import type { AgentContext } from './context.js';
 import { cmkRefusal } from './kms-refusals.js';
 
@@ -52,4 +52,21 @@ export async function createEncryptedVolume(ctx: AgentContext, path: string, opt
     slot.wipe();
     throw err;
   }
+}
+
+/**
+ * A disk cloned from a snapshot or an encrypted image reuses its source's wrapped DEK, so no data
+ * key is made and the KMS would otherwise never be asked: a disk could be created on a disabled,
+ * deleted-pending or unauthorized CMK that no attach can open. ECS refuses such a disk as it
+ * refuses any new disk on that CMK; so does this: one unwrap of the source's blob, its DEK loaded
+ * into a key slot that is wiped at once, and a refusal answered with createEncryptedVolume's codes.
+ */
+export async function checkCmkUsable(ctx: AgentContext, kms: Pick<VolumeKmsInfo, 'keyId' | 'ciphertextBlob' | 'encryptionContext'>): Promise<void> {
+  let dek: Buffer;
+  try {
+    ({ dek } = await ctx.kms.openDataKey(kms.ciphertextBlob, kms.encryptionContext));
+  } catch (err) {
+    throw cmkRefusal(err, kms.keyId);
+  }
+  KeySlot.import(dek).wipe(); // import zeroes the Buffer
 }

@@ -37,11 +37,13 @@ export const XTS_KEY_BYTES = 64;
 export const KERNEL_NAMES: readonly KernelName[] = ['aesni', 'vaes', 'portable'];
 
 let purgeScheduled = false;
+const wipeListeners = new Set<() => void>();
 
 /**
  * After a wipe, the NBD lanes' cached request buffers are dropped: a READ's buffer keeps the
  * plaintext it sent until it is reused. Deferred to the next loop turn (several wipes in one turn,
  * e.g. a revoked CMK with many volumes, purge once) so that it never adds to the wipe's latency.
+ * The onKeyWiped listeners (the Node NBD path's recycled buffers) run in the same turn.
  */
 function purgeLaneBuffersSoon(): void {
   if (purgeScheduled) return;
@@ -49,7 +51,17 @@ function purgeLaneBuffersSoon(): void {
   setImmediate(() => {
     purgeScheduled = false;
     native.purgeLaneBuffers();
+    for (const fn of wipeListeners) fn();
   });
+}
+
+/**
+ * Calls `fn` after key slots were wiped (deferred as the lanes' purge is, once per loop turn), so
+ * that holders of recycled plaintext buffers drop them too. Returns the unsubscribe function.
+ */
+export function onKeyWiped(fn: () => void): () => void {
+  wipeListeners.add(fn);
+  return () => void wipeListeners.delete(fn);
 }
 
 /**

@@ -194,6 +194,8 @@ export interface DrillAgentOptions {
   events?: boolean;
   leaseIntervalMs?: number;
   offlineGraceMs?: number;
+  /** How long a lease renewal may go unanswered (default: the harness KMS client's 2000 ms timeout). */
+  renewalTimeoutMs?: number;
   revocation?: RevocationMode;
   resume?: ResumeMode;
   /** Principal names the KMS knows the agent by (grant events name these). Default ['agent']. */
@@ -241,6 +243,7 @@ export async function startDrillAgent(opts: DrillAgentOptions): Promise<DrillAge
     events: useEvents ? { config: { endpoint: opts.eventsEndpoint ?? opts.kms.endpoint, protocol: 'http', credentials: opts.kms.credentials }, options: { minBackoffMs: 50, maxBackoffMs: 500 } } : null,
     leaseIntervalMs: opts.leaseIntervalMs ?? 1000,
     offlineGraceMs: opts.offlineGraceMs ?? 0,
+    renewalTimeoutMs: opts.renewalTimeoutMs ?? 2000,
     revocation: opts.revocation ?? 'immediate',
     resume: opts.resume ?? 'auto',
     principals: [...(opts.principals ?? ['agent']), opts.kms.credentials.accessKeyId],
@@ -358,6 +361,11 @@ export interface DrillHarnessOptions extends Omit<DrillAgentOptions, 'dir' | 'km
   prepareKey?: (admin: KeyService) => Promise<{ keyId: string; grantId: string }>;
   /** Maps the KMS endpoint to the one the agent's event stream uses (e.g. a proxy in front). */
   eventsEndpoint?: (kmsEndpoint: string) => string | Promise<string>;
+  /**
+   * Maps the KMS endpoint to the one the agent's KMS calls use (e.g. a proxy that can hang); the
+   * event stream keeps the emulator's own endpoint unless eventsEndpoint says otherwise.
+   */
+  kmsEndpoint?: (kmsEndpoint: string) => string | Promise<string>;
   /** Parent folder for the temp dir (default os.tmpdir()). */
   baseDir?: string;
   syncRevocation?: boolean;
@@ -387,13 +395,14 @@ export async function startDrillHarness(opts: DrillHarnessOptions = {}): Promise
       ...(opts.syncRevocationTimeoutMs !== undefined ? { syncRevocationTimeoutMs: opts.syncRevocationTimeoutMs } : {}),
     });
     const { keyId, grantId } = await (opts.prepareKey ?? ((admin: KeyService) => createAgentKey(admin, 'agent')))(kms.admin);
-    const eventsEndpoint = opts.eventsEndpoint ? await opts.eventsEndpoint(kms.endpoint) : undefined;
-    const { eventsEndpoint: _mapEvents, prepareKey: _prepare, ...agentOpts } = opts;
+    const callsEndpoint = opts.kmsEndpoint ? await opts.kmsEndpoint(kms.endpoint) : kms.endpoint;
+    const eventsEndpoint = opts.eventsEndpoint ? await opts.eventsEndpoint(kms.endpoint) : callsEndpoint === kms.endpoint ? undefined : kms.endpoint;
+    const { eventsEndpoint: _mapEvents, kmsEndpoint: _mapCalls, prepareKey: _prepare, ...agentOpts } = opts;
     const agent = await startDrillAgent({
       ...agentOpts,
       logger,
       dir,
-      kms: { endpoint: kms.endpoint, credentials: kms.agentCredentials },
+      kms: { endpoint: callsEndpoint, credentials: kms.agentCredentials },
       keyId,
       ...(eventsEndpoint ? { eventsEndpoint } : {}),
     });

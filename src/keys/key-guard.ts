@@ -92,6 +92,13 @@ export interface KeyGuardOptions {
   leaseIntervalMs?: number;
   /** How long the KMS may be unreachable before the keys are wiped; 0 = fail closed at once. */
   offlineGraceMs?: number;
+  /**
+   * How long a lease renewal may go unanswered before the KMS counts as unreachable since the
+   * renewal was issued (default 3000: the KMS client's per-request timeout). Without it a KMS
+   * that accepts connections but never answers would keep keys usable for every retry of the
+   * client (4 x 3 s), whatever the offline grace.
+   */
+  renewalTimeoutMs?: number;
   revocation?: RevocationMode;
   resume?: ResumeMode;
   /**
@@ -135,6 +142,7 @@ export class KeyGuard extends EventEmitter {
   private readonly kms: KeyService;
   private readonly leaseIntervalMs: number;
   private readonly offlineGraceMs: number;
+  private readonly renewalTimeoutMs: number;
   private readonly revocation: RevocationMode;
   private readonly resumeMode: ResumeMode;
   private readonly principals: Set<string>;
@@ -151,6 +159,7 @@ export class KeyGuard extends EventEmitter {
     this.kms = opts.kms;
     this.leaseIntervalMs = opts.leaseIntervalMs ?? 1000;
     this.offlineGraceMs = opts.offlineGraceMs ?? 0;
+    this.renewalTimeoutMs = opts.renewalTimeoutMs ?? 3000;
     this.revocation = opts.revocation ?? 'immediate';
     this.resumeMode = opts.resume ?? 'auto';
     this.principals = new Set(opts.principals ?? []);
@@ -158,6 +167,7 @@ export class KeyGuard extends EventEmitter {
     this.metrics = opts.metrics;
     if (!(this.leaseIntervalMs >= 10)) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'leaseIntervalMs must be at least 10 ms');
     if (!(this.offlineGraceMs >= 0)) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'offlineGraceMs must be >= 0');
+    if (!(this.renewalTimeoutMs > 0)) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'renewalTimeoutMs must be > 0');
     if (this.revocation !== 'immediate' && this.revocation !== 'on-attach') {
       throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `revocation must be immediate or on-attach, not ${String(this.revocation)}`);
     }
@@ -455,6 +465,13 @@ export class KeyGuard extends EventEmitter {
     const entry = entries[lease.nextIndex++ % entries.length]!;
     const generation = lease.generation;
     const issuedAt = nowMs();
+    // A KMS that takes the request and never answers is unreachable too: once this renewal has
+    // gone unanswered for renewalTimeoutMs, and the grace (counted from the first failure) is
+    // spent, wipe now rather than after the client's last retry gives up. A late answer then
+    // finds the generation bumped and renews again at once (success brings the key back).
+    const failingFrom = lease.failingSince ?? issuedAt;
+    const overdue = setTimeout(() => this.renewalOverdue(lease, generation, failingFrom), Math.max(this.renewalTimeoutMs, failingFrom + this.offlineGraceMs - issuedAt));
+    overdue.unref();
     let matches: boolean;
     try {
       const temp = await this.unwrap(entry.volume);
@@ -465,6 +482,8 @@ export class KeyGuard extends EventEmitter {
       }
     } catch (err) {
       return this.renewalFailed(lease, err, issuedAt, generation);
+    } finally {
+      clearTimeout(overdue);
     }
     lease.renewals++;
     lease.lastRenewalAt = nowMs();
@@ -509,6 +528,20 @@ export class KeyGuard extends EventEmitter {
     }
     this.logger.warn({ keyId: lease.keyId, code, failingForMs: Math.round(failingFor), graceMs: this.offlineGraceMs }, 'key guard: lease renewal failed, retrying within the grace');
     return Math.min(TRANSIENT_RETRY_MS, this.offlineGraceMs - failingFor, this.leaseIntervalMs);
+  }
+
+  /** A renewal still unanswered past renewalTimeoutMs and the grace: the KMS is unreachable. */
+  private renewalOverdue(lease: Lease, generation: number, failingFrom: number): void {
+    if (this.stopped || lease.generation !== generation) return;
+    lease.failingSince ??= failingFrom;
+    if (lease.state !== 'active' && lease.state !== 'pending') return;
+    const failingFor = nowMs() - lease.failingSince;
+    // (Not counted in leaseRenewals here: the renewal is, with its outcome, when it settles.)
+    this.logger.warn(
+      { keyId: lease.keyId, code: 'KMSDISK_ERR_KMS_UNAVAILABLE', failingForMs: Math.round(failingFor), graceMs: this.offlineGraceMs, renewalTimeoutMs: this.renewalTimeoutMs },
+      'key guard: lease renewal unanswered past the renewal timeout and the grace; KMS unreachable',
+    );
+    this.deny(lease, 'KmsUnreachable', nowMs(), 'lease');
   }
 
   /**

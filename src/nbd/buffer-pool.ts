@@ -12,6 +12,9 @@ const MIN_POOLED = 4096;
 export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
   private pooledBytes = 0;
+  /** Bumped by clear(): a buffer handed out before it comes back zeroed, never pooled. */
+  private generation = 0;
+  private readonly handedOutIn = new WeakMap<Buffer, number>();
 
   constructor(
     private readonly maxPooledBytes = 32 * 1024 * 1024,
@@ -25,29 +28,45 @@ export class BufferPool {
       const buf = list?.pop();
       if (buf) {
         this.pooledBytes -= size;
+        this.handedOutIn.set(buf, this.generation);
         return buf;
       }
     }
-    return Buffer.allocUnsafe(size);
+    const buf = Buffer.allocUnsafe(size);
+    this.handedOutIn.set(buf, this.generation);
+    return buf;
   }
 
-  /** Gives a buffer back; the caller must not touch it afterwards. */
+  /**
+   * Gives a buffer back; the caller must not touch it afterwards. A buffer the pool does not keep
+   * (full, or a size it does not pool) is zeroed before it is let go: a READ reply holds the
+   * plaintext it sent, and a dropped Buffer's memory is freed as it is, so the plaintext would
+   * outlive a key wipe in the process's free heap (clear() only reaches the pooled ones). So is
+   * one handed out before the last clear(): a read in flight at a wipe comes back after it.
+   */
   release(buf: Buffer): void {
     const size = buf.length;
-    if (size < MIN_POOLED || buf.byteOffset !== 0 || buf.buffer.byteLength !== size) return;
-    if (this.pooledBytes + size > this.maxPooledBytes) return;
+    const stale = this.handedOutIn.get(buf) !== this.generation;
+    if (stale || size < MIN_POOLED || buf.byteOffset !== 0 || buf.buffer.byteLength !== size || this.pooledBytes + size > this.maxPooledBytes) {
+      buf.fill(0);
+      return;
+    }
     let list = this.free.get(size);
     if (!list) {
       list = [];
       this.free.set(size, list);
     }
-    if (list.length >= this.maxPerSize) return;
+    if (list.length >= this.maxPerSize) {
+      buf.fill(0);
+      return;
+    }
     list.push(buf);
     this.pooledBytes += size;
   }
 
   /** Drops every pooled buffer (e.g. after a key wipe, so no old plaintext stays reachable). */
   clear(): void {
+    this.generation++;
     for (const list of this.free.values()) for (const b of list) b.fill(0);
     this.free.clear();
     this.pooledBytes = 0;

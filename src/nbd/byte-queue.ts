@@ -51,6 +51,9 @@ export class ByteQueue {
       const avail = first.length - this.head;
       const step = Math.min(avail, n - filled);
       first.copy(target, targetOffset + filled, this.head, this.head + step);
+      // The chunk is garbage once consumed and would be freed as it is: zero what was copied
+      // out (WRITE payload plaintext) so it does not outlive a key wipe in the free heap.
+      first.fill(0, this.head, this.head + step);
       filled += step;
       this.advance(step);
     }
@@ -64,6 +67,7 @@ export class ByteQueue {
       const first = this.chunks[0]!;
       const avail = first.length - this.head;
       const s = Math.min(avail, left);
+      first.fill(0, this.head, this.head + s); // dropped payload bytes: see copyInto
       this.advance(s);
       left -= s;
     }

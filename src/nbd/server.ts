@@ -11,6 +11,7 @@ import { PeerClosedError } from './stream-reader.js';
 import { newStats, type NbdConnectionInfo, type NbdStats } from './stats.js';
 import { TlsContext, type TlsConfig } from './tls.js';
 import { BufferPool } from './buffer-pool.js';
+import { onKeyWiped } from '../crypto/index.js';
 import { setNoDelay, TransmissionSession } from './transmission.js';
 
 export type { ExportOptions } from './export-registry.js';
@@ -59,6 +60,11 @@ export class NbdServer extends EventEmitter {
   private readonly conns = new Map<number, Conn>();
   private nextId = 1;
   private readonly pool = new BufferPool();
+  /**
+   * Any key wipe drops the recycled read buffers, as it drops the native lanes' ones: they hold
+   * the plaintext they last sent, and a disk whose key is wiped serves no more reads to reuse them.
+   */
+  private readonly stopDroppingOnWipe = onKeyWiped(() => this.dropBufferedPlaintext());
   private closing = false;
 
   constructor(opts: NbdServerOptions = {}) {
@@ -159,8 +165,8 @@ export class NbdServer extends EventEmitter {
   }
 
   /**
-   * Zeroes and drops the recycled read buffers (they hold plaintext of earlier reads). Call it
-   * when a disk's key is wiped; the server also does it when a read finds the key unusable.
+   * Zeroes and drops the recycled read buffers (they hold plaintext of earlier reads). Runs after
+   * every key wipe (onKeyWiped) and when a read finds the key unusable.
    */
   dropBufferedPlaintext(): void {
     this.pool.clear();
@@ -186,6 +192,8 @@ export class NbdServer extends EventEmitter {
       }),
     );
     await listenersClosed;
+    this.stopDroppingOnWipe();
+    this.pool.clear();
     this.log.info('nbd server closed');
   }
 

@@ -293,8 +293,10 @@ export class TransmissionSession {
 
   private readonly onDirectRead = (n: number, buf: Buffer): void => {
     if (buf === this.recvBuf) {
-      // Copied out: the receive buffer is reused by the next read.
+      // Copied out: the receive buffer is reused by the next read. Zeroed, so the last bytes a
+      // client wrote (WRITE payload plaintext) do not stay in it past a key wipe.
       this.queue.push(Buffer.from(buf.subarray(0, n)));
+      buf.fill(0, 0, n);
     } else {
       // Straight into the payload (nextReadTarget handed out p.buf.subarray(p.filled)).
       const p = this.pending;
@@ -668,8 +670,13 @@ export class TransmissionSession {
     // One buffer for header and data: the device decrypts straight into the reply.
     const pool = this.limits.pool;
     const buf = pool.get(headerLen + len);
-    // On a device error the buffer is simply dropped (it may hold part of a read).
-    await dev.read(req.offset, len, buf, headerLen);
+    try {
+      await dev.read(req.offset, len, buf, headerLen);
+    } catch (err) {
+      // A failed read may have decrypted part of the range: zero it before the buffer goes.
+      buf.fill(0);
+      throw err;
+    }
     if (!dev.keyUsable) {
       // The key was wiped while this read ran: the data must not leave (block-device.ts contract).
       buf.fill(0);

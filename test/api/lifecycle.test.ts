@@ -438,6 +438,35 @@ describe('admin API lifecycle', () => {
       expect((await s.api('DELETE', '/v1/images/img-raw')).status).toBe(200);
     });
 
+    it('refuses a disk from a snapshot or an encrypted image while their CMK is disabled or not authorized, as a new disk on it', async () => {
+      // 'enc' (above) and a snapshot of 'tenant' are under the customer CMK; the clone reuses their
+      // wrapped key, so without a check the KMS was never asked and the disk was created anyway.
+      expect((await s.api('POST', '/v1/snapshots', { disk: 'tenant', name: 'tenant-snap' })).status).toBe(201);
+      const sources = [{ fromSnapshot: 'tenant-snap' }, { fromImage: 'enc' }];
+      expect((await s.api('POST', `/v1/keys/${cmk}/disable`)).body).toMatchObject({ state: 'Disabled' });
+      for (const from of sources) {
+        const r = await s.api('POST', '/v1/disks', { name: 'clone-off', ...from });
+        expect(r.status, JSON.stringify(from)).toBe(400);
+        expect(r.body).toMatchObject({ code: 'KMSDISK_ERR_CMK_NOT_ENABLED', ecsCode: 'InvalidParameter.KMSKeyId.CMKNotEnabled' });
+        expect((await s.api('GET', '/v1/disks/clone-off')).status).toBe(404);
+      }
+      expect((await s.api('POST', `/v1/keys/${cmk}/enable`)).body).toMatchObject({ state: 'Enabled' });
+      expect((await s.api('DELETE', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+      for (const from of sources) {
+        const r = await s.api('POST', '/v1/disks', { name: 'clone-unauth', ...from });
+        expect(r.status, JSON.stringify(from)).toBe(403);
+        expect(r.body).toMatchObject({ code: 'KMSDISK_ERR_CMK_UNAUTHORIZED', ecsCode: 'InvalidParameter.KMSKeyId.KMSUnauthorized' });
+      }
+      expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+      for (const [i, from] of sources.entries()) {
+        const ok = await s.api('POST', '/v1/disks', { name: `clone-ok${i}`, ...from });
+        expect(ok.status, JSON.stringify(from)).toBe(201);
+        expect(ok.body.kmsKeyId).toBe(cmk);
+        expect((await s.api('DELETE', `/v1/disks/clone-ok${i}`)).status).toBe(200);
+      }
+      expect((await s.api('DELETE', '/v1/snapshots/tenant-snap')).status).toBe(200);
+    });
+
     it('cancels a copy job and removes its partial output', async () => {
       const raw = join(s.root, 'big.raw');
       const data = Buffer.alloc(64 * 2 ** 20, 0x7e);

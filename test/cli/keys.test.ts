@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKeyService } from '../../src/kms/alibaba.js';
 import { readStateKmsCredentials } from '../../src/kms/credentials.js';
-import { cli, cliOk, cliRefused, stop, startDaemonStack, type CliRefusal, type DaemonStack } from './helpers.js';
+import { cli, cliOk, cliRefused, httpOk, stop, startDaemonStack, waitFor, type CliRefusal, type DaemonStack } from './helpers.js';
 
 let stack: DaemonStack;
 let env: NodeJS.ProcessEnv;
@@ -101,6 +101,41 @@ describe('kmsdisk key / attach against real daemons', () => {
     expect(auth.grantId).not.toBe(app.grantId);
     await api('POST', '/v1/disks', { name: 'dp', size: '4M', kmsKeyId: 'alias/partial' });
     expect(ok(['key', 'list']).keys.find((x: { keyId: string }) => x.keyId === k)).toMatchObject({ authorized: true, disks: ['dp'] });
+  });
+
+  it('a second SIGTERM while `serve` stops during a drill does not end it before the drill gives the CMK back', async () => {
+    // --revocation on-attach: the drilled disk keeps serving after DisableKey, so the drill waits
+    // its whole timeout before it gives access back, a window the signals below cannot miss.
+    await stop(stack.agent);
+    stack.serveArgs = ['--revocation', 'on-attach'];
+    await stack.startAgent();
+    const k = (await api('POST', '/v1/keys', { alias: 'alias/sig' })).keyId as string;
+    await api('POST', `/v1/keys/${k}/authorize`);
+    await api('POST', '/v1/disks', { name: 'dsig', size: '4M', kmsKeyId: k });
+    await api('POST', '/v1/attachments', { disk: 'dsig' });
+    // (Connection: close: an HTTP connection still open when the agent stops keeps it waiting.)
+    const token = readFileSync(join(String(env.KMSDISK_STATE), 'api-token'), 'utf8').trim();
+    const drill = fetch(`${stack.apiUrl}/v1/drills`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', connection: 'close' },
+      body: JSON.stringify({ disk: 'dsig', action: 'disable-key', restore: true, timeoutMs: 3000 }),
+    })
+      .then((r) => r.json() as Promise<Record<string, unknown>>)
+      .catch((e: Error) => ({ error: e.message }));
+    const keyState = async (): Promise<string> => ((await api('GET', '/v1/keys')).keys as Array<{ keyId: string; state: string }>).find((x) => x.keyId === k)!.state;
+    await waitFor('the drill to disable the CMK', async () => (await keyState()) === 'Disabled', 10_000);
+    const agent = stack.agent;
+    const exited = new Promise<void>((r) => agent.once('exit', () => r()));
+    agent.kill('SIGTERM');
+    await waitFor('the agent to start stopping (API closed)', async () => !(await httpOk(`${stack.apiUrl}/healthz`)), 10_000);
+    agent.kill('SIGTERM'); // a second Ctrl-C used to end the process here, leaving the CMK Disabled
+    await exited;
+    expect(await drill).toMatchObject({ action: 'disable-key', restored: true });
+    expect(agent.output()).toContain('SIGTERM ignored: a revocation drill is running');
+    const admin = createKeyService({ endpoint: String(env.KMSDISK_KMS), protocol: 'http', credentials: readStateKmsCredentials(String(env.KMSDISK_STATE)).admin });
+    expect((await admin.describeKey(k)).keyState).toBe('Enabled');
+    stack.serveArgs = [];
+    await stack.startAgent();
   });
 
   // Last: stops the emulator.

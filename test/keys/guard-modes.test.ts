@@ -14,7 +14,7 @@ import { writePattern } from '../../src/drill/read-loop.js';
 import { NbdClient } from '../../src/drill/nbd-client.js';
 import { nowMs } from '../../src/keys/clock.js';
 import type { RevokedEvent, RestoredEvent } from '../../src/keys/key-guard.js';
-import { connectClient, nextEvent, readOnce, startReader, until } from './helpers.js';
+import { connectClient, metricValue, nextEvent, readOnce, startReader, until } from './helpers.js';
 
 const run = promisify(execFile);
 const harnesses: DrillHarness[] = [];
@@ -184,6 +184,86 @@ describe('KMS unreachable', () => {
       expect(h.agent.guard.keyState(h.keyId)!.lease.failingSince).toBeUndefined();
     } finally {
       await reader.stop();
+    }
+  });
+});
+
+/**
+ * A TCP proxy in front of the KMS that can hang: once frozen it keeps every connection (old and
+ * new) open and forwards nothing, as a KMS host that stopped answering does; thawed, it drops the
+ * hung connections and forwards new ones again.
+ */
+async function hangingProxy(targetPort: number): Promise<{ port: number; freeze(): void; thaw(): void; close(): Promise<void> }> {
+  let frozen = false;
+  const pairs = new Set<{ down: Socket; up: Socket }>();
+  const server: Server = createServer((down) => {
+    const pair = { down, up: connect({ host: '127.0.0.1', port: targetPort }) };
+    pairs.add(pair);
+    const close = (): void => {
+      pairs.delete(pair);
+      down.destroy();
+      pair.up.destroy();
+    };
+    down.on('data', (d: Buffer) => void (frozen || pair.up.write(d)));
+    pair.up.on('data', (d: Buffer) => void (frozen || down.write(d)));
+    down.on('error', close).on('close', close);
+    pair.up.on('error', close).on('close', close);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const dropAll = (): void => {
+    for (const p of [...pairs]) p.down.destroy();
+  };
+  return {
+    port: (server.address() as { port: number }).port,
+    freeze: () => {
+      frozen = true;
+    },
+    thaw: () => {
+      frozen = false;
+      dropAll();
+    },
+    close: () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        dropAll();
+      }),
+  };
+}
+
+describe('KMS that takes requests and never answers', () => {
+  it('fails closed once a renewal is unanswered past the renewal timeout, before the client gives up, and serves again when the KMS answers', async () => {
+    let proxy: Awaited<ReturnType<typeof hangingProxy>> | undefined;
+    // The KMS client's own timeout and retry (2 s, one retry) would take over 4 s to fail a hung
+    // renewal; the lease must not wait for that with a grace of 0.
+    const h = await harness({
+      leaseIntervalMs: 200,
+      renewalTimeoutMs: 300,
+      kmsEndpoint: async (endpoint) => {
+        proxy = await hangingProxy(Number(endpoint.split(':')[1]));
+        return `127.0.0.1:${proxy.port}`;
+      },
+    });
+    const reader = await startReader(h, 4);
+    try {
+      await h.agent.guard.renewNow(h.keyId);
+      const failedBefore = await metricValue(h, 'kmsdisk_key_lease_renewals_total', { key_id: h.keyId, outcome: 'error' });
+      const revoked = nextEvent<RevokedEvent>(h.agent.guard, 'revoked');
+      proxy!.freeze();
+      const ev = await revoked;
+      expect(ev.cause).toBe('KmsUnreachable');
+      expect(ev.source).toBe('lease');
+      // Wiped while the hung renewal was still outstanding: no renewal had failed yet.
+      expect(await metricValue(h, 'kmsdisk_key_lease_renewals_total', { key_id: h.keyId, outcome: 'error' })).toBe(failedBefore);
+      expect(h.agent.guard.keyState(h.keyId)).toMatchObject({ state: 'revoked', cause: 'KmsUnreachable' });
+      expect(h.agent.audit.dataSendsAfter(ev.wipedAt!)).toBe(0);
+      expect(await readOnce(reader.client)).toBe(1);
+      const restored = nextEvent<RestoredEvent>(h.agent.guard, 'restored', 20_000);
+      proxy!.thaw();
+      await restored;
+      expect(await readOnce(reader.client)).toBe('served');
+    } finally {
+      await reader.stop();
+      await proxy?.close();
     }
   });
 });

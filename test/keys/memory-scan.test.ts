@@ -80,64 +80,104 @@ function scan(pid: number, needles: Record<string, Buffer>): { hits: Hit[]; byte
   return { hits, bytesScanned, regionsSkipped };
 }
 
-describe('memory scan of the agent process', () => {
-  let dir: string;
-  let kms: DrillKms;
-  let child: ChildProcess;
-  let ready: { nbd: { host: string; port: number }; ciphertextBlob: string; encryptionContext: Record<string, string> };
-  let keyId: string;
-  const revokedMsgs: Array<{ cause: string; wipedAt: number | null }> = [];
+interface AgentChild {
+  child: ChildProcess;
+  ready: { nbd: { host: string; port: number }; ciphertextBlob: string; encryptionContext: Record<string, string> };
+  revokedMsgs: Array<{ cause: string; wipedAt: number | null }>;
+  stop(): Promise<void>;
+}
 
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kmsdisk-memscan-'));
-    kms = await startDrillKms({ stateDir: join(dir, 'kms') });
-    ({ keyId } = await createAgentKey(kms.admin, 'agent'));
-    const root = resolve(import.meta.dirname, '../..');
-    child = fork(join(root, 'test/keys/fixtures/agent-child.ts'), [], {
-      cwd: root,
-      execArgv: ['--import', join(root, 'test/keys/fixtures/register-ts.mjs')],
-      env: {
-        ...process.env,
-        KMSDISK_CHILD_ARGS: JSON.stringify({ dir: join(dir, 'agent'), endpoint: kms.endpoint, ...kms.agentCredentials, keyId }),
-      },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    ready = await new Promise((res, rej) => {
-      const t = setTimeout(() => rej(new Error('agent child not ready in 30 s')), 30_000);
-      child.on('message', (m: { type: string } & typeof ready & { cause: string; wipedAt: number | null }) => {
-        if (m.type === 'ready') {
-          clearTimeout(t);
-          res(m);
-        } else if (m.type === 'revoked') revokedMsgs.push(m);
-      });
-      child.on('exit', (code) => rej(new Error(`agent child exited with ${code}`)));
-    });
+/** The agent child of fixtures/agent-child.ts against `kms`, with extra environment. */
+async function startAgentChild(kms: DrillKms, dir: string, keyId: string, env: Record<string, string> = {}): Promise<AgentChild> {
+  const root = resolve(import.meta.dirname, '../..');
+  const child = fork(join(root, 'test/keys/fixtures/agent-child.ts'), [], {
+    cwd: root,
+    execArgv: ['--import', join(root, 'test/keys/fixtures/register-ts.mjs')],
+    env: {
+      ...process.env,
+      ...env,
+      KMSDISK_CHILD_ARGS: JSON.stringify({ dir, endpoint: kms.endpoint, ...kms.agentCredentials, keyId }),
+    },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
-
-  afterAll(async () => {
-    if (child && child.exitCode === null) {
+  const revokedMsgs: AgentChild['revokedMsgs'] = [];
+  const ready = await new Promise<AgentChild['ready']>((res, rej) => {
+    const t = setTimeout(() => rej(new Error('agent child not ready in 30 s')), 30_000);
+    child.on('message', (m: { type: string } & AgentChild['ready'] & { cause: string; wipedAt: number | null }) => {
+      if (m.type === 'ready') {
+        clearTimeout(t);
+        res(m);
+      } else if (m.type === 'revoked') revokedMsgs.push(m);
+    });
+    child.on('exit', (code) => rej(new Error(`agent child exited with ${code}`)));
+  });
+  return {
+    child,
+    ready,
+    revokedMsgs,
+    stop: async () => {
+      if (child.exitCode !== null) return;
       const exited = new Promise((r) => child.once('exit', r));
       child.send({ type: 'stop' });
       const t = setTimeout(() => child.kill('SIGKILL'), 5000);
       await exited;
       clearTimeout(t);
-    }
+    },
+  };
+}
+
+/** Disables the CMK and waits for the child's wipe (bounded). */
+async function revokeAndWait(kms: DrillKms, keyId: string, agent: AgentChild): Promise<void> {
+  await kms.admin.disableKey(keyId);
+  const until = Date.now() + 10_000;
+  while (agent.revokedMsgs.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  expect(agent.revokedMsgs[0]).toMatchObject({ cause: 'Rejected.Disabled' });
+}
+
+/** The DEK of the child's volume as scan needles (raw, base64, either XTS half); the DEK is zeroed. */
+async function dekNeedles(kms: DrillKms, ready: AgentChild['ready']): Promise<Record<string, Buffer>> {
+  // The test learns the DEK through the KMS with admin rights, as an auditor would.
+  const { dek } = await kms.admin.openDataKey(ready.ciphertextBlob, ready.encryptionContext);
+  expect(dek.length).toBe(64);
+  const needles = {
+    raw: Buffer.from(dek),
+    base64: Buffer.from(dek.toString('base64'), 'latin1'),
+    // Either 32-byte XTS half on its own (a partial copy would still be a leak).
+    rawHalf1: Buffer.from(dek.subarray(0, 32)),
+    rawHalf2: Buffer.from(dek.subarray(32)),
+  };
+  dek.fill(0);
+  return needles;
+}
+
+function describeHits(hits: Hit[]): string[] {
+  return hits.map((h) => `${h.needle}@0x${h.address.toString(16)} ${h.region.perms} ${h.region.name}`);
+}
+
+describe('memory scan of the agent process', () => {
+  let dir: string;
+  let kms: DrillKms;
+  let agent: AgentChild;
+  let ready: AgentChild['ready'];
+  let keyId: string;
+  let revokedMsgs: AgentChild['revokedMsgs'];
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kmsdisk-memscan-'));
+    kms = await startDrillKms({ stateDir: join(dir, 'kms') });
+    ({ keyId } = await createAgentKey(kms.admin, 'agent'));
+    agent = await startAgentChild(kms, join(dir, 'agent'), keyId);
+    ({ ready, revokedMsgs } = agent);
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
     await kms?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   it('finds the DEK only in the key slot before the revoke, and neither it (raw or base64) nor served plaintext after it', async () => {
-    // The test learns the DEK through the KMS with admin rights, as an auditor would.
-    const { dek } = await kms.admin.openDataKey(ready.ciphertextBlob, ready.encryptionContext);
-    expect(dek.length).toBe(64);
-    const needles = {
-      raw: Buffer.from(dek),
-      base64: Buffer.from(dek.toString('base64'), 'latin1'),
-      // Either 32-byte XTS half on its own (a partial copy would still be a leak).
-      rawHalf1: Buffer.from(dek.subarray(0, 32)),
-      rawHalf2: Buffer.from(dek.subarray(32)),
-    };
-    dek.fill(0);
+    const needles = await dekNeedles(kms, ready);
 
     // The agent serves (decrypts) with the key. The data is random so that its plaintext can be
     // searched for too: served by the native lane, a READ's plaintext stays in the lane's cached
@@ -152,7 +192,7 @@ describe('memory scan of the agent process', () => {
     expect(back.data !== undefined && Buffer.from(back.data).equals(data)).toBe(true);
     const plaintext = { plaintext: Buffer.from(data.subarray(4096, 4096 + 64)) };
 
-    const pid = child.pid!;
+    const pid = agent.child.pid!;
     const before = scan(pid, { ...needles, ...plaintext });
     expect(before.hits.filter((h) => h.needle === 'plaintext').length).toBeGreaterThanOrEqual(1);
     before.hits = before.hits.filter((h) => h.needle !== 'plaintext');
@@ -178,15 +218,73 @@ describe('memory scan of the agent process', () => {
     expect(halfHits.filter((h) => !slotRegions.has(h.region.start)).map((h) => `${h.needle}@0x${h.address.toString(16)} ${h.region.perms} ${h.region.name}`)).toEqual([]);
 
     // Revoke; the child reports the wipe.
-    await kms.admin.disableKey(keyId);
-    const until = Date.now() + 10_000;
-    while (revokedMsgs.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
-    expect(revokedMsgs[0]).toMatchObject({ cause: 'Rejected.Disabled' });
+    await revokeAndWait(kms, keyId, agent);
+    expect(revokedMsgs).toHaveLength(1);
     expect((await client.read(0, 65536)).errno).toBe(1);
     await client.disconnect();
 
     const after = scan(pid, { ...needles, ...plaintext });
     expect(after.bytesScanned).toBeGreaterThan(10 << 20);
-    expect(after.hits.map((h) => `${h.needle}@0x${h.address.toString(16)} ${h.region.perms} ${h.region.name}`)).toEqual([]);
+    expect(describeHits(after.hits)).toEqual([]);
+  });
+});
+
+// The Node NBD path (TLS sessions, KMSDISK_NBD_NATIVE=0) keeps its own buffers: recycled READ
+// replies (each holds the plaintext it last sent), the socket's receive buffer and the received
+// chunks WRITE payloads are copied out of (freed as they are when dropped). After a wipe none of
+// them may keep plaintext: served data or data clients wrote.
+describe('memory scan of the agent process, Node NBD path', () => {
+  let dir: string;
+  let kms: DrillKms;
+  let agent: AgentChild;
+  let keyId: string;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kmsdisk-memscan-node-'));
+    kms = await startDrillKms({ stateDir: join(dir, 'kms') });
+    ({ keyId } = await createAgentKey(kms.admin, 'agent'));
+    agent = await startAgentChild(kms, join(dir, 'agent'), keyId, { KMSDISK_NBD_NATIVE: '0' });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await kms?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('leaves neither the DEK nor plaintext read or written through the Node path after a revoke', async () => {
+    const needles = await dekNeedles(kms, agent.ready);
+    const client = await NbdClient.connect(agent.ready.nbd, { exportName: 'drill' });
+    const CHUNK = 256 * 1024;
+    const written = randomBytes(4 * CHUNK);
+    const read = randomBytes(4 * CHUNK);
+    // 'written' only goes in (payloads arrive through the receive buffer and received chunks);
+    // 'read' is written once, before the session that matters, and then only read back.
+    for (let off = 0; off < read.length; off += CHUNK) expect((await client.write(4 * CHUNK + off, read.subarray(off, off + CHUNK))).errno).toBe(0);
+    for (let off = 0; off < written.length; off += CHUNK) expect((await client.write(off, written.subarray(off, off + CHUNK))).errno).toBe(0);
+    for (let off = 0; off < read.length; off += CHUNK) {
+      const r = await client.read(4 * CHUNK + off, CHUNK);
+      expect(r.errno).toBe(0);
+      expect(r.data !== undefined && Buffer.from(r.data).equals(read.subarray(off, off + CHUNK))).toBe(true);
+    }
+    // 64-byte pieces every 16 KiB of each, so a partial leftover is found too.
+    const plaintext: Record<string, Buffer> = {};
+    for (let off = 1024; off < read.length; off += 16 * 1024) {
+      plaintext[`written@${off}`] = Buffer.from(written.subarray(off, off + 64));
+      plaintext[`read@${off}`] = Buffer.from(read.subarray(off, off + 64));
+    }
+    const pid = agent.child.pid!;
+    const before = scan(pid, { ...needles, ...plaintext });
+    // The scanner sees the Node path's buffers: the last reads' replies wait in the pool.
+    expect(before.hits.filter((h) => h.needle.startsWith('read@')).length).toBeGreaterThanOrEqual(1);
+
+    await revokeAndWait(kms, keyId, agent);
+    // A refused read: the wipe's deferred purge has run by the time its reply is back.
+    expect((await client.read(0, 65536)).errno).toBe(1);
+    await client.disconnect();
+
+    const after = scan(pid, { ...needles, ...plaintext });
+    expect(after.bytesScanned).toBeGreaterThan(10 << 20);
+    expect(describeHits(after.hits)).toEqual([]);
   });
 });

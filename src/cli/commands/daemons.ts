@@ -56,7 +56,12 @@ export function registerDaemons(program: Command): void {
       process.stderr.write(`kmsdisk serve: NBD on ${formatHostPort(config.nbd)} (STARTTLS: PSK${x509}), admin API on http://${formatHostPort(config.api)}\n`);
       if (opts.json) printJson({ api: agent.apiUrl, nbd: formatHostPort(agent.nbdAddress), state: config.paths.root, token: config.paths.apiToken });
       await untilSignal();
-      await agent.stop();
+      const unguard = guardRunningDrill(() => agent.services.drills.busy);
+      try {
+        await agent.stop();
+      } finally {
+        unguard();
+      }
     });
 
   serveOptions(program.command('demo'))
@@ -119,6 +124,31 @@ function untilParentLetsGo(): Promise<void> {
     process.stdin.on('close', done);
     process.stdin.resume();
   });
+}
+
+/**
+ * While `serve` stops: a second SIGINT/SIGTERM used to end the process at once (the first
+ * handler was gone). During a revocation drill that left the user's CMK disabled (or the agent's
+ * grant revoked, or its AccessKey off): the drill gives access back when it ends, and stop()
+ * waits for it. So while a drill runs a further signal only says so; otherwise it ends the
+ * process as before (default action). Returns the function that removes the handlers.
+ */
+function guardRunningDrill(drillRunning: () => boolean): () => void {
+  const on = (sig: NodeJS.Signals): void => {
+    if (drillRunning()) {
+      process.stderr.write(`kmsdisk serve: ${sig} ignored: a revocation drill is running and gives access to its CMK back when it ends; stopping after it\n`);
+      return;
+    }
+    off();
+    process.kill(process.pid, sig);
+  };
+  const off = (): void => {
+    process.off('SIGINT', on);
+    process.off('SIGTERM', on);
+  };
+  process.on('SIGINT', on);
+  process.on('SIGTERM', on);
+  return off;
 }
 
 /** Resolves on SIGINT or SIGTERM (Ctrl-C stops both processes of the demo cleanly). */
