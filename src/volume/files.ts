@@ -1,7 +1,10 @@
 // Small durable-file helpers shared by volume creation and snapshots.
 
 import { constants as fsConstants, promises as fsp } from 'node:fs';
-import { KmsdiskError } from '../errors.js';
+import { constants as osConstants } from 'node:os';
+import { errorCodeOf, KmsdiskError } from '../errors.js';
+
+const osErrno = osConstants.errno;
 
 /** fsync of a directory, so a link/rename/unlink in it survives a crash. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -27,4 +30,22 @@ export async function linkNoClobber(tmp: string, dest: string): Promise<void> {
     throw err;
   }
   await fsp.unlink(tmp);
+}
+
+/** Maps a failure of a file or native call onto the error table (coded errors pass through). */
+export function ioError(err: unknown, what: string): Error {
+  const e = err as { code?: unknown; errno?: unknown } | null;
+  // The addon's fused calls (encryptPwrite, ...) fail with KMSDISK_ERR_IO and the numeric errno:
+  // a full file system must still come out as KMSDISK_ERR_NO_SPACE (NBD ENOSPC), not EIO.
+  const nativeNoSpace = e?.code === 'KMSDISK_ERR_IO' && (e.errno === osErrno.ENOSPC || e.errno === osErrno.EDQUOT);
+  if (e?.code === 'ENOSPC' || e?.code === 'EDQUOT' || nativeNoSpace) {
+    return new KmsdiskError('KMSDISK_ERR_NO_SPACE', `no space left for ${what}`, { cause: err });
+  }
+  if (errorCodeOf(err)) return err as Error;
+  if (e?.code === 'EFBIG') {
+    // The file system caps file sizes below the format's limit (ext4: 16 TiB): the size asked
+    // for is the problem, not the disk. (The agent checks sizes up front; this is the backstop.)
+    return new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what}: the file system cannot hold a file that large (EFBIG)`, { cause: err });
+  }
+  return new KmsdiskError('KMSDISK_ERR_IO', `${what} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }

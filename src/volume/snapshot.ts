@@ -25,8 +25,8 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { seekData, seekHole } from '../crypto/index.js';
-import { errorCodeOf, KmsdiskError } from '../errors.js';
-import { fsyncDir, linkNoClobber } from './files.js';
+import { KmsdiskError } from '../errors.js';
+import { fsyncDir, ioError, linkNoClobber } from './files.js';
 import { readVolumeHeader, writeVolumeHeader, type VolumeHeader, type VolumeLineage } from './header.js';
 import type { Volume } from './volume.js';
 import { isAllZero } from '../util/zero.js';
@@ -131,8 +131,8 @@ async function finishCopy(
     return { path: destPath, header, method, bytesCopied };
   } catch (err) {
     await fsp.unlink(tmp).catch(() => undefined);
-    if (errorCodeOf(err)) throw err;
-    throw new KmsdiskError('KMSDISK_ERR_IO', `copying a volume to ${destPath} failed: ${(err as Error).message}`, { cause: err });
+    // ENOSPC (the copy filled the file system) is KMSDISK_ERR_NO_SPACE, like a full volume write.
+    throw ioError(err, `copying a volume to ${destPath}`);
   }
 }
 

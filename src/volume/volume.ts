@@ -51,7 +51,7 @@ import {
   type VolumeKmsInfo,
   type VolumeLineage,
 } from './header.js';
-import { fsyncDir, linkNoClobber } from './files.js';
+import { fsyncDir, ioError, linkNoClobber } from './files.js';
 import { RangeLock } from './range-lock.js';
 
 /** Largest single native job: keeps threadpool jobs short so other requests interleave. */
@@ -99,21 +99,6 @@ export interface OpenVolumeOptions {
 
 function keyRevoked(): KmsdiskError {
   return new KmsdiskError('KMSDISK_ERR_KEY_REVOKED', 'the disk key is not available (revoked, wiped or not attached)');
-}
-
-/** Maps a failure of a file or native call onto the error table (coded errors pass through). */
-function ioError(err: unknown, what: string): Error {
-  if (errorCodeOf(err)) return err as Error;
-  const sysCode = (err as { code?: unknown } | null)?.code;
-  if (sysCode === 'ENOSPC' || sysCode === 'EDQUOT') {
-    return new KmsdiskError('KMSDISK_ERR_NO_SPACE', `no space left for ${what}`, { cause: err });
-  }
-  if (sysCode === 'EFBIG') {
-    // The file system caps file sizes below the format's limit (ext4: 16 TiB): the size asked
-    // for is the problem, not the disk. (The agent checks sizes up front; this is the backstop.)
-    return new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what}: the file system cannot hold a file that large (EFBIG)`, { cause: err });
-  }
-  return new KmsdiskError('KMSDISK_ERR_IO', `${what} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 
 /**

@@ -81,9 +81,9 @@ export function registerImages(program: Command): void {
         return;
       }
       const done = await waitForJob(api, job.id, { json: Boolean(opts.json), label: `copy ${src} -> ${dst}` });
-      if (opts.json) printJson(done);
-      else if (done.state === 'succeeded') process.stdout.write(`copied image ${src} to encrypted image ${dst}\n`);
       throwIfFailed(done);
+      if (opts.json) printJson(done);
+      else process.stdout.write(`copied image ${src} to encrypted image ${dst}\n`);
     });
 
   clientOptions(image.command('delete <name>'))

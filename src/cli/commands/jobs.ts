@@ -47,6 +47,11 @@ export async function waitForJob(api: ApiClient, id: string, opts: { json?: bool
   }
 }
 
+/**
+ * A job that ended badly as the CLI's error (its code, exit status and, with --json, the one
+ * error document on stdout, naming the job). Callers call this before printing the job, so
+ * `--json` prints one document: the job when it succeeded, else the error (it printed both).
+ */
 export function throwIfFailed(job: JobView): void {
   if (job.state === 'failed') {
     const code = (job.error?.code ?? 'KMSDISK_ERR_INTERNAL') as ConstructorParameters<typeof KmsdiskError>[0];
@@ -84,9 +89,9 @@ export function registerJobs(program: Command): void {
     .description('wait for a job to end, with a progress bar')
     .action(async (id: string, opts: ClientOpts) => {
       const j = await waitForJob(new ApiClient(opts), id, { json: Boolean(opts.json) });
+      throwIfFailed(j);
       if (opts.json) printJson(j);
       else process.stdout.write(`job ${j.id}: ${j.state}\n`);
-      throwIfFailed(j);
     });
 
   clientOptions(job.command('cancel <id>'))
