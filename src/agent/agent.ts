@@ -33,6 +33,7 @@ import { certificateCovers, serverCertificate, writeClientTrust } from './x509.j
 import { SnapshotsService } from './snapshots.js';
 import { loadOrCreateApiToken } from './token.js';
 import { acquirePidLock } from '../util/pid-lock.js';
+import { isVolumeTempName } from '../volume/index.js';
 import { DrillsService } from './drills.js';
 
 export interface AgentConfig {
@@ -173,6 +174,17 @@ export function createAgent(config: AgentConfig): Agent {
     releaseLock = acquirePidLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
     // Scratch files of an earlier run (an interrupted qcow2 conversion) are garbage now.
     for (const f of readdirSync(dirs.tmp)) rmSync(join(dirs.tmp, f), { force: true, recursive: true });
+    // So are the temporary files of volume creates and copies (snapshot, disk from a snapshot or
+    // an encrypted image) that a killed agent never linked to their final name: each as large as
+    // the data copied so far, and nothing else would ever remove them. We hold the folder's lock,
+    // so no other agent is writing one.
+    for (const d of [dirs.volumes, dirs.snapshots, dirs.images]) {
+      for (const f of readdirSync(d)) {
+        if (!isVolumeTempName(f)) continue;
+        rmSync(join(d, f), { force: true });
+        logger.warn({ file: join(d, f) }, 'removed the temporary file of an interrupted volume create or copy');
+      }
+    }
     token = loadOrCreateApiToken(dirs.apiToken);
     catalog = Catalog.open(dirs.catalog);
 

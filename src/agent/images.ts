@@ -68,7 +68,18 @@ export class ImagesService {
   }
 
   async load(): Promise<void> {
-    for (const i of this.ctx.catalog.listImages()) await this.refresh(i);
+    for (const i of this.ctx.catalog.listImages()) {
+      // An encrypted image still 'creating' with no unfinished copy job writing it is half-made:
+      // the agent died between creating it and submitting its job, or its failed job could not
+      // remove it (e.g. the file system was full). Nothing can finish it; remove it, as a failed
+      // job's cleanup would have.
+      if (i.state === 'creating' && this.jobs.activeJobsUsing(i.name).length === 0) {
+        this.ctx.logger.warn({ image: i.name, path: i.path }, 'removing an encrypted image left half-made by an interrupted copy');
+        await this.removeHalfMade(i);
+        continue;
+      }
+      await this.refresh(i);
+    }
   }
 
   /** Removes a half-made encrypted image: its file first (frees the space), then its row. */

@@ -1,5 +1,6 @@
 // Small durable-file helpers shared by volume creation and snapshots.
 
+import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { errorCodeOf, KmsdiskError } from '../errors.js';
@@ -14,6 +15,18 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await dh.close();
   }
+}
+
+/**
+ * The temporary name a volume file is written under before linkNoClobber gives it its final
+ * name. A crash leaves it behind; isVolumeTempName recognises it, so the next start removes it.
+ */
+export function volumeTempName(destPath: string): string {
+  return `${destPath}.tmp-${randomBytes(6).toString('hex')}`;
+}
+
+export function isVolumeTempName(fileName: string): boolean {
+  return /\.tmp-[0-9a-f]{12}$/.test(fileName);
 }
 
 /**

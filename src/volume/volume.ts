@@ -16,7 +16,7 @@
 // which every I/O fails with KMSDISK_ERR_KEY_REVOKED / KMSDISK_ERR_KEY_WIPED and a failed read
 // leaves no plaintext in the caller's buffer.
 
-import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -51,7 +51,7 @@ import {
   type VolumeKmsInfo,
   type VolumeLineage,
 } from './header.js';
-import { fsyncDir, ioError, linkNoClobber } from './files.js';
+import { fsyncDir, ioError, linkNoClobber, volumeTempName } from './files.js';
 import { RangeLock } from './range-lock.js';
 
 /** Largest single native job: keeps threadpool jobs short so other requests interleave. */
@@ -194,7 +194,7 @@ export class Volume implements BlockDevice {
       createdAt: now,
       updatedAt: now,
     });
-    const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+    const tmp = volumeTempName(path);
     let fh: FileHandle | null = null;
     try {
       fh = await fsp.open(tmp, 'wx', 0o600);

@@ -1,0 +1,68 @@
+// What a `kill -9` of the agent leaves in its state folder is cleaned up by the next start: real
+// `kmsdisk kms` and `kmsdisk serve` processes, the agent SIGKILLed, the state folder left exactly
+// as such a kill leaves it (a volume copy's temporary file; an encrypted image row written just
+// before its copy job was), then the agent started again.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cliOk, startDaemonStack, type DaemonStack } from '../cli/helpers.js';
+
+let stack: DaemonStack;
+let state: string;
+
+async function killAgent(): Promise<void> {
+  const exited = new Promise((r) => stack.agent.once('exit', r));
+  stack.agent.kill('SIGKILL');
+  await exited;
+}
+
+beforeAll(async () => {
+  stack = await startDaemonStack('kmsdisk-crash-leftovers-');
+  state = stack.env.KMSDISK_STATE!;
+  cliOk(['disk', 'create', 'kept', '--size', '8M'], stack.env);
+  cliOk(['snapshot', 'create', 'kept', 'kept-snap'], stack.env);
+}, 120_000);
+
+afterAll(async () => {
+  await stack?.close();
+});
+
+describe('the start after a kill -9', () => {
+  it('removes the temporary files of volume creates and copies that were never finished, and nothing else', async () => {
+    await killAgent();
+    // A snapshot / disk-from-snapshot copy killed half way: <final name>.tmp-<12 hex>, as large as what was copied.
+    const leftovers = [join(state, 'snapshots', `${randomUUID()}.kdisk.tmp-0123456789ab`), join(state, 'volumes', `${randomUUID()}.kdisk.tmp-a1b2c3d4e5f6`)];
+    for (const f of leftovers) {
+      writeFileSync(f, Buffer.alloc(4096, 7));
+      truncateSync(f, 64 * 1024 * 1024);
+    }
+    const before = { volumes: readdirSync(join(state, 'volumes')).length, snapshots: readdirSync(join(state, 'snapshots')).length };
+    await stack.startAgent();
+    for (const f of leftovers) expect(existsSync(f), f).toBe(false);
+    expect(readdirSync(join(state, 'volumes')).length).toBe(before.volumes - 1);
+    expect(readdirSync(join(state, 'snapshots')).length).toBe(before.snapshots - 1);
+    expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
+    expect(cliOk(['snapshot', 'list'], stack.env).snapshots.map((s: { name: string }) => s.name)).toEqual(['kept-snap']);
+  });
+
+  it('removes an encrypted image left "creating" with no copy job (killed between the two), file included', async () => {
+    await killAgent();
+    // `image copy` writes the image row, then its job row: a kill in between leaves this.
+    const id = randomUUID();
+    const path = join(state, 'images', `${id}.kdisk`);
+    writeFileSync(path, Buffer.alloc(4096, 1));
+    const db = new Database(join(state, 'catalog.db'));
+    db.prepare("INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES ('orphan', ?, ?, 'kdisk', 1, 'creating', 'gone', ?)").run(
+      id,
+      path,
+      new Date().toISOString(),
+    );
+    db.close();
+    await stack.startAgent();
+    expect(cliOk(['image', 'list'], stack.env).images).toEqual([]);
+    expect(existsSync(path)).toBe(false);
+  });
+});
