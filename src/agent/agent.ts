@@ -3,7 +3,7 @@
 // re-unwrapped through the KMS, interrupted jobs, snapshot policy timers) before it listens;
 // `stop()` drains NBD clients, interrupts jobs at a checkpoint, wipes every key and closes.
 
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { accessSync, constants as fsConstants, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
@@ -170,8 +170,12 @@ export function createAgent(config: AgentConfig): Agent {
 
   async function startInner(): Promise<void> {
     if (config.setNonDumpable !== false) setDumpable(false);
-    for (const d of [dirs.root, dirs.volumes, dirs.snapshots, dirs.images, dirs.tmp, dirs.tls]) mkdirSync(d, { recursive: true, mode: 0o700 });
-    releaseLock = acquirePidLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
+    try {
+      for (const d of [dirs.root, dirs.volumes, dirs.snapshots, dirs.images, dirs.tmp, dirs.tls]) mkdirSync(d, { recursive: true, mode: 0o700 });
+      releaseLock = acquirePidLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
+    } catch (err) {
+      throw stateFolderError(err, dirs.root);
+    }
     // Scratch files of an earlier run (an interrupted qcow2 conversion) are garbage now.
     for (const f of readdirSync(dirs.tmp)) rmSync(join(dirs.tmp, f), { force: true, recursive: true });
     // So are the temporary files of volume creates and copies (snapshot, disk from a snapshot or
@@ -400,6 +404,28 @@ export function createAgent(config: AgentConfig): Agent {
       return api;
     },
   };
+}
+
+/**
+ * The state folder cannot be written (read-only mount, wrong owner): say so, naming it, instead
+ * of a bare "EROFS: ... open agent.lock" reported as KMSDISK_ERR_INTERNAL.
+ */
+function stateFolderError(err: unknown, root: string): unknown {
+  let code = (err as { code?: unknown } | null)?.code;
+  // mkdir -p under a read-only mount can fail with ENOENT for the subfolder: ask the folder itself.
+  try {
+    accessSync(root, fsConstants.W_OK);
+  } catch (e) {
+    const c = (e as { code?: unknown }).code;
+    if (c === 'EROFS' || c === 'EACCES') code = c;
+  }
+  const why = code === 'EROFS' ? 'it is on a read-only file system' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'ENOSPC' ? 'its file system is full' : null;
+  if (why === null) return err;
+  return new KmsdiskError(
+    code === 'ENOSPC' ? 'KMSDISK_ERR_NO_SPACE' : 'KMSDISK_ERR_READ_ONLY',
+    `the state folder ${root} cannot be written (${why}): the agent keeps its lock, catalog and volumes there (--state, KMSDISK_STATE)`,
+    { cause: err },
+  );
 }
 
 /** Scrape-time gauges: computed from the services when /metrics is read. */

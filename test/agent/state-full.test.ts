@@ -6,11 +6,11 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { cliOk, cliRefused, httpOk, startDaemonStack, waitFor, type DaemonStack } from '../cli/helpers.js';
+import { cli, cliOk, cliRefused, freePort, httpOk, startDaemonStack, waitFor, type DaemonStack } from '../cli/helpers.js';
 
 const NBD_ENV = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
 const isRoot = process.getuid?.() === 0;
@@ -106,4 +106,24 @@ describe.skipIf(!isRoot)('a full state file system', () => {
     expect(cliOk(['disk', 'list'], env).disks.map((d: { name: string }) => d.name)).toEqual(['big', 'tiny']);
     expect(existsSync(join(env.KMSDISK_STATE!, 'catalog.db'))).toBe(true);
   }, 180_000);
+});
+
+describe.skipIf(!isRoot)('a read-only state folder', () => {
+  it('serve refuses to start with KMSDISK_ERR_READ_ONLY naming the folder, not an internal EROFS', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kmsdisk-state-ro-'));
+    const state = join(dir, 'state');
+    mkdirSync(dir, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir]);
+    try {
+      mkdirSync(join(state, 'kms'), { recursive: true });
+      copyFileSync(join(stack!.env.KMSDISK_STATE!, 'kms', 'credentials.json'), join(state, 'kms', 'credentials.json'));
+      execFileSync('mount', ['-o', 'remount,ro', dir]);
+      const r = cli(['serve', '--state', state, '--api', `127.0.0.1:${await freePort()}`, '--nbd', `127.0.0.1:${await freePort()}`], { KMSDISK_KMS: stack!.env.KMSDISK_KMS });
+      expect(r.status, r.stderr).toBe(4);
+      expect(r.stderr).toContain(`KMSDISK_ERR_READ_ONLY: the state folder ${state} cannot be written (it is on a read-only file system)`);
+    } finally {
+      spawnSync('umount', [dir]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
