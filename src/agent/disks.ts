@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { KmsdiskError, errorCodeOf, isErrorCode } from '../errors.js';
-import { cloneVolumeFile, inspectVolume, inspectVolumeFile, Volume, type SectorSize, type VolumeHeader, type VolumeInspection } from '../volume/index.js';
+import { cloneVolumeFile, inspectVolume, inspectVolumeFile, undoInterruptedGrow, Volume, type SectorSize, type VolumeHeader, type VolumeInspection } from '../volume/index.js';
 import type { DiskRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import { checkName } from './names.js';
@@ -142,9 +142,14 @@ export class DisksService {
       const stamp = await stampOf(row.path);
       let readable: VolumeHeader | undefined;
       try {
-        const info = await inspectVolumeFile(row.path);
+        let info = await inspectVolumeFile(row.path);
         // Volume.open refuses a file whose length disagrees with its header; so does the state.
         const expected = info.dataOffset + info.size;
+        if (info.file.size > expected && (await undoInterruptedGrow(row.path, expected))) {
+          // A resize killed between extending the file and committing the header: undone.
+          this.ctx.logger.warn({ disk: row.name, path: row.path, fileSize: info.file.size, size: info.size }, 'undid a disk resize interrupted by a crash (the file was longer than its header)');
+          info = await inspectVolumeFile(row.path);
+        }
         if (info.file.size !== expected) {
           readable = headerOf(info);
           throw new KmsdiskError(

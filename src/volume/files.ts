@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { seekData } from '../crypto/index.js';
 import { errorCodeOf, KmsdiskError } from '../errors.js';
 
 const osErrno = osConstants.errno;
@@ -61,4 +62,32 @@ export function ioError(err: unknown, what: string): Error {
     return new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what}: the file system cannot hold a file that large (EFBIG)`, { cause: err });
   }
   return new KmsdiskError('KMSDISK_ERR_IO', `${what} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+}
+
+/**
+ * Undoes a grow that a crash interrupted. Volume.resize extends the file (holes), then commits
+ * the header: a crash in between leaves a file longer than its header says, which open refuses
+ * (KMSDISK_ERR_VOLUME_SIZE) -- the disk was unusable until someone truncated it by hand. When
+ * everything past `expectedBytes` is a hole (nothing was ever written there: the grow was never
+ * committed), the file is truncated back to it and true is returned; otherwise it is left alone
+ * (false) and stays refused.
+ */
+export async function undoInterruptedGrow(path: string, expectedBytes: number): Promise<boolean> {
+  const fh = await fsp.open(path, 'r+');
+  try {
+    const { size } = await fh.stat();
+    if (size <= expectedBytes) return false;
+    let dataAt: number;
+    try {
+      dataAt = seekData(fh.fd, expectedBytes);
+    } catch {
+      return false; // no SEEK_DATA here: cannot tell holes from data, leave it to the user
+    }
+    if (dataAt >= 0 && dataAt < size) return false;
+    await fh.truncate(expectedBytes);
+    await fh.sync();
+    return true;
+  } finally {
+    await fh.close();
+  }
 }

@@ -51,7 +51,7 @@ import {
   type VolumeKmsInfo,
   type VolumeLineage,
 } from './header.js';
-import { fsyncDir, ioError, linkNoClobber, volumeTempName } from './files.js';
+import { fsyncDir, ioError, linkNoClobber, undoInterruptedGrow, volumeTempName } from './files.js';
 import { RangeLock } from './range-lock.js';
 
 /** Largest single native job: keeps threadpool jobs short so other requests interleave. */
@@ -236,7 +236,9 @@ export class Volume implements BlockDevice {
       fileId = id;
       const { header, seq, copies } = await readVolumeHeader(fh, { repair: !readOnly });
       const expected = header.dataOffset + header.size;
-      if (st.size !== expected) {
+      // Like a corrupt header copy, a grow cut short by a crash is repaired on a writable open.
+      const grewOnly = !readOnly && st.size > expected && (await undoInterruptedGrow(path, expected));
+      if (st.size !== expected && !grewOnly) {
         throw new KmsdiskError(
           'KMSDISK_ERR_VOLUME_SIZE',
           st.size < expected
@@ -365,9 +367,9 @@ export class Volume implements BlockDevice {
 
   /**
    * Grows the volume to `newSize` bytes. Order: extend the file (holes), then commit the header.
-   * A crash in between leaves a file longer than its header says, which `open` refuses with
-   * KMSDISK_ERR_VOLUME_SIZE (details carry both sizes; truncating the file to the expected size
-   * recovers it) -- never a header pointing past the end of the file.
+   * A crash in between leaves a file longer than its header says, all holes past the old end,
+   * which a writable `open` (and the agent's start) truncates back: the grow did not happen
+   * (undoInterruptedGrow) -- never a header pointing past the end of the file.
    */
   async resize(newSize: number): Promise<void> {
     this.assertWritable();

@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, existsSync, readdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cliOk, startDaemonStack, type DaemonStack } from '../cli/helpers.js';
 
@@ -64,5 +65,31 @@ describe('the start after a kill -9', () => {
     await stack.startAgent();
     expect(cliOk(['image', 'list'], stack.env).images).toEqual([]);
     expect(existsSync(path)).toBe(false);
+  });
+
+  it('undoes a disk resize killed between growing the file and committing the header; a tail with data stays refused', async () => {
+    cliOk(['disk', 'create', 'grown', '--size', '8M'], stack.env);
+    cliOk(['attach', 'grown'], stack.env);
+    cliOk(['disk', 'create', 'appended', '--size', '8M'], stack.env);
+    const uri = `nbd://127.0.0.1:${stack.nbdPort}/grown`;
+    const nbdEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
+    execFileSync('nbdsh', ['-u', uri, '-c', 'h.pwrite(b"\\x5a" * 65536, 0, nbd.CMD_FLAG_FUA)'], { env: nbdEnv });
+    const grown = cliOk(['disk', 'show', 'grown'], stack.env).path as string;
+    const appended = cliOk(['disk', 'show', 'appended'], stack.env).path as string;
+    await killAgent();
+    // What resize leaves when killed after its ftruncate + fsync: a longer file, all holes past the old end.
+    truncateSync(grown, statSync(grown).size + 16 * 1024 * 1024);
+    // Not a grow: bytes past the end the header gives.
+    appendFileSync(appended, Buffer.alloc(4096, 9));
+    await stack.startAgent();
+    const shown = cliOk(['disk', 'show', 'grown'], stack.env);
+    expect(shown.state).toBe('in-use');
+    expect(shown.size).toBe(8 * 1024 * 1024);
+    const out = execFileSync('nbdsh', ['-u', uri, '-c', 'print(h.get_size(), h.pread(65536, 0) == b"\\x5a" * 65536)'], { env: nbdEnv, encoding: 'utf8' });
+    expect(out.trim()).toBe(`${8 * 1024 * 1024} True`);
+    expect(cliOk(['disk', 'resize', 'grown', '--size', '16M'], stack.env).size).toBe(16 * 1024 * 1024);
+    const bad = cliOk(['disk', 'show', 'appended'], stack.env);
+    expect(bad.state).toBe('error');
+    expect(bad.stateReason).toBe('KMSDISK_ERR_VOLUME_SIZE');
   });
 });
