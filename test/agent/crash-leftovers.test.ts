@@ -7,9 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { appendFileSync, existsSync, readdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cliOk, startDaemonStack, type DaemonStack } from '../cli/helpers.js';
+import { cli, cliOk, freePort, startDaemonStack, type DaemonStack } from '../cli/helpers.js';
 
 let stack: DaemonStack;
 let state: string;
@@ -92,4 +92,18 @@ describe('the start after a kill -9', () => {
     expect(bad.state).toBe('error');
     expect(bad.stateReason).toBe('KMSDISK_ERR_VOLUME_SIZE');
   });
+
+  it("takes over a killed agent's lock whose pid now belongs to another live process, and still refuses a live agent", async () => {
+    await killAgent();
+    // After a reboot or a container restart the dead agent's pid is often reused: here by the KMS
+    // emulator, a live process that started at another time than the lock records.
+    const lock = join(state, 'agent.lock');
+    writeFileSync(lock, `${stack.kms.pid} 1\n`);
+    await stack.startAgent();
+    expect(readFileSync(lock, 'utf8').split(' ')[0]).toBe(String(stack.agent.pid));
+    const second = cli(['serve', '--api', `127.0.0.1:${await freePort()}`, '--nbd', `127.0.0.1:${await freePort()}`], stack.env);
+    expect(second.status).toBe(4);
+    expect(second.stderr).toContain(`the folder is in use by another kmsdisk agent (pid ${stack.agent.pid}`);
+  });
 });
+
