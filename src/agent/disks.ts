@@ -126,7 +126,16 @@ export class DisksService {
 
   /** Same, for a caller that already holds the disk's lock. */
   private async revalidateLocked(row: DiskRow): Promise<void> {
-    if (this.ctx.open.get(row.name)) return; // the open volume is the truth while attached
+    const open = this.ctx.open.get(row.name);
+    if (open) {
+      // The open volume is the truth while attached -- unless its file was deleted: then every
+      // write goes to an inode that disappears at detach, and the disk must not look healthy.
+      if (await open.volume.fileDeleted().catch(() => false)) {
+        const deleted = new KmsdiskError('KMSDISK_ERR_VOLUME_CORRUPT', `volume file ${row.path} was deleted while attached: data written to it is lost when it is detached`);
+        if (this.stateOf(row.name).message !== deleted.message) await this.markUnreadable(row, deleted);
+      }
+      return;
+    }
     const cached = this.headers.get(row.name);
     const stamp = await stampOf(row.path);
     if (cached && cached.stamp && stamp && sameStamp(cached.stamp, stamp)) return;

@@ -499,6 +499,17 @@ export class Volume implements BlockDevice {
     } catch (err) {
       throw ioError(err, `flush of ${this.path}`);
     }
+    // A FLUSH promises the data survives. If the file was deleted behind our back, writes land
+    // in an inode that disappears when the volume is closed: acknowledging would be a lie.
+    if (await this.fileDeleted()) {
+      throw new KmsdiskError('KMSDISK_ERR_IO', `volume file ${this.path} was deleted while in use: written data will not survive a detach or restart`);
+    }
+  }
+
+  /** The volume's file no longer has a name (deleted while open): its data goes when it is closed. */
+  async fileDeleted(): Promise<boolean> {
+    this.assertOpen();
+    return (await this.fh.stat()).nlink === 0;
   }
 
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {

@@ -6,10 +6,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
-import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cli, cliOk, freePort, startDaemonStack, type DaemonStack } from '../cli/helpers.js';
+import { cli, cliOk, freePort, startDaemonStack, waitFor, type DaemonStack } from '../cli/helpers.js';
 
 let stack: DaemonStack;
 let state: string;
@@ -104,6 +104,21 @@ describe('the start after a kill -9', () => {
     const second = cli(['serve', '--api', `127.0.0.1:${await freePort()}`, '--nbd', `127.0.0.1:${await freePort()}`], stack.env);
     expect(second.status).toBe(4);
     expect(second.stderr).toContain(`the folder is in use by another kmsdisk agent (pid ${stack.agent.pid}`);
+  });
+});
+
+describe("a volume file deleted behind the agent's back", () => {
+  it('while attached: FLUSH fails with EIO instead of promising durability, and the disk shows error', async () => {
+    cliOk(['disk', 'create', 'doomed', '--size', '8M'], stack.env);
+    cliOk(['attach', 'doomed'], stack.env);
+    const path = cliOk(['disk', 'show', 'doomed'], stack.env).path as string;
+    unlinkSync(path);
+    const nbdEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
+    const r = spawnSync('nbdsh', ['-u', `nbd://127.0.0.1:${stack.nbdPort}/doomed`, '-c', 'h.pwrite(b"a" * 4096, 0)\nh.flush()'], { env: nbdEnv, encoding: 'utf8' });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('flush: command failed: Input/output error');
+    await waitFor('the disk to show error', () => cliOk(['disk', 'show', 'doomed'], stack.env).state === 'error', 20_000);
+    expect(cliOk(['disk', 'show', 'doomed'], stack.env).stateMessage).toBe(`volume file ${path} was deleted while attached: data written to it is lost when it is detached`);
   });
 });
 
