@@ -7,9 +7,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cli, cliOk, freePort, startDaemonStack, waitFor, type DaemonStack } from '../cli/helpers.js';
+import { cli, cliOk, daemon, freePort, startDaemonStack, stop, waitFor, type DaemonStack } from '../cli/helpers.js';
 
 let stack: DaemonStack;
 let state: string;
@@ -119,6 +120,27 @@ describe("a volume file deleted behind the agent's back", () => {
     expect(r.stderr).toContain('flush: command failed: Input/output error');
     await waitFor('the disk to show error', () => cliOk(['disk', 'show', 'doomed'], stack.env).state === 'error', 20_000);
     expect(cliOk(['disk', 'show', 'doomed'], stack.env).stateMessage).toBe(`volume file ${path} was deleted while attached: data written to it is lost when it is detached`);
+  });
+});
+
+describe('credential files', () => {
+  it('the emulator tightens a loosened credentials.json to 0600 and refuses a corrupt one (exit 2, not internal)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kmsdisk-creds-'));
+    try {
+      const file = join(dir, 'credentials.json');
+      copyFileSync(join(state, 'kms', 'credentials.json'), file);
+      chmodSync(file, 0o644);
+      const kms = daemon(['kms', '--state', dir, '--listen', `127.0.0.1:${await freePort()}`]);
+      await waitFor('the emulator to listen', () => kms.output().includes('listening on'));
+      await stop(kms);
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      writeFileSync(file, '{not json');
+      const r = cli(['kms', '--state', dir, '--listen', `127.0.0.1:${await freePort()}`]);
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toContain(`KMSDISK_ERR_INVALID_ARGUMENT: KMS credentials file ${file} is not valid JSON`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

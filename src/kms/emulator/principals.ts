@@ -7,8 +7,9 @@
 // Whether an AccessKey is enabled lives in state.json (DisableAccessKey / EnableAccessKey).
 
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { KmsdiskError } from '../../errors.js';
 
 export interface AccessKeyPair {
   accessKeyId: string;
@@ -54,12 +55,15 @@ export function loadOrCreateCredentials(dir: string): KmsCredentialsFile {
     try {
       parsed = JSON.parse(readFileSync(file, 'utf8'));
     } catch (err) {
-      throw new Error(`KMS credentials file ${file} is not valid JSON: ${(err as Error).message}`);
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS credentials file ${file} is not valid JSON: ${(err as Error).message}`);
     }
     const o = parsed as Partial<KmsCredentialsFile>;
     if (!isPair(o.admin) || !isPair(o.agent)) {
-      throw new Error(`KMS credentials file ${file} must hold {"admin": {accessKeyId, accessKeySecret}, "agent": {...}}`);
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS credentials file ${file} must hold {"admin": {accessKeyId, accessKeySecret}, "agent": {...}}`);
     }
+    // The admin pair owns every CMK: tighten the file if someone loosened it (as the agent does
+    // for its api-token), so it is 0600 as documented.
+    if ((statSync(file).mode & 0o077) !== 0) chmodSync(file, 0o600);
     return { admin: o.admin, agent: o.agent };
   }
   const creds: KmsCredentialsFile = { admin: newAccessKeyPair(), agent: newAccessKeyPair() };
