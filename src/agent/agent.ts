@@ -3,7 +3,7 @@
 // re-unwrapped through the KMS, interrupted jobs, snapshot policy timers) before it listens;
 // `stop()` drains NBD clients, interrupts jobs at a checkpoint, wipes every key and closes.
 
-import { accessSync, constants as fsConstants, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
@@ -20,7 +20,7 @@ import type { Logger } from '../util/logger.js';
 import { buildApiServer } from '../api/server.js';
 import { AttachmentsService } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { stateDirs, type AgentContext } from './context.js';
+import { stateDirs, type AgentContext, type StateDirs } from './context.js';
 import { DisksService } from './disks.js';
 import { ImagesService } from './images.js';
 import { JobsService } from './jobs.js';
@@ -190,6 +190,7 @@ export function createAgent(config: AgentConfig): Agent {
       }
     }
     token = loadOrCreateApiToken(dirs.apiToken);
+    refuseLostCatalog(dirs);
     catalog = Catalog.open(dirs.catalog);
 
     const kmsClient = (credentials: KmsCredentials) =>
@@ -404,6 +405,22 @@ export function createAgent(config: AgentConfig): Agent {
       return api;
     },
   };
+}
+
+/**
+ * A missing catalog.db beside volume files means the catalog was lost (deleted, not copied along),
+ * not a first start: opening it would create an empty catalog and the agent would run with every
+ * disk, snapshot and image silently gone from its lists (the files untouched but unreachable),
+ * and new disks mixed in with them. Refuse, saying what to do.
+ */
+function refuseLostCatalog(dirs: StateDirs): void {
+  if (existsSync(dirs.catalog)) return;
+  const files = [dirs.volumes, dirs.snapshots, dirs.images].flatMap((d) => readdirSync(d).filter((f) => f.endsWith('.kdisk') || f.endsWith('.raw')));
+  if (files.length === 0) return;
+  throw new KmsdiskError(
+    'KMSDISK_ERR_VOLUME_CORRUPT',
+    `the catalog ${dirs.catalog} is missing but ${dirs.root} holds ${files.length} volume or image file(s) (volumes/, snapshots/, images/): restore catalog.db from a backup, or move those files out of the state folder to start with an empty catalog`,
+  );
 }
 
 /**

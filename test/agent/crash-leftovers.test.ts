@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli, cliOk, daemon, freePort, startDaemonStack, stop, waitFor, type DaemonStack } from '../cli/helpers.js';
@@ -141,6 +141,36 @@ describe('credential files', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a lost catalog', () => {
+  it('serve refuses to start on volume files whose catalog.db is gone, instead of showing no disks; restored, all is back', async () => {
+    await killAgent();
+    const catalogFile = join(state, 'catalog.db');
+    const aside = join(stack.dir, 'catalog.db.aside');
+    // SIGKILL leaves the WAL beside it: fold it in first, as a backup would.
+    const db = new Database(catalogFile);
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.close();
+    renameSync(catalogFile, aside);
+    for (const f of readdirSync(state)) if (f.startsWith('catalog.db-')) rmSync(join(state, f));
+    // Bounded: an agent that (wrongly) starts is stopped after 30 s.
+    const serve = daemon(['serve', '--api', `127.0.0.1:${await freePort()}`, '--nbd', `127.0.0.1:${await freePort()}`], stack.env);
+    const code = await new Promise<number | null>((resolve) => {
+      const t = setTimeout(() => resolve(null), 30_000);
+      serve.once('exit', (c) => {
+        clearTimeout(t);
+        resolve(c);
+      });
+    });
+    if (code === null) await stop(serve);
+    expect(code, serve.output()).toBe(7);
+    expect(serve.output()).toContain(`KMSDISK_ERR_VOLUME_CORRUPT: the catalog ${catalogFile} is missing but ${state} holds`);
+    expect(existsSync(catalogFile)).toBe(false);
+    renameSync(aside, catalogFile);
+    await stack.startAgent();
+    expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
   });
 });
 
