@@ -10,7 +10,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cli, cliOk, daemon, freePort, startDaemonStack, stop, waitFor, type DaemonStack } from '../cli/helpers.js';
+import { cli, cliAsync, cliOk, cliRefused, daemon, freePort, startDaemonStack, stop, waitFor, type DaemonStack } from '../cli/helpers.js';
 
 let stack: DaemonStack;
 let state: string;
@@ -49,6 +49,25 @@ describe('the start after a kill -9', () => {
     expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
     expect(cliOk(['snapshot', 'list'], stack.env).snapshots.map((s: { name: string }) => s.name)).toEqual(['kept-snap']);
   });
+
+  it('a kill -9 during disk create --from-image leaves no volume behind: built under a temporary name, removed at start', async () => {
+    const raw = join(stack.dir, 'big.raw');
+    execFileSync('nbdkit', ['random', 'size=512M', '--run', `nbdcopy "$uri" ${raw}`], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } });
+    cliOk(['image', 'import', raw, 'big'], stack.env);
+    rmSync(raw);
+    const volumes = join(state, 'volumes');
+    const before = readdirSync(volumes).sort();
+    const creating = cliAsync(['disk', 'create', 'from-big', '--from-image', 'big'], stack.env);
+    // Encrypting 512 MiB takes a while: kill as soon as the volume being built shows up.
+    await waitFor('the volume being built', () => readdirSync(volumes).some((f) => !before.includes(f)), 30_000);
+    expect(readdirSync(volumes).filter((f) => !before.includes(f)).every((f) => f.includes('.tmp-'))).toBe(true);
+    await killAgent();
+    await creating;
+    await stack.startAgent();
+    expect(readdirSync(volumes).sort()).toEqual(before);
+    cliRefused(['disk', 'show', 'from-big'], stack.env, 3, 'KMSDISK_ERR_NOT_FOUND');
+    cliOk(['image', 'delete', 'big'], stack.env);
+  }, 120_000);
 
   it('removes an encrypted image left "creating" with no copy job (killed between the two), file included', async () => {
     await killAgent();
