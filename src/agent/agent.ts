@@ -3,7 +3,7 @@
 // re-unwrapped through the KMS, interrupted jobs, snapshot policy timers) before it listens;
 // `stop()` drains NBD clients, interrupts jobs at a checkpoint, wipes every key and closes.
 
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
@@ -20,7 +20,7 @@ import type { Logger } from '../util/logger.js';
 import { buildApiServer } from '../api/server.js';
 import { AttachmentsService } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { stateDirs, type AgentContext } from './context.js';
+import { stateDirs, type AgentContext, type StateDirs } from './context.js';
 import { DisksService } from './disks.js';
 import { ImagesService } from './images.js';
 import { JobsService } from './jobs.js';
@@ -33,6 +33,7 @@ import { certificateCovers, serverCertificate, writeClientTrust } from './x509.j
 import { SnapshotsService } from './snapshots.js';
 import { loadOrCreateApiToken } from './token.js';
 import { acquirePidLock } from '../util/pid-lock.js';
+import { isVolumeTempName } from '../volume/index.js';
 import { DrillsService } from './drills.js';
 
 export interface AgentConfig {
@@ -169,11 +170,27 @@ export function createAgent(config: AgentConfig): Agent {
 
   async function startInner(): Promise<void> {
     if (config.setNonDumpable !== false) setDumpable(false);
-    for (const d of [dirs.root, dirs.volumes, dirs.snapshots, dirs.images, dirs.tmp, dirs.tls]) mkdirSync(d, { recursive: true, mode: 0o700 });
-    releaseLock = acquirePidLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
+    try {
+      for (const d of [dirs.root, dirs.volumes, dirs.snapshots, dirs.images, dirs.tmp, dirs.tls]) mkdirSync(d, { recursive: true, mode: 0o700 });
+      releaseLock = acquirePidLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
+    } catch (err) {
+      throw stateFolderError(err, dirs.root);
+    }
     // Scratch files of an earlier run (an interrupted qcow2 conversion) are garbage now.
     for (const f of readdirSync(dirs.tmp)) rmSync(join(dirs.tmp, f), { force: true, recursive: true });
+    // So are the temporary files of volume creates and copies (snapshot, disk from a snapshot or
+    // an encrypted image) that a killed agent never linked to their final name: each as large as
+    // the data copied so far, and nothing else would ever remove them. We hold the folder's lock,
+    // so no other agent is writing one.
+    for (const d of [dirs.volumes, dirs.snapshots, dirs.images]) {
+      for (const f of readdirSync(d)) {
+        if (!isVolumeTempName(f)) continue;
+        rmSync(join(d, f), { force: true });
+        logger.warn({ file: join(d, f) }, 'removed the temporary file of an interrupted volume create or copy');
+      }
+    }
     token = loadOrCreateApiToken(dirs.apiToken);
+    refuseLostCatalog(dirs);
     catalog = Catalog.open(dirs.catalog);
 
     const kmsClient = (credentials: KmsCredentials) =>
@@ -390,6 +407,44 @@ export function createAgent(config: AgentConfig): Agent {
       return api;
     },
   };
+}
+
+/**
+ * A missing catalog.db beside volume files means the catalog was lost (deleted, not copied along),
+ * not a first start: opening it would create an empty catalog and the agent would run with every
+ * disk, snapshot and image silently gone from its lists (the files untouched but unreachable),
+ * and new disks mixed in with them. Refuse, saying what to do.
+ */
+function refuseLostCatalog(dirs: StateDirs): void {
+  if (existsSync(dirs.catalog)) return;
+  const files = [dirs.volumes, dirs.snapshots, dirs.images].flatMap((d) => readdirSync(d).filter((f) => f.endsWith('.kdisk') || f.endsWith('.raw')));
+  if (files.length === 0) return;
+  throw new KmsdiskError(
+    'KMSDISK_ERR_VOLUME_CORRUPT',
+    `the catalog ${dirs.catalog} is missing but ${dirs.root} holds ${files.length} volume or image file(s) (volumes/, snapshots/, images/): restore catalog.db from a backup, or move those files out of the state folder to start with an empty catalog`,
+  );
+}
+
+/**
+ * The state folder cannot be written (read-only mount, wrong owner): say so, naming it, instead
+ * of a bare "EROFS: ... open agent.lock" reported as KMSDISK_ERR_INTERNAL.
+ */
+function stateFolderError(err: unknown, root: string): unknown {
+  let code = (err as { code?: unknown } | null)?.code;
+  // mkdir -p under a read-only mount can fail with ENOENT for the subfolder: ask the folder itself.
+  try {
+    accessSync(root, fsConstants.W_OK);
+  } catch (e) {
+    const c = (e as { code?: unknown }).code;
+    if (c === 'EROFS' || c === 'EACCES') code = c;
+  }
+  const why = code === 'EROFS' ? 'it is on a read-only file system' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'ENOSPC' ? 'its file system is full' : null;
+  if (why === null) return err;
+  return new KmsdiskError(
+    code === 'ENOSPC' ? 'KMSDISK_ERR_NO_SPACE' : 'KMSDISK_ERR_READ_ONLY',
+    `the state folder ${root} cannot be written (${why}): the agent keeps its lock, catalog and volumes there (--state, KMSDISK_STATE)`,
+    { cause: err },
+  );
 }
 
 /** Scrape-time gauges: computed from the services when /metrics is read. */

@@ -238,24 +238,57 @@ function toPolicy(r: Row): PolicyRow {
   };
 }
 
-/** SQLite constraint failures become the project's "already exists" error. */
-function guardUnique<T>(what: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    const code = (err as { code?: string }).code ?? '';
-    if (code.startsWith('SQLITE_CONSTRAINT')) {
-      throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `${what} already exists`, { cause: err });
-    }
-    throw err;
+/**
+ * SQLite failures as the error table's codes, naming the catalog: a unique constraint is "already
+ * exists"; a full file system (SQLITE_FULL, e.g. the state folder's disk filled by volume writes)
+ * is KMSDISK_ERR_NO_SPACE; a read-only or unwritable folder is KMSDISK_ERR_READ_ONLY; any other
+ * SQLite failure (I/O error, corruption) is KMSDISK_ERR_IO. Without this they reached the API as a
+ * bare SqliteError (KMSDISK_ERR_INTERNAL) and, thrown from a timer, killed the agent.
+ */
+function catalogError(err: unknown, path: string, what: string | undefined): unknown {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !code.startsWith('SQLITE_')) return err;
+  if (code.startsWith('SQLITE_CONSTRAINT') && what !== undefined) {
+    return new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `${what} already exists`, { cause: err });
   }
+  const detail = { details: { sqliteCode: code } };
+  if (code.startsWith('SQLITE_FULL')) {
+    return new KmsdiskError('KMSDISK_ERR_NO_SPACE', `no space left to update the catalog ${path}: free space in the state folder's file system`, { cause: err, ...detail });
+  }
+  if (code.startsWith('SQLITE_READONLY') || code.startsWith('SQLITE_CANTOPEN') || code.startsWith('SQLITE_PERM')) {
+    return new KmsdiskError('KMSDISK_ERR_READ_ONLY', `the catalog ${path} cannot be written (${(err as Error).message})`, { cause: err, ...detail });
+  }
+  return new KmsdiskError('KMSDISK_ERR_IO', `the catalog ${path} failed: ${(err as Error).message} (${code})`, { cause: err, ...detail });
 }
 
 export class Catalog {
   private readonly db: Database.Database;
 
-  private constructor(db: Database.Database) {
+  private constructor(
+    db: Database.Database,
+    private readonly path: string,
+  ) {
     this.db = db;
+  }
+
+  /**
+   * Every statement goes through here, so every SQLite failure comes out as a table code
+   * (catalogError); `what` names the row for a unique-constraint failure.
+   */
+  private sql(text: string, what?: string): { run(...a: unknown[]): Database.RunResult; get(...a: unknown[]): unknown; all(...a: unknown[]): unknown[] } {
+    const mapped = <T>(fn: () => T): T => {
+      try {
+        return fn();
+      } catch (err) {
+        throw catalogError(err, this.path, what);
+      }
+    };
+    const stmt = mapped(() => this.db.prepare(text));
+    return {
+      run: (...a) => mapped(() => stmt.run(...a)),
+      get: (...a) => mapped(() => stmt.get(...a)),
+      all: (...a) => mapped(() => stmt.all(...a)),
+    };
   }
 
   static open(path: string): Catalog {
@@ -269,7 +302,7 @@ export class Catalog {
     } catch (err) {
       throw new KmsdiskError('KMSDISK_ERR_IO', `cannot open the catalog ${path}: ${(err as Error).message}`, { cause: err });
     }
-    const catalog = new Catalog(db);
+    const catalog = new Catalog(db, path);
     catalog.migrate(path);
     return catalog;
   }
@@ -296,36 +329,35 @@ export class Catalog {
 
   /** Runs fn in one transaction (all or nothing). */
   tx<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    try {
+      return this.db.transaction(fn)();
+    } catch (err) {
+      throw catalogError(err, this.path, undefined);
+    }
   }
 
   // --- disks --------------------------------------------------------------------------------
   insertDisk(d: DiskRow): void {
-    guardUnique(`disk ${d.name}`, () =>
-      this.db.prepare('INSERT INTO disks (name, id, path, created_at) VALUES (?, ?, ?, ?)').run(d.name, d.id, d.path, d.createdAt),
-    );
+    this.sql('INSERT INTO disks (name, id, path, created_at) VALUES (?, ?, ?, ?)', `disk ${d.name}`).run(d.name, d.id, d.path, d.createdAt);
   }
   getDisk(name: string): DiskRow | undefined {
-    const r = this.db.prepare('SELECT * FROM disks WHERE name = ?').get(name) as Row | undefined;
+    const r = this.sql('SELECT * FROM disks WHERE name = ?').get(name) as Row | undefined;
     return r ? toDisk(r) : undefined;
   }
   listDisks(): DiskRow[] {
-    return (this.db.prepare('SELECT * FROM disks ORDER BY name').all() as Row[]).map(toDisk);
+    return (this.sql('SELECT * FROM disks ORDER BY name').all() as Row[]).map(toDisk);
   }
   deleteDisk(name: string): void {
-    this.db.prepare('DELETE FROM disks WHERE name = ?').run(name);
+    this.sql('DELETE FROM disks WHERE name = ?').run(name);
   }
 
   // --- snapshots ------------------------------------------------------------------------------
   insertSnapshot(s: SnapshotRow): void {
-    guardUnique(`snapshot ${s.name}`, () =>
-      this.db
-        .prepare('INSERT INTO snapshots (name, id, disk, disk_id, path, trigger, method, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
-        .run(s.name, s.id, s.disk, s.diskId, s.path, s.trigger, s.method, s.createdAt),
-    );
+    this.sql('INSERT INTO snapshots (name, id, disk, disk_id, path, trigger, method, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', `snapshot ${s.name}`)
+        .run(s.name, s.id, s.disk, s.diskId, s.path, s.trigger, s.method, s.createdAt);
   }
   getSnapshot(name: string): SnapshotRecord | undefined {
-    const r = this.db.prepare(`${SNAPSHOT_SELECT} WHERE s.name = ?`).get(name) as Row | undefined;
+    const r = this.sql(`${SNAPSHOT_SELECT} WHERE s.name = ?`).get(name) as Row | undefined;
     return r ? toSnapshot(r) : undefined;
   }
   /** Oldest first. */
@@ -333,59 +365,53 @@ export class Catalog {
     const order = 'ORDER BY s.created_at, s.name';
     const rows =
       filter.diskId !== undefined
-        ? this.db.prepare(`${SNAPSHOT_SELECT} WHERE s.disk_id = ? ${order}`).all(filter.diskId)
+        ? this.sql(`${SNAPSHOT_SELECT} WHERE s.disk_id = ? ${order}`).all(filter.diskId)
         : filter.diskName !== undefined
-          ? this.db.prepare(`${SNAPSHOT_SELECT} WHERE s.disk = ? ${order}`).all(filter.diskName)
-          : this.db.prepare(`${SNAPSHOT_SELECT} ${order}`).all();
+          ? this.sql(`${SNAPSHOT_SELECT} WHERE s.disk = ? ${order}`).all(filter.diskName)
+          : this.sql(`${SNAPSHOT_SELECT} ${order}`).all();
     return (rows as Row[]).map(toSnapshot);
   }
   deleteSnapshot(name: string): void {
-    this.db.prepare('DELETE FROM snapshots WHERE name = ?').run(name);
+    this.sql('DELETE FROM snapshots WHERE name = ?').run(name);
   }
 
   // --- images ---------------------------------------------------------------------------------
   insertImage(i: ImageRow): void {
-    guardUnique(`image ${i.name}`, () =>
-      this.db
-        .prepare('INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
-        .run(i.name, i.id, i.path, i.format, i.encrypted ? 1 : 0, i.state, i.source, i.createdAt),
-    );
+    this.sql('INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', `image ${i.name}`)
+        .run(i.name, i.id, i.path, i.format, i.encrypted ? 1 : 0, i.state, i.source, i.createdAt);
   }
   getImage(name: string): ImageRow | undefined {
-    const r = this.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as Row | undefined;
+    const r = this.sql('SELECT * FROM images WHERE name = ?').get(name) as Row | undefined;
     return r ? toImage(r) : undefined;
   }
   listImages(): ImageRow[] {
-    return (this.db.prepare('SELECT * FROM images ORDER BY name').all() as Row[]).map(toImage);
+    return (this.sql('SELECT * FROM images ORDER BY name').all() as Row[]).map(toImage);
   }
   setImageState(name: string, state: ImageRow['state']): void {
-    this.db.prepare('UPDATE images SET state = ? WHERE name = ?').run(state, name);
+    this.sql('UPDATE images SET state = ? WHERE name = ?').run(state, name);
   }
   deleteImage(name: string): void {
-    this.db.prepare('DELETE FROM images WHERE name = ?').run(name);
+    this.sql('DELETE FROM images WHERE name = ?').run(name);
   }
 
   // --- attachments ----------------------------------------------------------------------------
   insertAttachment(a: AttachmentRow): void {
-    guardUnique(`export ${a.exportName}`, () =>
-      this.db
-        .prepare('INSERT INTO attachments (disk, export_name, read_only, require_tls, tls_psk_identity, created_at) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(a.disk, a.exportName, a.readOnly ? 1 : 0, a.requireTls ? 1 : 0, a.tlsPskIdentity, a.createdAt),
-    );
+    this.sql('INSERT INTO attachments (disk, export_name, read_only, require_tls, tls_psk_identity, created_at) VALUES (?, ?, ?, ?, ?, ?)', `export ${a.exportName}`)
+        .run(a.disk, a.exportName, a.readOnly ? 1 : 0, a.requireTls ? 1 : 0, a.tlsPskIdentity, a.createdAt);
   }
   getAttachment(disk: string): AttachmentRow | undefined {
-    const r = this.db.prepare('SELECT * FROM attachments WHERE disk = ?').get(disk) as Row | undefined;
+    const r = this.sql('SELECT * FROM attachments WHERE disk = ?').get(disk) as Row | undefined;
     return r ? toAttachment(r) : undefined;
   }
   getAttachmentByExport(exportName: string): AttachmentRow | undefined {
-    const r = this.db.prepare('SELECT * FROM attachments WHERE export_name = ?').get(exportName) as Row | undefined;
+    const r = this.sql('SELECT * FROM attachments WHERE export_name = ?').get(exportName) as Row | undefined;
     return r ? toAttachment(r) : undefined;
   }
   listAttachments(): AttachmentRow[] {
-    return (this.db.prepare('SELECT * FROM attachments ORDER BY disk').all() as Row[]).map(toAttachment);
+    return (this.sql('SELECT * FROM attachments ORDER BY disk').all() as Row[]).map(toAttachment);
   }
   deleteAttachment(disk: string): void {
-    this.db.prepare('DELETE FROM attachments WHERE disk = ?').run(disk);
+    this.sql('DELETE FROM attachments WHERE disk = ?').run(disk);
   }
 
   // --- jobs -----------------------------------------------------------------------------------
@@ -397,11 +423,11 @@ export class Catalog {
       .run(j.id, j.kind, j.state, json(j.params), json(j.checkpoint), json(j.result), json(j.error), j.bytesDone, j.bytesTotal, j.createdAt, j.updatedAt);
   }
   getJob(id: string): JobRow | undefined {
-    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as Row | undefined;
+    const r = this.sql('SELECT * FROM jobs WHERE id = ?').get(id) as Row | undefined;
     return r ? toJob(r) : undefined;
   }
   listJobs(): JobRow[] {
-    return (this.db.prepare('SELECT * FROM jobs ORDER BY created_at, id').all() as Row[]).map(toJob);
+    return (this.sql('SELECT * FROM jobs ORDER BY created_at, id').all() as Row[]).map(toJob);
   }
   updateJob(id: string, patch: Partial<Pick<JobRow, 'state' | 'checkpoint' | 'result' | 'error' | 'bytesDone' | 'bytesTotal'>>): void {
     const sets: string[] = [];
@@ -413,7 +439,7 @@ export class Catalog {
     }
     sets.push('updated_at = ?');
     args.push(new Date().toISOString(), id);
-    this.db.prepare(`UPDATE jobs SET ${sets.join(', ')} WHERE id = ?`).run(...args);
+    this.sql(`UPDATE jobs SET ${sets.join(', ')} WHERE id = ?`).run(...args);
   }
 
   // --- snapshot policies ----------------------------------------------------------------------
@@ -426,16 +452,16 @@ export class Catalog {
       .run(p.disk, p.intervalSeconds, p.retain, p.lastRunAt, p.createdAt);
   }
   getPolicy(disk: string): PolicyRow | undefined {
-    const r = this.db.prepare('SELECT * FROM snapshot_policies WHERE disk = ?').get(disk) as Row | undefined;
+    const r = this.sql('SELECT * FROM snapshot_policies WHERE disk = ?').get(disk) as Row | undefined;
     return r ? toPolicy(r) : undefined;
   }
   listPolicies(): PolicyRow[] {
-    return (this.db.prepare('SELECT * FROM snapshot_policies ORDER BY disk').all() as Row[]).map(toPolicy);
+    return (this.sql('SELECT * FROM snapshot_policies ORDER BY disk').all() as Row[]).map(toPolicy);
   }
   setPolicyLastRun(disk: string, at: string): void {
-    this.db.prepare('UPDATE snapshot_policies SET last_run_at = ? WHERE disk = ?').run(at, disk);
+    this.sql('UPDATE snapshot_policies SET last_run_at = ? WHERE disk = ?').run(at, disk);
   }
   deletePolicy(disk: string): void {
-    this.db.prepare('DELETE FROM snapshot_policies WHERE disk = ?').run(disk);
+    this.sql('DELETE FROM snapshot_policies WHERE disk = ?').run(disk);
   }
 }

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { KmsdiskError, errorCodeOf, isErrorCode } from '../errors.js';
-import { cloneVolumeFile, inspectVolume, inspectVolumeFile, Volume, type SectorSize, type VolumeHeader, type VolumeInspection } from '../volume/index.js';
+import { cloneVolumeFile, fsyncDir, inspectVolume, inspectVolumeFile, undoInterruptedGrow, Volume, volumeTempName, type SectorSize, type VolumeHeader, type VolumeInspection } from '../volume/index.js';
 import type { DiskRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import { checkName } from './names.js';
@@ -127,7 +127,16 @@ export class DisksService {
 
   /** Same, for a caller that already holds the disk's lock. */
   private async revalidateLocked(row: DiskRow): Promise<void> {
-    if (this.ctx.open.get(row.name)) return; // the open volume is the truth while attached
+    const open = this.ctx.open.get(row.name);
+    if (open) {
+      // The open volume is the truth while attached -- unless its file was deleted: then every
+      // write goes to an inode that disappears at detach, and the disk must not look healthy.
+      if (await open.volume.fileDeleted().catch(() => false)) {
+        const deleted = new KmsdiskError('KMSDISK_ERR_VOLUME_CORRUPT', `volume file ${row.path} was deleted while attached: data written to it is lost when it is detached`);
+        if (this.stateOf(row.name).message !== deleted.message) await this.markUnreadable(row, deleted);
+      }
+      return;
+    }
     const cached = this.headers.get(row.name);
     const stamp = await stampOf(row.path);
     if (cached && cached.stamp && stamp && sameStamp(cached.stamp, stamp)) return;
@@ -143,9 +152,14 @@ export class DisksService {
       const stamp = await stampOf(row.path);
       let readable: VolumeHeader | undefined;
       try {
-        const info = await inspectVolumeFile(row.path);
+        let info = await inspectVolumeFile(row.path);
         // Volume.open refuses a file whose length disagrees with its header; so does the state.
         const expected = info.dataOffset + info.size;
+        if (info.file.size > expected && (await undoInterruptedGrow(row.path, expected))) {
+          // A resize killed between extending the file and committing the header: undone.
+          this.ctx.logger.warn({ disk: row.name, path: row.path, fileSize: info.file.size, size: info.size }, 'undid a disk resize interrupted by a crash (the file was longer than its header)');
+          info = await inspectVolumeFile(row.path);
+        }
         if (info.file.size !== expected) {
           readable = headerOf(info);
           throw new KmsdiskError(
@@ -280,20 +294,27 @@ export class DisksService {
       if (size !== undefined) await this.sizeLimit.check(size, `disk ${name}`);
       const id = randomUUID();
       const path = join(this.ctx.dirs.volumes, `${id}.kdisk`);
+      // The volume is built under a temporary name (which the next start removes) and renamed
+      // only once complete: a kill -9 during a long build (a disk from a big image encrypts all
+      // of it) left a half-written volume that no catalog row named, never shown, never removed.
+      const building = volumeTempName(path);
       let header: VolumeHeader;
       try {
-        if (req.fromSnapshot !== undefined) header = await this.fromSnapshot(name, path, req.fromSnapshot, size, req.sectorSize, req.kmsKeyId);
-        else if (req.fromImage !== undefined) header = await this.fromImage(name, path, req.fromImage, size, req.sectorSize, req.kmsKeyId);
+        if (req.fromSnapshot !== undefined) header = await this.fromSnapshot(name, building, req.fromSnapshot, size, req.sectorSize, req.kmsKeyId);
+        else if (req.fromImage !== undefined) header = await this.fromImage(name, building, req.fromImage, size, req.sectorSize, req.kmsKeyId);
         else {
           if (size === undefined) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'size is required (e.g. "1G" or a number of bytes)');
           checkSize(size, sectorSize);
-          const { volume, slot } = await createEncryptedVolume(this.ctx, path, { size, sectorSize: sectorSize as SectorSize, kmsKeyId: req.kmsKeyId ?? DEFAULT_CMK, name });
+          const { volume, slot } = await createEncryptedVolume(this.ctx, building, { size, sectorSize: sectorSize as SectorSize, kmsKeyId: req.kmsKeyId ?? DEFAULT_CMK, name });
           header = volume.header;
           await volume.close();
           slot.wipe();
         }
+        await fsp.rename(building, path);
+        await fsyncDir(this.ctx.dirs.volumes);
         this.ctx.catalog.insertDisk({ name, id, path, createdAt: new Date().toISOString() });
       } catch (err) {
+        await fsp.unlink(building).catch(() => undefined);
         await fsp.unlink(path).catch(() => undefined);
         throw err;
       }

@@ -68,7 +68,28 @@ export class ImagesService {
   }
 
   async load(): Promise<void> {
-    for (const i of this.ctx.catalog.listImages()) await this.refresh(i);
+    for (const i of this.ctx.catalog.listImages()) {
+      // An encrypted image still 'creating' with no unfinished copy job writing it is half-made:
+      // the agent died between creating it and submitting its job, or its failed job could not
+      // remove it (e.g. the file system was full). Nothing can finish it; remove it, as a failed
+      // job's cleanup would have.
+      if (i.state === 'creating' && this.jobs.activeJobsUsing(i.name).length === 0) {
+        this.ctx.logger.warn({ image: i.name, path: i.path }, 'removing an encrypted image left half-made by an interrupted copy');
+        await this.removeHalfMade(i);
+        continue;
+      }
+      await this.refresh(i);
+    }
+  }
+
+  /** Removes a half-made encrypted image: its file first (frees the space), then its row. */
+  private async removeHalfMade(i: { name: string; path: string }): Promise<void> {
+    await fsp.unlink(i.path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+    if (this.ctx.catalog.getImage(i.name)?.state === 'creating') this.ctx.catalog.deleteImage(i.name);
+    this.meta.delete(i.name);
+    this.ctx.bumpVersion();
   }
 
   private async refresh(i: ImageRow): Promise<void> {
@@ -130,16 +151,13 @@ export class ImagesService {
       try {
         if (format === 'qcow2') {
           await execFileP('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', req.path, tmp]).catch((err: unknown) => {
-            const e = err as { code?: string; stderr?: string };
-            throw new KmsdiskError(
-              e.code === 'ENOENT' ? 'KMSDISK_ERR_INTERNAL' : 'KMSDISK_ERR_INVALID_ARGUMENT',
-              e.code === 'ENOENT' ? 'qemu-img is needed to import qcow2 images (apt install qemu-utils)' : `qemu-img could not read ${req.path}: ${(e.stderr ?? '').trim()}`,
-              { cause: err },
-            );
+            throw importToolError(err, 'qemu-img', req.path, this.ctx.dirs.tmp);
           });
         } else {
           // Sparse-preserving copy (reflink where possible): a mostly empty image stays small.
-          await execFileP('cp', ['--sparse=always', '--reflink=auto', req.path, tmp]);
+          await execFileP('cp', ['--sparse=always', '--reflink=auto', req.path, tmp]).catch((err: unknown) => {
+            throw importToolError(err, 'cp', req.path, this.ctx.dirs.tmp);
+          });
         }
         await fsp.rename(tmp, dest);
         this.ctx.catalog.insertImage({ name, id, path: dest, format, encrypted: false, state: 'available', source: req.path, createdAt: new Date().toISOString() });
@@ -248,11 +266,10 @@ export class ImagesService {
 
   private async cleanupCopy(job: JobRow): Promise<void> {
     const p = job.params as unknown as CopyParams;
-    const img = this.ctx.catalog.getImage(p.dest);
-    if (img && img.state === 'creating') this.ctx.catalog.deleteImage(p.dest);
-    await fsp.unlink(p.destPath).catch(() => undefined);
-    this.meta.delete(p.dest);
-    this.ctx.bumpVersion();
+    // File first: a copy that failed because the file system filled up must free that space
+    // even when the catalog (on the same file system) cannot be written yet; a row left behind
+    // is removed at the next start.
+    await this.removeHalfMade({ name: p.dest, path: p.destPath });
   }
 
   async delete(name: string): Promise<{ deleted: string }> {
@@ -268,6 +285,25 @@ export class ImagesService {
       return { deleted: name };
     });
   }
+}
+
+/**
+ * A failed `qemu-img convert` or `cp` of an import as a table error. Its stderr says why: the
+ * state folder's file system filled up (KMSDISK_ERR_NO_SPACE -- before, a cp that hit ENOSPC was
+ * a bare KMSDISK_ERR_INTERNAL and a qemu-img one claimed it "could not read" the source), the
+ * tool is missing, or (qemu-img) the source is no valid qcow2.
+ */
+function importToolError(err: unknown, tool: 'qemu-img' | 'cp', source: string, tmpDir: string): KmsdiskError {
+  const e = err as { code?: unknown; stderr?: unknown };
+  const stderr = typeof e.stderr === 'string' ? e.stderr.trim() : '';
+  if (e.code === 'ENOENT') {
+    return new KmsdiskError('KMSDISK_ERR_INTERNAL', tool === 'qemu-img' ? 'qemu-img is needed to import qcow2 images (apt install qemu-utils)' : 'cp is needed to import images', { cause: err });
+  }
+  if (/No space left on device|Disk quota exceeded/i.test(stderr)) {
+    return new KmsdiskError('KMSDISK_ERR_NO_SPACE', `no space left in ${tmpDir} to import ${source}: free space in the state folder's file system`, { cause: err });
+  }
+  if (tool === 'qemu-img') return new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `qemu-img could not read ${source}: ${stderr}`, { cause: err });
+  return new KmsdiskError('KMSDISK_ERR_IO', `copying ${source} into the state folder failed: ${stderr || (err as Error).message}`, { cause: err });
 }
 
 async function detectFormat(path: string): Promise<'raw' | 'qcow2'> {

@@ -52,6 +52,12 @@ interface Active {
 export class JobsService {
   private readonly kinds = new Map<string, JobKind>();
   private readonly active = new Map<string, Active>();
+  /**
+   * Final states the catalog could not store (e.g. its file system is full): shown from memory
+   * so `job show/wait` see the outcome; the catalog still says running, so the next start runs
+   * the job again and records it then.
+   */
+  private readonly unrecorded = new Map<string, Pick<JobRow, 'state' | 'error'>>();
   private stopping = false;
 
   constructor(private readonly ctx: AgentContext) {}
@@ -141,7 +147,8 @@ export class JobsService {
     return [...this.active].map(([id, a]) => ({ id, kind: this.ctx.catalog.getJob(id)?.kind ?? 'unknown', ratio: a.bytesTotal > 0 ? a.bytesDone / a.bytesTotal : 0 }));
   }
 
-  private viewOf(j: JobRow): JobView {
+  private viewOf(row: JobRow): JobView {
+    const j = { ...row, ...this.unrecorded.get(row.id) };
     const a = this.active.get(j.id);
     const bytesDone = a ? a.bytesDone : j.bytesDone;
     const bytesTotal = a ? a.bytesTotal : j.bytesTotal;
@@ -189,7 +196,7 @@ export class JobsService {
       try {
         if (abort.signal.aborted) throw new KmsdiskError('KMSDISK_ERR_CANCELLED', 'job aborted before it started');
         const result = await impl.run(runCtx);
-        this.ctx.catalog.updateJob(job.id, { state: 'succeeded', result, bytesDone: a.bytesTotal, bytesTotal: a.bytesTotal });
+        this.finish(job, { state: 'succeeded', result, bytesDone: a.bytesTotal, bytesTotal: a.bytesTotal });
         this.ctx.logger.info({ job: job.id, kind: job.kind }, 'job succeeded');
       } catch (err) {
         const reason = abort.signal.aborted ? abort.signal.reason : undefined;
@@ -198,11 +205,11 @@ export class JobsService {
         } else {
           await impl.cleanup(job).catch((e: unknown) => this.ctx.logger.warn({ job: job.id, err: (e as Error).message }, 'job cleanup failed'));
           if (reason === 'cancel') {
-            this.ctx.catalog.updateJob(job.id, { state: 'cancelled', error: { code: 'KMSDISK_ERR_CANCELLED', message: 'cancelled by request' } });
+            this.finish(job, { state: 'cancelled', error: { code: 'KMSDISK_ERR_CANCELLED', message: 'cancelled by request' } });
             this.ctx.logger.info({ job: job.id, kind: job.kind }, 'job cancelled');
           } else {
             const error = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message ?? String(err) };
-            this.ctx.catalog.updateJob(job.id, { state: 'failed', error });
+            this.finish(job, { state: 'failed', error });
             this.ctx.logger.error({ job: job.id, kind: job.kind, ...error }, 'job failed');
           }
         }
@@ -212,5 +219,20 @@ export class JobsService {
         this.ctx.bumpVersion();
       }
     })();
+  }
+
+  /**
+   * Records a job's final state. This runs in the job's background promise, where a throw was an
+   * unhandled rejection that killed the agent (a full state file system fails the catalog
+   * write); a write that fails is logged and the outcome kept in memory instead.
+   */
+  private finish(job: JobRow, patch: Pick<JobRow, 'state'> & Partial<Pick<JobRow, 'result' | 'error' | 'bytesDone' | 'bytesTotal'>>): void {
+    try {
+      this.ctx.catalog.updateJob(job.id, patch);
+      this.unrecorded.delete(job.id);
+    } catch (err) {
+      this.unrecorded.set(job.id, { state: patch.state, error: patch.error ?? null });
+      this.ctx.logger.error({ job: job.id, kind: job.kind, state: patch.state, code: errorCodeOf(err), err: (err as Error).message }, 'could not record the end of a job in the catalog');
+    }
   }
 }

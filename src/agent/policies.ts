@@ -131,7 +131,9 @@ export class PoliciesService {
     const last = p.lastRunAt ? Date.parse(p.lastRunAt) : Date.now();
     const at = Math.max(Date.now(), last + p.intervalSeconds * 1000);
     const timer = setTimeout(() => {
-      const run = this.runOnce(p.disk).finally(() => this.running.delete(run));
+      const run = this.runOnce(p.disk)
+        .catch((err: unknown) => this.ctx.logger.error({ disk: p.disk, code: errorCodeOf(err), err: (err as Error).message }, 'automatic snapshot run failed'))
+        .finally(() => this.running.delete(run));
       this.running.add(run);
     }, at - Date.now());
     timer.unref();
@@ -151,9 +153,21 @@ export class PoliciesService {
       this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
       this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, 'automatic snapshot failed');
     }
-    if (!this.ctx.catalog.getPolicy(disk) || this.stopped) return;
-    this.ctx.catalog.setPolicyLastRun(disk, now.toISOString());
-    this.schedule(this.ctx.catalog.getPolicy(disk)!);
+    // This runs from a timer: a throw here (the catalog cannot be written, e.g. the state
+    // folder's file system is full) was an unhandled rejection that killed the agent, again on
+    // every restart. Record it as the policy's lastError and keep the policy armed.
+    if (this.stopped) return;
+    let current: PolicyRow = p;
+    try {
+      const fresh = this.ctx.catalog.getPolicy(disk);
+      if (!fresh) return; // removed during the run
+      current = fresh;
+      this.ctx.catalog.setPolicyLastRun(disk, now.toISOString());
+    } catch (err) {
+      this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
+      this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, 'could not record the automatic snapshot run');
+    }
+    this.schedule({ ...current, lastRunAt: now.toISOString() });
   }
 
   private async prune(disk: string, diskId: string, retain: number): Promise<void> {

@@ -16,6 +16,7 @@ export {
   type VolumeKmsInfo,
   type VolumeLineage,
 } from './header.js';
+export { fsyncDir, isVolumeTempName, undoInterruptedGrow, volumeTempName } from './files.js';
 export { inspectVolume, inspectVolumeFile, type InspectOptions, type VolumeInspection } from './inspect.js';
 export { RangeLock, type RangeLockHandle } from './range-lock.js';
 export { cloneVolumeFile, snapshotVolume, type CloneOptions, type CopyMethod, type CopyProgress, type SnapshotOptions, type VolumeCopyOptions, type VolumeCopyResult } from './snapshot.js';

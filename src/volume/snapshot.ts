@@ -20,13 +20,13 @@
 // (`snapshotOf` for a snapshot, `parentVolume` for a disk created from a snapshot). Re-keying
 // (a new DEK) is the image copy-encrypt path, not this one.
 
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { seekData, seekHole } from '../crypto/index.js';
-import { errorCodeOf, KmsdiskError } from '../errors.js';
-import { fsyncDir, linkNoClobber } from './files.js';
+import { KmsdiskError } from '../errors.js';
+import { fsyncDir, ioError, linkNoClobber, volumeTempName } from './files.js';
 import { readVolumeHeader, writeVolumeHeader, type VolumeHeader, type VolumeLineage } from './header.js';
 import type { Volume } from './volume.js';
 import { isAllZero } from '../util/zero.js';
@@ -78,7 +78,7 @@ export function snapshotVolume(volume: Volume, destPath: string, opts: SnapshotO
   const lineage: VolumeLineage = { ...source.lineage, snapshotOf: source.uuid };
   delete lineage.snapshot;
   if (opts.snapshot !== undefined) lineage.snapshot = opts.snapshot;
-  const tmp = tempNameFor(destPath);
+  const tmp = volumeTempName(destPath);
   let copied: Promise<{ method: CopyMethod; bytesCopied: number }>;
   try {
     copied = volume.withWriteBarrier(async () => {
@@ -96,16 +96,12 @@ export function snapshotVolume(volume: Volume, destPath: string, opts: SnapshotO
  * `destPath` with a new uuid and the given lineage.
  */
 export function cloneVolumeFile(srcPath: string, destPath: string, opts: CloneOptions): Promise<VolumeCopyResult> {
-  const tmp = tempNameFor(destPath);
+  const tmp = volumeTempName(destPath);
   const copied = (async () => {
     await assertAbsent(destPath);
     return copyFileData(srcPath, tmp, opts);
   })();
   return finishCopy(destPath, tmp, opts.lineage, opts, copied);
-}
-
-function tempNameFor(destPath: string): string {
-  return `${destPath}.tmp-${randomBytes(6).toString('hex')}`;
 }
 
 async function assertAbsent(path: string): Promise<void> {
@@ -131,8 +127,8 @@ async function finishCopy(
     return { path: destPath, header, method, bytesCopied };
   } catch (err) {
     await fsp.unlink(tmp).catch(() => undefined);
-    if (errorCodeOf(err)) throw err;
-    throw new KmsdiskError('KMSDISK_ERR_IO', `copying a volume to ${destPath} failed: ${(err as Error).message}`, { cause: err });
+    // ENOSPC (the copy filled the file system) is KMSDISK_ERR_NO_SPACE, like a full volume write.
+    throw ioError(err, `copying a volume to ${destPath}`);
   }
 }
 

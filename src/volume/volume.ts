@@ -16,7 +16,7 @@
 // which every I/O fails with KMSDISK_ERR_KEY_REVOKED / KMSDISK_ERR_KEY_WIPED and a failed read
 // leaves no plaintext in the caller's buffer.
 
-import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -51,7 +51,7 @@ import {
   type VolumeKmsInfo,
   type VolumeLineage,
 } from './header.js';
-import { fsyncDir, linkNoClobber } from './files.js';
+import { fsyncDir, ioError, linkNoClobber, undoInterruptedGrow, volumeTempName } from './files.js';
 import { RangeLock } from './range-lock.js';
 
 /** Largest single native job: keeps threadpool jobs short so other requests interleave. */
@@ -99,21 +99,6 @@ export interface OpenVolumeOptions {
 
 function keyRevoked(): KmsdiskError {
   return new KmsdiskError('KMSDISK_ERR_KEY_REVOKED', 'the disk key is not available (revoked, wiped or not attached)');
-}
-
-/** Maps a failure of a file or native call onto the error table (coded errors pass through). */
-function ioError(err: unknown, what: string): Error {
-  if (errorCodeOf(err)) return err as Error;
-  const sysCode = (err as { code?: unknown } | null)?.code;
-  if (sysCode === 'ENOSPC' || sysCode === 'EDQUOT') {
-    return new KmsdiskError('KMSDISK_ERR_NO_SPACE', `no space left for ${what}`, { cause: err });
-  }
-  if (sysCode === 'EFBIG') {
-    // The file system caps file sizes below the format's limit (ext4: 16 TiB): the size asked
-    // for is the problem, not the disk. (The agent checks sizes up front; this is the backstop.)
-    return new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what}: the file system cannot hold a file that large (EFBIG)`, { cause: err });
-  }
-  return new KmsdiskError('KMSDISK_ERR_IO', `${what} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 
 /**
@@ -209,7 +194,7 @@ export class Volume implements BlockDevice {
       createdAt: now,
       updatedAt: now,
     });
-    const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+    const tmp = volumeTempName(path);
     let fh: FileHandle | null = null;
     try {
       fh = await fsp.open(tmp, 'wx', 0o600);
@@ -251,7 +236,9 @@ export class Volume implements BlockDevice {
       fileId = id;
       const { header, seq, copies } = await readVolumeHeader(fh, { repair: !readOnly });
       const expected = header.dataOffset + header.size;
-      if (st.size !== expected) {
+      // Like a corrupt header copy, a grow cut short by a crash is repaired on a writable open.
+      const grewOnly = !readOnly && st.size > expected && (await undoInterruptedGrow(path, expected));
+      if (st.size !== expected && !grewOnly) {
         throw new KmsdiskError(
           'KMSDISK_ERR_VOLUME_SIZE',
           st.size < expected
@@ -380,9 +367,9 @@ export class Volume implements BlockDevice {
 
   /**
    * Grows the volume to `newSize` bytes. Order: extend the file (holes), then commit the header.
-   * A crash in between leaves a file longer than its header says, which `open` refuses with
-   * KMSDISK_ERR_VOLUME_SIZE (details carry both sizes; truncating the file to the expected size
-   * recovers it) -- never a header pointing past the end of the file.
+   * A crash in between leaves a file longer than its header says, all holes past the old end,
+   * which a writable `open` (and the agent's start) truncates back: the grow did not happen
+   * (undoInterruptedGrow) -- never a header pointing past the end of the file.
    */
   async resize(newSize: number): Promise<void> {
     this.assertWritable();
@@ -512,6 +499,17 @@ export class Volume implements BlockDevice {
     } catch (err) {
       throw ioError(err, `flush of ${this.path}`);
     }
+    // A FLUSH promises the data survives. If the file was deleted behind our back, writes land
+    // in an inode that disappears when the volume is closed: acknowledging would be a lie.
+    if (await this.fileDeleted()) {
+      throw new KmsdiskError('KMSDISK_ERR_IO', `volume file ${this.path} was deleted while in use: written data will not survive a detach or restart`);
+    }
+  }
+
+  /** The volume's file no longer has a name (deleted while open): its data goes when it is closed. */
+  async fileDeleted(): Promise<boolean> {
+    this.assertOpen();
+    return (await this.fh.stat()).nlink === 0;
   }
 
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {

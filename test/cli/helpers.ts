@@ -142,7 +142,16 @@ export interface DaemonStack {
   close(): Promise<void>;
 }
 
-export async function startDaemonStack(prefix: string): Promise<DaemonStack> {
+export interface DaemonStackOptions {
+  /** Runs before any daemon starts, with the (not yet created) state folder, e.g. to mount a small file system there. */
+  prepare?: (stateDir: string) => void;
+  /** Runs at close() after the daemons stopped, before the folder is removed (e.g. to unmount). */
+  cleanup?: (stateDir: string) => void;
+  /** Extra environment of both daemons and the CLI. */
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function startDaemonStack(prefix: string, opts: DaemonStackOptions = {}): Promise<DaemonStack> {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   const [kmsPort, apiPort, nbdPort] = [await freePort(), await freePort(), await freePort()];
   const env: NodeJS.ProcessEnv = {
@@ -151,7 +160,9 @@ export async function startDaemonStack(prefix: string): Promise<DaemonStack> {
     KMSDISK_API: `127.0.0.1:${apiPort}`,
     KMSDISK_NBD: `127.0.0.1:${nbdPort}`,
     KMSDISK_LOG_LEVEL: 'warn',
+    ...opts.env,
   };
+  opts.prepare?.(join(dir, 'state'));
   const apiUrl = `http://127.0.0.1:${apiPort}`;
   const kms = daemon(['kms'], env);
   await waitFor('the KMS emulator credentials', () => existsSync(join(dir, 'state', 'kms', 'credentials.json')));
@@ -173,6 +184,7 @@ export async function startDaemonStack(prefix: string): Promise<DaemonStack> {
     async close() {
       if (stack.agent) await stop(stack.agent);
       await stop(kms);
+      opts.cleanup?.(join(dir, 'state'));
       rmSync(dir, { recursive: true, force: true });
     },
   };

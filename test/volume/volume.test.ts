@@ -76,7 +76,13 @@ describe('Volume basics', () => {
     await vol.close();
     await truncate(path, DATA_OFFSET + 4 * MiB - 4096);
     await expect(Volume.open(path)).rejects.toMatchObject({ code: 'KMSDISK_ERR_VOLUME_SIZE' });
+    // Extended by holes only (a grow cut short by a crash): refused read-only, undone by a writable open.
     await truncate(path, DATA_OFFSET + 5 * MiB);
+    await expect(Volume.open(path, { readOnly: true })).rejects.toMatchObject({ code: 'KMSDISK_ERR_VOLUME_SIZE' });
+    await (await Volume.open(path)).close();
+    expect(statSync(path).size).toBe(DATA_OFFSET + 4 * MiB);
+    // Extended with data: refused.
+    await writeFile(path, Buffer.alloc(4096, 1), { flag: 'a' });
     await expect(Volume.open(path)).rejects.toMatchObject({ code: 'KMSDISK_ERR_VOLUME_SIZE' });
     await truncate(path, 300 * 1024); // inside the header region: copy B gone, copy A intact -> size error
     await expect(Volume.open(path, { readOnly: true })).rejects.toMatchObject({ code: 'KMSDISK_ERR_VOLUME_SIZE' });

@@ -7,7 +7,7 @@
 // Whether an AccessKey is enabled lives in state.json (DisableAccessKey / EnableAccessKey).
 
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KmsdiskError } from '../../errors.js';
 
@@ -61,6 +61,9 @@ export function loadOrCreateCredentials(dir: string): KmsCredentialsFile {
     if (!isPair(o.admin) || !isPair(o.agent)) {
       throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `KMS credentials file ${file} must hold {"admin": {accessKeyId, accessKeySecret}, "agent": {...}}`);
     }
+    // The admin pair owns every CMK: tighten the file if someone loosened it (as the agent does
+    // for its api-token), so it is 0600 as documented.
+    if ((statSync(file).mode & 0o077) !== 0) chmodSync(file, 0o600);
     return { admin: o.admin, agent: o.agent };
   }
   const creds: KmsCredentialsFile = { admin: newAccessKeyPair(), agent: newAccessKeyPair() };
