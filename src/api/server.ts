@@ -99,6 +99,14 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
     closing = true;
     done();
   });
+  // A request still running when the agent stops (a drill, a snapshot of a large disk) would leave
+  // its keep-alive connection idle *after* close() closed the idle ones, and close() would then
+  // wait for the client or the 72 s keep-alive timeout before the agent could exit: its answer
+  // tells the client to close instead.
+  app.addHook('onSend', (_req, reply, payload, done) => {
+    if (closing) reply.header('connection', 'close');
+    done(null, payload);
+  });
   installErrorHandling(app);
   installAuth(app, { token: opts.token, protectMetrics: opts.protectMetrics });
 

@@ -113,14 +113,20 @@ describe('kmsdisk key / attach against real daemons', () => {
     await api('POST', `/v1/keys/${k}/authorize`);
     await api('POST', '/v1/disks', { name: 'dsig', size: '4M', kmsKeyId: k });
     await api('POST', '/v1/attachments', { disk: 'dsig' });
-    // (Connection: close: an HTTP connection still open when the agent stops keeps it waiting.)
+    // A keep-alive request (fetch's default): still running when the agent stops, its answer must
+    // say `Connection: close`, or the idle connection would hold the agent's exit for the 72 s
+    // keep-alive timeout (the test would time out waiting for `exited`).
     const token = readFileSync(join(String(env.KMSDISK_STATE), 'api-token'), 'utf8').trim();
+    let connectionHeader: string | null = null;
     const drill = fetch(`${stack.apiUrl}/v1/drills`, {
       method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', connection: 'close' },
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
       body: JSON.stringify({ disk: 'dsig', action: 'disable-key', restore: true, timeoutMs: 3000 }),
     })
-      .then((r) => r.json() as Promise<Record<string, unknown>>)
+      .then((r) => {
+        connectionHeader = r.headers.get('connection');
+        return r.json() as Promise<Record<string, unknown>>;
+      })
       .catch((e: Error) => ({ error: e.message }));
     const keyState = async (): Promise<string> => ((await api('GET', '/v1/keys')).keys as Array<{ keyId: string; state: string }>).find((x) => x.keyId === k)!.state;
     await waitFor('the drill to disable the CMK', async () => (await keyState()) === 'Disabled', 10_000);
@@ -131,6 +137,7 @@ describe('kmsdisk key / attach against real daemons', () => {
     agent.kill('SIGTERM'); // a second Ctrl-C used to end the process here, leaving the CMK Disabled
     await exited;
     expect(await drill).toMatchObject({ action: 'disable-key', restored: true });
+    expect(connectionHeader).toBe('close');
     expect(agent.output()).toContain('SIGTERM ignored: a revocation drill is running');
     const admin = createKeyService({ endpoint: String(env.KMSDISK_KMS), protocol: 'http', credentials: readStateKmsCredentials(String(env.KMSDISK_STATE)).admin });
     expect((await admin.describeKey(k)).keyState).toBe('Enabled');
