@@ -10,6 +10,7 @@ import { Volume } from '../volume/index.js';
 import type { AttachmentRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
+import type { AccessMayReturnEvent } from '../keys/index.js';
 import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
 import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
@@ -184,13 +185,23 @@ export class AttachmentsService {
       }
     }
     this.ctx.bumpVersion();
-    this.retryTimer = setInterval(() => void this.retryKeys(), retryMs);
+    this.retryTimer = setInterval(() => void this.retryKeys(null), retryMs);
     this.retryTimer.unref();
+    // The poll is the fallback (no event stream, a missed event); a KMS event saying access may be
+    // back (key enabled, grant created) retries at once, so such a disk resumes in milliseconds
+    // like one whose key was wiped while it ran.
+    this.ctx.guard.on('access-may-return', this.onAccessMayReturn);
   }
 
-  private async retryKeys(): Promise<void> {
+  private readonly onAccessMayReturn = (ev: AccessMayReturnEvent): void => void this.retryKeys(ev.keyId);
+
+  /** Retries the unwrap of every export restored without its key (those on `keyId`, if given). */
+  private async retryKeys(keyId: string | null): Promise<void> {
     for (const entry of this.ctx.open.all()) {
       if (!entry.keyError) continue;
+      // The header names the CMK by id or ARN (both end with the id); an alias could be any key.
+      const cmk = entry.volume.header.kms.keyId;
+      if (keyId !== null && !cmk.endsWith(keyId) && !cmk.startsWith('alias/')) continue;
       await this.ctx.locks.run(`disk:${entry.disk}`, async () => {
         if (!entry.keyError || this.ctx.open.get(entry.disk) !== entry) return;
         try {
@@ -278,6 +289,7 @@ export class AttachmentsService {
   async closeAll(): Promise<void> {
     if (this.retryTimer) clearInterval(this.retryTimer);
     this.retryTimer = null;
+    this.ctx.guard.off('access-may-return', this.onAccessMayReturn);
     for (const entry of this.ctx.open.all()) {
       await this.closeExport(entry.disk).catch((err: unknown) =>
         this.ctx.logger.warn({ disk: entry.disk, err: (err as Error).message }, 'closing an export at stop failed'),

@@ -6,6 +6,7 @@ export {
   type KeyGuardOptions,
   type KeyStatus,
   type RestoredEvent,
+  type AccessMayReturnEvent,
   type RevocationMode,
   type RevokedEvent,
   type ResumeMode,

@@ -82,6 +82,16 @@ export interface RestoredEvent {
   disks: string[];
 }
 
+/**
+ * A KMS event that may give access back (a key enabled, a grant to us created, our AccessKey
+ * re-activated), emitted whether or not a slot of ours holds the key: a disk restored at start
+ * without its key has no slot yet, and whoever retries its open can do it now rather than at
+ * its next poll. keyId is null for AccessKeyChanged (any key).
+ */
+export interface AccessMayReturnEvent {
+  keyId: string | null;
+}
+
 export interface KeyGuardOptions {
   kms: KeyService;
   /**
@@ -361,10 +371,13 @@ export class KeyGuard extends EventEmitter {
     if (this.stopped) return;
     const at = nowMs();
     const targets = this.leasesFor(ev);
-    if (targets.length === 0) return;
     const revoking = isRevokingEvent(ev);
     const aboutUs = this.namesUs(ev.principal);
     const needsPrincipal = ev.type === 'GrantRevoked' || ev.type === 'GrantRetired' || ev.type === 'GrantCreated' || ev.type === 'AccessKeyChanged';
+    if (!revoking && !(needsPrincipal && aboutUs === false)) {
+      this.emit('access-may-return', { keyId: ev.keyId ?? null } satisfies AccessMayReturnEvent);
+    }
+    if (targets.length === 0) return;
 
     if (revoking && grantNeverUnwrapped(ev)) {
       // A grant to us that did not allow ExportDataKey (an application's Decrypt-only grant, say)

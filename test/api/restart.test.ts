@@ -118,4 +118,26 @@ describe('agent restart', () => {
     expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
     await until(async () => (await s.api('GET', '/v1/disks/tenant')).body.state === 'in-use', 'the retry to load the key', 30_000, 200);
   });
+
+  it('serves such a disk again on the KMS event when its CMK is enabled, not at the next poll', async () => {
+    const cmk = (await s.api('POST', '/v1/keys', {})).body.keyId as string;
+    expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+    expect((await s.api('POST', '/v1/disks', { name: 'late', size: '4M', kmsKeyId: cmk })).status).toBe(201);
+    const a = await s.api('POST', '/v1/attachments', { disk: 'late' });
+    await s.agent.stop();
+    const { createKeyService } = await import('../../src/kms/alibaba.js');
+    const admin = createKeyService({ endpoint: `127.0.0.1:${s.kms.port}`, protocol: 'http', credentials: s.kms.credentials.admin });
+    await admin.disableKey(cmk);
+    // A lease interval of a minute: the background retry of keys that did not load at start runs
+    // every 5 intervals (5 min), far past the wait below; only the KMS event can bring it back.
+    await s.restartAgent({ keyGuard: { ...s.config.keyGuard, leaseIntervalMs: 60_000 } });
+    expect((await s.api('GET', '/v1/disks/late')).body.state).toBe('key-revoked');
+    await admin.enableKey(cmk);
+    await until(async () => (await s.api('GET', '/v1/disks/late')).body.state === 'in-use', 'the KMS event to load the key', 20_000, 100);
+    // And the export serves data again (the restarted agent listens on a new port).
+    expect(a.status).toBe(201);
+    const out = join(s.root, 'late.out');
+    await run('nbdcopy', [`nbd://127.0.0.1:${s.agent.nbdAddress.port}/late`, out], { env: TOOLS_PATH });
+    expect(readFileSync(out).length).toBe(4 * 2 ** 20);
+  });
 });
