@@ -44,6 +44,14 @@ describe('schema violation messages', () => {
     expect(await refused('POST', '/v1/disks', { name: 'd1', size: '1.3k' })).toBe('size: 1.3k is not a whole number of bytes');
   });
 
+  it('POST /v1/keys with no body at all creates a key with the defaults (every field is optional)', async () => {
+    const r = await s.api('POST', '/v1/keys');
+    expect(r.status).toBe(201);
+    expect(r.body).toMatchObject({ state: 'Enabled', service: false });
+    // A body that is there but not an object is still refused.
+    expect(await refused('POST', '/v1/keys', '"x"')).toMatch(/body must be object/);
+  });
+
   it('a body over the 1 MiB limit is 413 naming the limit, and the OpenAPI document lists 413 on every route that takes a body', async () => {
     const big = JSON.stringify({ name: 'd1', size: '4M', pad: 'x'.repeat(2 ** 20) });
     for (const [method, path] of [

@@ -37,6 +37,12 @@ export function registerKeyRoutes(app: FastifyInstance, s: AgentServices): void 
         },
         response: { 201: ref('Key'), ...errorResponses(403, 409, 503) },
       },
+      // Every field is optional, so a POST with no body at all (curl -X POST) is a create with the
+      // defaults, not "body must be object".
+      preValidation: (req, _reply, done) => {
+        req.body ??= {};
+        done();
+      },
     },
     async (req, reply) => {
       const b = (req.body ?? {}) as { description?: string; origin?: 'Aliyun_KMS' | 'EXTERNAL'; alias?: string };
