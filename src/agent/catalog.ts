@@ -354,7 +354,7 @@ export class Catalog {
   // --- snapshots ------------------------------------------------------------------------------
   insertSnapshot(s: SnapshotRow): void {
     this.sql('INSERT INTO snapshots (name, id, disk, disk_id, path, trigger, method, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', `snapshot ${s.name}`)
-        .run(s.name, s.id, s.disk, s.diskId, s.path, s.trigger, s.method, s.createdAt);
+      .run(s.name, s.id, s.disk, s.diskId, s.path, s.trigger, s.method, s.createdAt);
   }
   getSnapshot(name: string): SnapshotRecord | undefined {
     const r = this.sql(`${SNAPSHOT_SELECT} WHERE s.name = ?`).get(name) as Row | undefined;
@@ -378,7 +378,7 @@ export class Catalog {
   // --- images ---------------------------------------------------------------------------------
   insertImage(i: ImageRow): void {
     this.sql('INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', `image ${i.name}`)
-        .run(i.name, i.id, i.path, i.format, i.encrypted ? 1 : 0, i.state, i.source, i.createdAt);
+      .run(i.name, i.id, i.path, i.format, i.encrypted ? 1 : 0, i.state, i.source, i.createdAt);
   }
   getImage(name: string): ImageRow | undefined {
     const r = this.sql('SELECT * FROM images WHERE name = ?').get(name) as Row | undefined;
@@ -397,7 +397,7 @@ export class Catalog {
   // --- attachments ----------------------------------------------------------------------------
   insertAttachment(a: AttachmentRow): void {
     this.sql('INSERT INTO attachments (disk, export_name, read_only, require_tls, tls_psk_identity, created_at) VALUES (?, ?, ?, ?, ?, ?)', `export ${a.exportName}`)
-        .run(a.disk, a.exportName, a.readOnly ? 1 : 0, a.requireTls ? 1 : 0, a.tlsPskIdentity, a.createdAt);
+      .run(a.disk, a.exportName, a.readOnly ? 1 : 0, a.requireTls ? 1 : 0, a.tlsPskIdentity, a.createdAt);
   }
   getAttachment(disk: string): AttachmentRow | undefined {
     const r = this.sql('SELECT * FROM attachments WHERE disk = ?').get(disk) as Row | undefined;
@@ -416,11 +416,10 @@ export class Catalog {
 
   // --- jobs -----------------------------------------------------------------------------------
   insertJob(j: JobRow): void {
-    this.db
-      .prepare(
-        'INSERT INTO jobs (id, kind, state, params, checkpoint, result, error, bytes_done, bytes_total, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      )
-      .run(j.id, j.kind, j.state, json(j.params), json(j.checkpoint), json(j.result), json(j.error), j.bytesDone, j.bytesTotal, j.createdAt, j.updatedAt);
+    this.sql(
+      'INSERT INTO jobs (id, kind, state, params, checkpoint, result, error, bytes_done, bytes_total, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      `job ${j.id}`,
+    ).run(j.id, j.kind, j.state, json(j.params), json(j.checkpoint), json(j.result), json(j.error), j.bytesDone, j.bytesTotal, j.createdAt, j.updatedAt);
   }
   getJob(id: string): JobRow | undefined {
     const r = this.sql('SELECT * FROM jobs WHERE id = ?').get(id) as Row | undefined;
@@ -444,12 +443,10 @@ export class Catalog {
 
   // --- snapshot policies ----------------------------------------------------------------------
   upsertPolicy(p: PolicyRow): void {
-    this.db
-      .prepare(
-        `INSERT INTO snapshot_policies (disk, interval_seconds, retain, last_run_at, created_at) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (disk) DO UPDATE SET interval_seconds = excluded.interval_seconds, retain = excluded.retain`,
-      )
-      .run(p.disk, p.intervalSeconds, p.retain, p.lastRunAt, p.createdAt);
+    this.sql(
+      `INSERT INTO snapshot_policies (disk, interval_seconds, retain, last_run_at, created_at) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (disk) DO UPDATE SET interval_seconds = excluded.interval_seconds, retain = excluded.retain`,
+    ).run(p.disk, p.intervalSeconds, p.retain, p.lastRunAt, p.createdAt);
   }
   getPolicy(disk: string): PolicyRow | undefined {
     const r = this.sql('SELECT * FROM snapshot_policies WHERE disk = ?').get(disk) as Row | undefined;

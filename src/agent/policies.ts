@@ -150,8 +150,7 @@ export class PoliciesService {
       // Prune by the id of the disk just snapshotted: never another disk that had this name.
       if (taken.diskId !== null) await this.prune(disk, taken.diskId, p.retain);
     } catch (err) {
-      this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
-      this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, 'automatic snapshot failed');
+      this.recordError(disk, err, 'automatic snapshot failed');
     }
     // This runs from a timer: a throw here (the catalog cannot be written, e.g. the state
     // folder's file system is full) was an unhandled rejection that killed the agent, again on
@@ -164,10 +163,15 @@ export class PoliciesService {
       current = fresh;
       this.ctx.catalog.setPolicyLastRun(disk, now.toISOString());
     } catch (err) {
-      this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
-      this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, 'could not record the automatic snapshot run');
+      this.recordError(disk, err, 'could not record the automatic snapshot run');
     }
     this.schedule({ ...current, lastRunAt: now.toISOString() });
+  }
+
+  /** The policy's lastError (shown until a run succeeds) and the log line. */
+  private recordError(disk: string, err: unknown, what: string): void {
+    this.lastErrors.set(disk, { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message });
+    this.ctx.logger.error({ disk, code: errorCodeOf(err), err: (err as Error).message }, what);
   }
 
   private async prune(disk: string, diskId: string, retain: number): Promise<void> {

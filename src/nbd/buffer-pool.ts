@@ -47,20 +47,20 @@ export class BufferPool {
   release(buf: Buffer): void {
     const size = buf.length;
     const stale = this.handedOutIn.get(buf) !== this.generation;
-    if (stale || size < MIN_POOLED || buf.byteOffset !== 0 || buf.buffer.byteLength !== size || this.pooledBytes + size > this.maxPooledBytes) {
+    const list = this.free.get(size);
+    if (
+      stale ||
+      size < MIN_POOLED ||
+      buf.byteOffset !== 0 ||
+      buf.buffer.byteLength !== size ||
+      this.pooledBytes + size > this.maxPooledBytes ||
+      (list?.length ?? 0) >= this.maxPerSize
+    ) {
       buf.fill(0);
       return;
     }
-    let list = this.free.get(size);
-    if (!list) {
-      list = [];
-      this.free.set(size, list);
-    }
-    if (list.length >= this.maxPerSize) {
-      buf.fill(0);
-      return;
-    }
-    list.push(buf);
+    if (list) list.push(buf);
+    else this.free.set(size, [buf]);
     this.pooledBytes += size;
   }
 
