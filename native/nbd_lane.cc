@@ -154,10 +154,16 @@ Lane::Lane(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts
   killFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
-Lane::~Lane() {
+Lane::~Lane() { CloseDescriptors(); }  // normally done already by the last thread
+
+void Lane::CloseDescriptors() {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!fdsOpen_) return;
+  fdsOpen_ = false;
   if (stopFd_ >= 0) close(stopFd_);
   if (killFd_ >= 0) close(killFd_);
   close(fd_);
+  stopFd_ = killFd_ = fd_ = -1;
 }
 
 void Lane::Launch() {
@@ -176,8 +182,10 @@ void Lane::ThreadExit() {
   if (!last) return;
   auto* ev = new LaneEvent();
   ev->kind = LaneEvent::Exited;
-  // The socket closes now, not when JS lets go of its handle.
+  // The socket closes now, not when JS lets go of its handle (no thread uses the descriptors
+  // any more; Stop and Kill check fdsOpen_).
   shutdown(fd_, SHUT_RDWR);
+  CloseDescriptors();
   std::shared_ptr<Lane> keep = std::move(self_);
   emit_(ev);
   // `keep` goes out of scope here: the lane is destroyed once JS drops its handle too.
@@ -748,9 +756,9 @@ void Lane::Stop() {
     if (stopping_) return;
     stopping_ = true;
     if (receiverDone_ && inflight_ == 0 && !stoppedSent_) sendStopped = stoppedSent_ = true;
+    uint64_t one = 1;
+    if (fdsOpen_) (void)!write(stopFd_, &one, sizeof one);
   }
-  uint64_t one = 1;
-  (void)!write(stopFd_, &one, sizeof one);
   cv_.notify_all();
   if (sendStopped) {
     auto* ev = new LaneEvent();
@@ -777,12 +785,14 @@ void Lane::Kill() {
     }
     queue_.swap(drop);
     queued_.store(queue_.size(), std::memory_order_relaxed);
+    if (fdsOpen_) {
+      uint64_t one = 1;
+      (void)!write(killFd_, &one, sizeof one);
+      (void)!write(stopFd_, &one, sizeof one);
+      // The client sees the connection end at once (the receiver's recv returns too).
+      shutdown(fd_, SHUT_RDWR);
+    }
   }
-  uint64_t one = 1;
-  (void)!write(killFd_, &one, sizeof one);
-  (void)!write(stopFd_, &one, sizeof one);
-  // The client sees the connection end at once (the receiver's recv returns too).
-  shutdown(fd_, SHUT_RDWR);
   cv_.notify_all();
   workCv_.notify_all();
 }

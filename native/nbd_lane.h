@@ -119,6 +119,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   void DecInflight(uint64_t bytes);
   void JobGone(uint64_t bytes);  // a native job ended (completed or dropped)
   void ThreadExit();
+  void CloseDescriptors();  // last thread: closes fd_, stopFd_, killFd_ (takes mu_)
   // Receives exactly n bytes (leftover first). 0 ok, 1 EOF before any byte, 2 stopped/killed, -1 error/EOF mid-way.
   int RecvAll(uint8_t* p, size_t n, bool stoppable);
   // Sets the socket's receive low-water mark (SO_RCVLOWAT) to min(want, kLowatMax) if it changed.
@@ -137,7 +138,11 @@ class Lane : public std::enable_shared_from_this<Lane> {
   void Record(uint16_t type, uint32_t err, uint64_t offset, uint64_t length, double ms, double releasedAt);
 
   std::shared_ptr<VolumeCore> core_;
-  const int fd_;
+  // The lane's descriptors are closed by its last thread (CloseDescriptors), not by the destructor:
+  // the destructor runs only when JS's garbage collector drops the handle, and until then a
+  // connection that had ended kept three descriptors (a flood of short connections ran the agent
+  // out of them). JS-side calls (Stop, Kill) use them under mu_ and only while fdsOpen_.
+  int fd_;
   const LaneOptions opts_;
   std::vector<uint8_t> leftover_;
   size_t leftoverPos_ = 0;
@@ -156,6 +161,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   bool stopping_ = false, receiverDone_ = false, stoppedSent_ = false, dead_ = false;
   bool receiverWaits_ = false;  // in WaitForWorker: a worker that takes a job wakes it (cv_)
   int threads_ = 0;
+  bool fdsOpen_ = true;  // fd_, stopFd_ and killFd_ are open (mu_)
 
   std::mutex sendMu_;
   bool sendBroken_ = false;

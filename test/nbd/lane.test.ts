@@ -3,6 +3,7 @@
 // Every check reads back through the server or decrypts the volume file independently.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NbdServer } from '../../src/nbd/server.js';
 import type { NbdRequestEvent } from '../../src/nbd/stats.js';
@@ -276,6 +277,25 @@ describe('NBD native lane', () => {
     expect((used.user + used.system) / 1000).toBeLessThan(100);
     expect((await c.call(CMD.READ, 0, 4096)).error).toBe(0);
     c.destroy();
+  });
+
+  it('an ended connection gives back its descriptors at once, not when the garbage collector runs', async () => {
+    // A lane holds a duplicate of the socket and two eventfds. They were closed only when V8
+    // collected the lane's JS handle, which an idle agent may not do for a long time: a burst of
+    // short connections (a monitoring loop, a flood) kept three descriptors each and ran the
+    // agent out of them (accept, the admin API and the KMS connections failed).
+    const fds = (): number => readdirSync('/proc/self/fd').length;
+    const warm = await ready();
+    warm.destroy();
+    await until(() => nativeConnections() === 0, 'the warm-up connection to end');
+    const before = fds();
+    const conns = await Promise.all(Array.from({ length: 40 }, () => ready()));
+    expect(nativeConnections()).toBe(40);
+    expect(fds()).toBeGreaterThanOrEqual(before + 40 * 3);
+    for (const c of conns) c.request(CMD.DISC, 0, 0);
+    for (const c of conns) expect(await c.waitClosed(10_000)).toBe(true);
+    // Each lane closes its descriptors as its last thread ends; the test's own sockets are closed.
+    await until(() => fds() <= before + 2, `descriptors back to ${before} (now ${fds()})`);
   });
 
   it('a read-only export refuses writes through the lane', async () => {
