@@ -40,6 +40,8 @@ export interface AgentConfig {
   paths: StatePaths;
   nbd: HostPort;
   nbdSocket?: string | undefined;
+  /** Open NBD connections before new ones are refused (default DEFAULT_MAX_CONNECTIONS of src/nbd). */
+  nbdMaxConnections?: number;
   api: HostPort;
   /** Require the API token on /metrics and /healthz too. */
   protectMetrics?: boolean;
@@ -232,7 +234,11 @@ export function createAgent(config: AgentConfig): Agent {
 
     const psk = new PskStore(dirs.pskFile);
     psk.load();
-    nbd = new NbdServer({ logger, tls: { psk: psk.lookup, ...(config.tls?.cert ? { cert: config.tls.cert } : {}) } });
+    nbd = new NbdServer({
+      logger,
+      tls: { psk: psk.lookup, ...(config.tls?.cert ? { cert: config.tls.cert } : {}) },
+      ...(config.nbdMaxConnections !== undefined ? { maxConnections: config.nbdMaxConnections } : {}),
+    });
     if (config.tls?.cert) {
       // attach prints nbds://...?tls-certificates=<this folder>: it must hold what verifies us.
       const { leaf, trustPem, trustIsCa } = serverCertificate(config.tls.cert);
@@ -481,6 +487,7 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
   nbd.on('disconnect', (c: { export: string | null }) => {
     m.nbdConnectionsTotal.inc({ export: c.export ?? '(none)' });
   });
+  nbd.on('refuse', () => m.nbdConnectionsRefused.inc());
   if (!perRequest) return;
   interface Children {
     requests: ReturnType<Metrics['diskRequests']['labels']>;

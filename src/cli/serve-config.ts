@@ -11,13 +11,14 @@ import { createLogger } from '../util/logger.js';
 import { createMetrics } from '../metrics/registry.js';
 import { readKmsCredentials } from '../kms/credentials.js';
 import type { KmsCredentials } from '../kms/key-service.js';
-import type { TlsCertConfig } from '../nbd/index.js';
+import { DEFAULT_MAX_CONNECTIONS, type TlsCertConfig } from '../nbd/index.js';
 import { loadX509 } from '../agent/x509.js';
 
 export interface ServeFlags {
   state?: string;
   nbd?: string;
   nbdSocket?: string;
+  maxNbdConnections?: string;
   api?: string;
   kms?: string;
   kmsProtocol?: string;
@@ -38,6 +39,15 @@ export interface ServeFlags {
 function intSetting(flag: string | undefined, env: string, fallback: number, what: string): number {
   const v = Number(setting(flag, env, String(fallback)));
   if (!Number.isInteger(v) || v < 0) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what} must be a whole number of milliseconds`);
+  return v;
+}
+
+function countSetting(flag: string | undefined, env: string, fallback: number, what: string): number {
+  const raw = setting(flag, env, String(fallback));
+  const v = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(v) || v < 1) {
+    throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `${what} must be a whole number >= 1 (got ${JSON.stringify(raw)})`);
+  }
   return v;
 }
 
@@ -90,6 +100,7 @@ export function loadAgentConfig(flags: ServeFlags) {
     paths,
     nbd: nbdAddress(flags.nbd),
     nbdSocket: flags.nbdSocket,
+    nbdMaxConnections: countSetting(flags.maxNbdConnections, 'KMSDISK_NBD_MAX_CONNECTIONS', DEFAULT_MAX_CONNECTIONS, '--max-nbd-connections'),
     api: apiAddress(flags.api),
     protectMetrics: Boolean(flags.protectMetrics),
     ...(tls ? { tls } : {}),

@@ -35,6 +35,7 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
     // --- NBD ----------------------------------------------------------------------------------
     nbdConnections: new Gauge({ name: 'kmsdisk_nbd_connections', help: 'Open NBD connections per export', labelNames: ['export'] as const, registers: r }),
     nbdConnectionsTotal: new Counter({ name: 'kmsdisk_nbd_connections_total', help: 'NBD connections accepted per export', labelNames: ['export'] as const, registers: r }),
+    nbdConnectionsRefused: new Counter({ name: 'kmsdisk_nbd_connections_refused_total', help: 'NBD connections closed on accept because the agent had --max-nbd-connections open', registers: r }),
     nbdProtocolErrors: new Counter({ name: 'kmsdisk_nbd_protocol_errors_total', help: 'Clients dropped for protocol violations', labelNames: ['reason'] as const, registers: r }),
     // --- jobs ---------------------------------------------------------------------------------
     jobs: new Gauge({ name: 'kmsdisk_jobs', help: 'Jobs by kind and state', labelNames: ['kind', 'state'] as const, registers: r }),

@@ -1,5 +1,5 @@
 // Public surface of the NBD server.
-export { NbdServer } from './server.js';
+export { NbdServer, DEFAULT_MAX_CONNECTIONS } from './server.js';
 export type {
   NbdServerOptions,
   ListenTarget,

@@ -28,7 +28,23 @@ export interface NbdServerOptions {
   maxInflightBytes?: number;
   /** Negotiation must finish within this time. Default 30 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * Open connections (all listeners, in negotiation or transmission) before new ones are closed
+   * on accept. Default DEFAULT_MAX_CONNECTIONS.
+   */
+  maxConnections?: number;
 }
+
+/**
+ * A connection on a native lane holds four descriptors (Node's socket, the lane's duplicate, two
+ * eventfds) and three threads. Unbounded, a flood of idle connections ran the agent out of
+ * descriptors (at 20000, after about 5000 connections): then the admin API, the volume files and
+ * the KMS connections that keep the keys leased failed too. 1024 is far more than a test host
+ * attaches, and leaves the agent's other work its descriptors.
+ */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+/** At most one log line per this long about refused connections (a flood must not flood the log). */
+const REFUSAL_LOG_MS = 10_000;
 
 export type ListenTarget = { host: string; port: number } | { path: string };
 
@@ -45,6 +61,7 @@ interface Conn {
 
 /**
  * Events: 'connect' (NbdConnectionInfo), 'disconnect' (NbdConnectionInfo),
+ * 'refuse' ({ remote }: closed on accept, over maxConnections),
  * 'request' (NbdRequestEvent; emitted only when listened to).
  */
 export class NbdServer extends EventEmitter {
@@ -54,6 +71,9 @@ export class NbdServer extends EventEmitter {
   private readonly maxInflightRequests: number;
   private readonly maxInflightBytes: number;
   private readonly handshakeTimeoutMs: number;
+  private readonly maxConnections: number;
+  /** Refusals not yet logged, and when the last line about them went out. */
+  private refusals = { unlogged: 0, loggedAt: -Infinity };
   private readonly tls: TlsContext | undefined;
   private readonly exports = new Map<string, ExportEntry>();
   private readonly servers: net.Server[] = [];
@@ -77,6 +97,10 @@ export class NbdServer extends EventEmitter {
     this.maxInflightRequests = opts.maxInflightRequests ?? 64;
     this.maxInflightBytes = opts.maxInflightBytes ?? 32 * 1024 * 1024;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (!Number.isInteger(this.maxConnections) || this.maxConnections < 1) {
+      throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'maxConnections must be a whole number >= 1');
+    }
     this.tls = opts.tls ? new TlsContext(opts.tls) : undefined;
   }
 
@@ -226,6 +250,10 @@ export class NbdServer extends EventEmitter {
       socket.destroy();
       return;
     }
+    if (this.conns.size >= this.maxConnections) {
+      this.refuse(socket);
+      return;
+    }
     setNoDelay(socket);
     const remote = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
     const conn: Conn = { id: this.nextId++, socket, remote, since: new Date(), session: null, tls: false, pskIdentity: undefined, closing: false };
@@ -244,6 +272,26 @@ export class NbdServer extends EventEmitter {
       this.emit('disconnect', this.info(conn));
     });
     void this.runConnection(conn, log);
+  }
+
+  /**
+   * Over the connection limit: the client is disconnected before the greeting (NBD has no way to
+   * say "busy"; nbd-server's max_connections does the same). Counted, and logged at most once per
+   * REFUSAL_LOG_MS with how many were refused since the last line.
+   */
+  private refuse(socket: net.Socket): void {
+    socket.on('error', () => {});
+    socket.destroy();
+    this.stats.connectionsRefused++;
+    this.emit('refuse', { remote: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix' });
+    this.refusals.unlogged++;
+    const now = Date.now();
+    if (now - this.refusals.loggedAt < REFUSAL_LOG_MS) return;
+    this.log.warn(
+      { refused: this.refusals.unlogged, open: this.conns.size, limit: this.maxConnections },
+      'nbd connection refused: the server has as many connections open as its limit (kmsdisk serve --max-nbd-connections)',
+    );
+    this.refusals = { unlogged: 0, loggedAt: now };
   }
 
   private async runConnection(conn: Conn, log: Logger): Promise<void> {

@@ -6,6 +6,8 @@ import { NBD_ERR } from '../errors.js';
 export interface NbdStats {
   connectionsTotal: number;
   connectionsActive: number;
+  /** Connections closed on accept because the server had its maximum open. */
+  connectionsRefused: number;
   /** Clients cut off for protocol violations (bad magic, truncated packets, ...). */
   protocolErrors: number;
   /** Requests by command name (read, write, flush, trim, write_zeroes, cache, block_status, disc, unknown). */
@@ -23,6 +25,7 @@ export function newStats(): NbdStats {
   return {
     connectionsTotal: 0,
     connectionsActive: 0,
+    connectionsRefused: 0,
     protocolErrors: 0,
     requests: {},
     bytes: {},

@@ -5,6 +5,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliAsync, daemon, freePort, stop, waitFor } from './helpers.js';
 
@@ -55,5 +56,38 @@ describe('daemons with --json', () => {
     const second = await cliAsync(['serve', '--json'], env);
     expect(second.status, second.stderr).toBe(4);
     expect((second.json as { error: { code: string; message: string } }).error).toMatchObject({ code: 'KMSDISK_ERR_CONFLICT' });
+  });
+
+  it('serve --max-nbd-connections: a bad value is refused before starting; over the limit clients are closed and counted in /metrics', async () => {
+    for (const c of children.filter((c) => c.spawnargs.includes('serve'))) await stop(c);
+    const bad = await cliAsync(['serve', '--json', '--max-nbd-connections', '0'], env);
+    expect(bad.status, bad.stderr).toBe(2);
+    expect((bad.json as { error: { code: string; message: string } }).error).toMatchObject({
+      code: 'KMSDISK_ERR_INVALID_ARGUMENT',
+      message: expect.stringContaining('--max-nbd-connections'),
+    });
+
+    const agent = daemon(['serve', '--json', '--max-nbd-connections', '2'], env);
+    children.push(agent);
+    await waitFor('serve --json document', () => jsonOf(agent.stdout()) !== undefined, 60_000);
+    const [host, port] = env.KMSDISK_NBD!.split(':') as [string, string];
+    /** Connects and resolves with the first bytes the server sends ('' when it closes without any). */
+    const firstBytes = (): Promise<{ socket: Socket; got: string }> =>
+      new Promise((resolve, reject) => {
+        const socket = connect(Number(port), host);
+        socket.once('error', reject);
+        socket.once('data', (d: Buffer) => resolve({ socket, got: d.subarray(0, 8).toString('latin1') }));
+        socket.once('close', () => resolve({ socket, got: '' }));
+      });
+    const a = await firstBytes();
+    const b = await firstBytes();
+    expect([a.got, b.got]).toEqual(['NBDMAGIC', 'NBDMAGIC']);
+    const c = await firstBytes();
+    expect(c.got).toBe('');
+    const metrics = await (await fetch(`http://${env.KMSDISK_API}/metrics`)).text();
+    expect(metrics).toMatch(/^kmsdisk_nbd_connections_refused_total 1$/m);
+    a.socket.destroy();
+    b.socket.destroy();
+    c.socket.destroy();
   });
 });

@@ -112,6 +112,54 @@ describe('NbdServer API', () => {
     }
   });
 
+  it('over maxConnections a new client is closed before the greeting, counted and logged once per burst; the others go on', async () => {
+    // Unbounded, a flood of idle connections ran the agent out of descriptors (admin API, volume
+    // files and the KMS connections that keep keys leased failed with it).
+    const lines: string[] = [];
+    const limited = new NbdServer({ maxConnections: 3, logger: pino({ level: 'info' }, { write: (line: string) => void lines.push(line) }) });
+    limited.addExport('disk', { device: dev.device });
+    const lport = ((await limited.listen({ host: '127.0.0.1', port: 0 })) as AddressInfo).port;
+    const refused: unknown[] = [];
+    limited.on('refuse', (r: unknown) => refused.push(r));
+    const open: RawClient[] = [];
+    try {
+      // Two in transmission, one still negotiating (it counts too: it holds a socket).
+      for (let i = 0; i < 2; i++) {
+        const c = await RawClient.connect(lport);
+        open.push(c);
+        await c.greet();
+        await c.go('disk');
+      }
+      const negotiating = await RawClient.connect(lport);
+      open.push(negotiating);
+      await negotiating.greet();
+      for (let i = 0; i < 3; i++) {
+        const extra = await RawClient.connect(lport);
+        expect(await extra.waitClosed()).toBe(true);
+        expect(extra.reader.queue.length).toBe(0); // not even the greeting
+      }
+      expect(limited.stats.connectionsRefused).toBe(3);
+      expect(refused).toHaveLength(3);
+      const warned = lines.map((l) => JSON.parse(l) as { msg: string; refused?: number; limit?: number }).filter((l) => l.msg.startsWith('nbd connection refused'));
+      expect(warned).toEqual([expect.objectContaining({ refused: 1, limit: 3 })]);
+      // The open ones are served; once one leaves, a new client gets in.
+      expect((await open[0]!.call(CMD.WRITE, 0, 512, { payload: Buffer.alloc(512, 7) })).error).toBe(0);
+      expect((await open[1]!.call(CMD.READ, 0, 512)).data!.equals(Buffer.alloc(512, 7))).toBe(true);
+      open[0]!.request(CMD.DISC, 0, 0);
+      expect(await open[0]!.waitClosed()).toBe(true);
+      await until(() => limited.connections().length === 2, 'the left client to be gone');
+      const next = await RawClient.connect(lport);
+      open.push(next);
+      await next.greet();
+      await next.go('disk');
+      expect((await next.call(CMD.READ, 0, 512)).error).toBe(0);
+    } finally {
+      for (const c of open) c.destroy();
+      await limited.close();
+    }
+    expect(() => new NbdServer({ maxConnections: 0 })).toThrow(KmsdiskError);
+  });
+
   it('close() answers in-flight requests, then closes every connection and refuses new ones', async () => {
     const c = await RawClient.connect(port);
     await c.greet();
