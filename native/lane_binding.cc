@@ -289,7 +289,13 @@ class LaneWrap : public Napi::ObjectWrap<LaneWrap> {
       if (events->gone || events->tsfn.NonBlockingCall(ev) != napi_ok) delete ev;
       if (last && !events->gone) events->tsfn.Release();  // Exited is the lane's last event
     };
-    lane_ = Lane::Start(std::move(core), dupFd, opts, std::move(leftover), std::move(emit));
+    std::string error;
+    lane_ = Lane::Start(std::move(core), dupFd, opts, std::move(leftover), std::move(emit), &error);
+    if (!lane_) {
+      // Nothing was emitted: let the function go, or it would keep the event loop alive.
+      events->tsfn.Release();
+      Throw(env, ErrKind::Plain, kIo, "the connection's native lane could not start (" + error + ")");
+    }
   }
 
  private:

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <system_error>
 #include <thread>
 
 #include "io.h"
@@ -141,10 +142,14 @@ struct Lane::Job {
 };
 
 std::shared_ptr<Lane> Lane::Start(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts,
-                                  std::vector<uint8_t> leftover, Emit emit) {
+                                  std::vector<uint8_t> leftover, Emit emit, std::string* error) {
   std::shared_ptr<Lane> lane(new Lane(std::move(core), sockFd, opts, std::move(leftover), std::move(emit)));
+  if (lane->stopFd_ < 0 || lane->killFd_ < 0) {
+    *error = std::string("eventfd: ") + strerror(errno);
+    return nullptr;  // the destructor closes what was opened, sockFd too
+  }
   lane->self_ = lane;
-  lane->Launch();
+  if (!lane->Launch(error)) return nullptr;
   return lane;
 }
 
@@ -166,11 +171,46 @@ void Lane::CloseDescriptors() {
   stopFd_ = killFd_ = fd_ = -1;
 }
 
-void Lane::Launch() {
-  uint32_t workers = opts_.workers == 0 ? 1 : opts_.workers;
-  threads_ = static_cast<int>(workers) + 1;
-  std::thread([this] { ReceiveLoop(); }).detach();
-  for (uint32_t i = 0; i < workers; i++) std::thread([this] { WorkerLoop(); }).detach();
+// A thread that cannot be created (a pids cgroup limit, RLIMIT_NPROC, no memory for its stack)
+// throws std::system_error, which escaping into N-API ended the agent (std::terminate). The
+// threads wait at a gate until all are made; if one could not be, those made leave without
+// touching the connection and the lane reports the failure instead.
+bool Lane::Launch(std::string* error) {
+  const int want = static_cast<int>(opts_.workers == 0 ? 1 : opts_.workers) + 1;
+  int made = 0;
+  try {
+    std::thread([this] {
+      if (WaitLaunched()) ReceiveLoop();
+    }).detach();
+    made++;
+    while (made < want) {
+      std::thread([this] {
+        if (WaitLaunched()) WorkerLoop();
+      }).detach();
+      made++;
+    }
+  } catch (const std::system_error& e) {
+    *error = std::string("cannot start the connection's threads: ") + e.what();
+  }
+  std::shared_ptr<Lane> drop;  // destroyed after the lock is released
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    threads_ = made;
+    launch_ = made == want ? LaunchState::Running : LaunchState::Aborted;
+    if (made == 0) drop = std::move(self_);  // no thread will release it
+  }
+  launchCv_.notify_all();
+  return made == want;
+}
+
+bool Lane::WaitLaunched() {
+  std::shared_ptr<Lane> drop;  // the last aborted thread releases the lane, after the lock
+  std::unique_lock<std::mutex> lk(mu_);
+  launchCv_.wait(lk, [this] { return launch_ != LaunchState::Pending; });
+  if (launch_ == LaunchState::Running) return true;
+  if (--threads_ == 0) drop = std::move(self_);
+  lk.unlock();
+  return false;
 }
 
 void Lane::ThreadExit() {

@@ -89,10 +89,12 @@ class Lane : public std::enable_shared_from_this<Lane> {
  public:
   using Emit = std::function<void(LaneEvent*)>;  // thread-safe; takes ownership
 
-  // Takes ownership of sockFd (a dup of the connection's descriptor, non-blocking). `emit` must
-  // accept events until (and including) Exited, from any lane thread.
+  // Takes ownership of sockFd (a dup of the connection's descriptor, non-blocking), also on failure.
+  // `emit` must accept events until (and including) Exited, from any lane thread. Null, with
+  // *error set, when the lane's eventfds or threads cannot be made (descriptor or thread limits):
+  // then nothing was emitted and nothing will be.
   static std::shared_ptr<Lane> Start(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts,
-                                     std::vector<uint8_t> leftover, Emit emit);
+                                     std::vector<uint8_t> leftover, Emit emit, std::string* error);
   ~Lane();
 
   void Reply(std::vector<uint8_t> frame);  // a reply frame from JS, sent in order of calls
@@ -106,7 +108,8 @@ class Lane : public std::enable_shared_from_this<Lane> {
  private:
   struct Job;
   Lane(std::shared_ptr<VolumeCore> core, int sockFd, const LaneOptions& opts, std::vector<uint8_t> leftover, Emit emit);
-  void Launch();
+  bool Launch(std::string* error);
+  bool WaitLaunched();  // each thread first: false when Launch gave up (the thread then just returns)
   void ReceiveLoop();
   void WorkerLoop();
   void Run(Job* j);
@@ -161,6 +164,8 @@ class Lane : public std::enable_shared_from_this<Lane> {
   bool stopping_ = false, receiverDone_ = false, stoppedSent_ = false, dead_ = false;
   bool receiverWaits_ = false;  // in WaitForWorker: a worker that takes a job wakes it (cv_)
   int threads_ = 0;
+  enum class LaunchState { Pending, Running, Aborted } launch_ = LaunchState::Pending;  // mu_
+  std::condition_variable launchCv_;
   bool fdsOpen_ = true;  // fd_, stopFd_ and killFd_ are open (mu_)
 
   std::mutex sendMu_;

@@ -89,16 +89,25 @@ export class NbdLane {
     private readonly events: EventEmitter,
     private readonly exportName: string,
   ) {
-    // Bytes Node buffered after the handshake, then stop libuv reading: from here on only the
-    // lane reads this socket. (No libuv callback can run in between: this is one tick.)
-    const chunks = [...leftover];
-    for (let c = stream.read() as Buffer | null; c !== null; c = stream.read() as Buffer | null) chunks.push(c);
+    // Bytes Node buffered after the handshake go to the lane first; then libuv stops reading: from
+    // here on only the lane reads this socket. (No libuv callback can run in between: this is one
+    // tick.) If the lane cannot start (it throws: no descriptor or thread left), the buffered
+    // bytes go back into the stream and nothing else has changed, so the caller can serve the
+    // connection in Node.
+    const buffered: Buffer[] = [];
+    for (let c = stream.read() as Buffer | null; c !== null; c = stream.read() as Buffer | null) buffered.push(c);
+    const chunks = [...leftover, ...buffered];
+    try {
+      // Records are always kept (listeners may come later); they are dropped unread when nobody listens.
+      this.lane = startNativeLane(fd, core, { ...settings, record: true, workers: LANE_WORKERS }, chunks.length > 0 ? Buffer.concat(chunks) : null, (kind, ...a) => this.onEvent(kind, a));
+    } catch (err) {
+      for (const c of buffered.reverse()) stream.unshift(c);
+      throw err;
+    }
     stream.pause();
     const handle = (stream as unknown as { _handle: StreamHandle })._handle;
     handle.reading = false;
     handle.readStop!();
-    // Records are always kept (listeners may come later); they are dropped unread when nobody listens.
-    this.lane = startNativeLane(fd, core, { ...settings, record: true, workers: LANE_WORKERS }, chunks.length > 0 ? Buffer.concat(chunks) : null, (kind, ...a) => this.onEvent(kind, a));
     this.timer = setInterval(() => this.foldStats(), STATS_INTERVAL_MS);
     this.timer.unref();
   }

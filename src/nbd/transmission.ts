@@ -174,6 +174,11 @@ export class TransmissionSession {
       this.laneStart = { core, fd };
       return;
     }
+    this.listenInNode();
+  }
+
+  /** The Node path: requests arrive through the stream's events. */
+  private listenInNode(): void {
     this.stream.on('data', (chunk: Buffer) => {
       this.queue.push(chunk);
       this.parse();
@@ -202,26 +207,37 @@ export class TransmissionSession {
     return this.lane !== null;
   }
 
-  private startLane(core: NativeVolumeCore, fd: number): void {
+  /**
+   * Hands the connection to a native lane; false (the connection stays in Node, slower but served)
+   * when the lane cannot start: no descriptor or thread left for it (a pids cgroup limit, say).
+   */
+  private startLane(core: NativeVolumeCore, fd: number): boolean {
     const leftover = this.queue.length > 0 ? [this.queue.take(this.queue.length)] : [];
-    this.lane = new NbdLane(
-      this.stream,
-      fd,
-      core,
-      {
-        structured: this.structured,
-        extended: this.extended,
-        readOnly: this.entry.readOnly,
-        maxPayload: this.limits.maxPayload,
-        maxInflightRequests: this.limits.maxInflightRequests,
-        maxInflightBytes: this.limits.maxInflightBytes,
-      },
-      leftover,
-      { request: (r) => this.onLaneRequest(r), closed: (reason, proto) => this.onLaneClosed(reason, proto) },
-      this.stats,
-      this.events,
-      this.entry.name,
-    );
+    try {
+      this.lane = new NbdLane(
+        this.stream,
+        fd,
+        core,
+        {
+          structured: this.structured,
+          extended: this.extended,
+          readOnly: this.entry.readOnly,
+          maxPayload: this.limits.maxPayload,
+          maxInflightRequests: this.limits.maxInflightRequests,
+          maxInflightBytes: this.limits.maxInflightBytes,
+        },
+        leftover,
+        { request: (r) => this.onLaneRequest(r), closed: (reason, proto) => this.onLaneClosed(reason, proto) },
+        this.stats,
+        this.events,
+        this.entry.name,
+      );
+      return true;
+    } catch (err) {
+      for (const chunk of leftover) this.queue.push(chunk);
+      this.log.warn({ export: this.entry.name, err: (err as Error).message }, 'nbd native lane could not start; serving this connection in Node');
+      return false;
+    }
   }
 
   private onLaneRequest(r: LaneRequest): void {
@@ -263,10 +279,8 @@ export class TransmissionSession {
     if (this.laneStart) {
       const { core, fd } = this.laneStart;
       this.laneStart = null;
-      if (this.state === 'running') {
-        this.startLane(core, fd);
-        return;
-      }
+      if (this.state === 'running' && this.startLane(core, fd)) return;
+      this.listenInNode();
     }
     // Bytes Node buffered after the handshake stopped consuming: read() hands each to the 'data'
     // listener above, so they are queued before any direct read can land.
