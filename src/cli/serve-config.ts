@@ -11,7 +11,7 @@ import { createLogger } from '../util/logger.js';
 import { createMetrics } from '../metrics/registry.js';
 import { readKmsCredentials } from '../kms/credentials.js';
 import type { KmsCredentials } from '../kms/key-service.js';
-import { DEFAULT_MAX_CONNECTIONS, type TlsCertConfig } from '../nbd/index.js';
+import { defaultMaxConnections, type TlsCertConfig } from '../nbd/index.js';
 import { loadX509 } from '../agent/x509.js';
 
 export interface ServeFlags {
@@ -100,7 +100,7 @@ export function loadAgentConfig(flags: ServeFlags) {
     paths,
     nbd: nbdAddress(flags.nbd),
     nbdSocket: flags.nbdSocket,
-    nbdMaxConnections: countSetting(flags.maxNbdConnections, 'KMSDISK_NBD_MAX_CONNECTIONS', DEFAULT_MAX_CONNECTIONS, '--max-nbd-connections'),
+    nbdMaxConnections: countSetting(flags.maxNbdConnections, 'KMSDISK_NBD_MAX_CONNECTIONS', defaultMaxConnections(), '--max-nbd-connections'),
     api: apiAddress(flags.api),
     protectMetrics: Boolean(flags.protectMetrics),
     ...(tls ? { tls } : {}),

@@ -1,5 +1,6 @@
 // Public surface of the NBD server.
-export { NbdServer, DEFAULT_MAX_CONNECTIONS } from './server.js';
+export { NbdServer } from './server.js';
+export { DEFAULT_MAX_CONNECTIONS, defaultMaxConnections } from './connection-limit.js';
 export type {
   NbdServerOptions,
   ListenTarget,

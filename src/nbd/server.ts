@@ -13,6 +13,7 @@ import { TlsContext, type TlsConfig } from './tls.js';
 import { BufferPool } from './buffer-pool.js';
 import { onKeyWiped } from '../crypto/index.js';
 import { setNoDelay, TransmissionSession } from './transmission.js';
+import { DEFAULT_MAX_CONNECTIONS } from './connection-limit.js';
 
 export type { ExportOptions } from './export-registry.js';
 export type { NbdConnectionInfo, NbdRequestEvent, NbdStats } from './stats.js';
@@ -35,14 +36,6 @@ export interface NbdServerOptions {
   maxConnections?: number;
 }
 
-/**
- * A connection on a native lane holds four descriptors (Node's socket, the lane's duplicate, two
- * eventfds) and three threads. Unbounded, a flood of idle connections ran the agent out of
- * descriptors (at 20000, after about 5000 connections): then the admin API, the volume files and
- * the KMS connections that keep the keys leased failed too. 1024 is far more than a test host
- * attaches, and leaves the agent's other work its descriptors.
- */
-export const DEFAULT_MAX_CONNECTIONS = 1024;
 /** At most one log line per this long about refused connections (a flood must not flood the log). */
 const REFUSAL_LOG_MS = 10_000;
 

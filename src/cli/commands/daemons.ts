@@ -77,7 +77,7 @@ function serveOptions(cmd: Command): Command {
     .option('--state <dir>', 'state folder (default ./.kmsdisk, env KMSDISK_STATE)')
     .option('--nbd <host:port>', 'NBD listen address (default 127.0.0.1:10809, env KMSDISK_NBD)')
     .option('--nbd-socket <path>', 'also listen for NBD on this Unix socket')
-    .option('--max-nbd-connections <n>', 'open NBD connections before new ones are refused (default 1024, env KMSDISK_NBD_MAX_CONNECTIONS)')
+    .option('--max-nbd-connections <n>', 'open NBD connections before new ones are refused (default 1024, fewer if the descriptor limit is low; env KMSDISK_NBD_MAX_CONNECTIONS)')
     .option('--api <host:port>', 'admin API listen address (default 127.0.0.1:9800, env KMSDISK_API)')
     .option('--kms <host:port>', 'KMS endpoint (default the emulator at 127.0.0.1:9801, env KMSDISK_KMS)')
     .option('--kms-protocol <http|https>', 'KMS protocol (env KMSDISK_KMS_PROTOCOL)')
