@@ -479,6 +479,10 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
   const m = ctx.metrics;
   // 'connect' fires before the client picked an export; count at the end, when it is known.
   nbd.on('disconnect', (c: { export: string | null }) => {
+    // A connection of an export that was removed meanwhile (its socket closes after the detach's
+    // drain) is not counted: the detach dropped the export's series, and counting it would put
+    // them back for an export that no longer exists.
+    if (c.export !== null && !nbd.hasExport(c.export)) return;
     m.nbdConnectionsTotal.inc({ export: c.export ?? '(none)' });
   });
   if (!perRequest) return;
@@ -490,7 +494,7 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
   }
   const cache = new Map<string, Children>();
   let cacheVersion = -1;
-  const childrenFor = (exportName: string, op: string): Children => {
+  const childrenFor = (exportName: string, op: string): Children | null => {
     // Export names map to disks; re-resolve when attachments changed.
     const v = ctx.open.generation;
     if (v !== cacheVersion) {
@@ -500,7 +504,11 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
     const key = `${exportName}\0${op}`;
     let c = cache.get(key);
     if (!c) {
-      const disk = ctx.open.all().find((e) => e.exportName === exportName)?.disk ?? exportName;
+      // A native lane's last batch can arrive after its export was detached: its disk is no
+      // longer known here, and labelling the requests with the export name instead made up a
+      // series for a "disk" that does not exist (and that no delete would ever remove).
+      const disk = ctx.open.all().find((e) => e.exportName === exportName)?.disk;
+      if (disk === undefined) return null;
       c = {
         requests: m.diskRequests.labels({ disk, op }),
         bytes: op === 'read' || op === 'write' ? m.diskBytes.labels({ disk, op }) : null,
@@ -513,6 +521,7 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
   };
   nbd.on('request', (ev: NbdRequestEvent) => {
     const c = childrenFor(ev.export, ev.command);
+    if (!c) return;
     c.requests.inc();
     c.latency.observe(ev.durationMs / 1000);
     // Bytes transferred: a refused request moved none. Counting its length made a revoked disk

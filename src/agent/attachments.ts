@@ -14,6 +14,7 @@ import type { AccessMayReturnEvent } from '../keys/index.js';
 import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
 import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
+import { removeExportSeries } from '../metrics/registry.js';
 
 /** Volume.open failures that are about the file (not the request or a conflict in this process). */
 const VOLUME_FILE_ERRORS = new Set<string>(['KMSDISK_ERR_VOLUME_CORRUPT', 'KMSDISK_ERR_VOLUME_SIZE', 'KMSDISK_ERR_NOT_FOUND', 'KMSDISK_ERR_IO', 'KMSDISK_ERR_INVALID_ARGUMENT']);
@@ -283,6 +284,9 @@ export class AttachmentsService {
     this.ctx.guard.close(entry.volume);
     await entry.volume.close();
     this.ctx.open.delete(disk);
+    // The export is gone: so are its series on /metrics (the agent's NBD hook counts nothing more
+    // for an export that no longer exists, so a connection closing late does not bring them back).
+    removeExportSeries(this.ctx.metrics, entry.exportName);
   }
 
   /** Agent stop: close every export and volume; the catalog keeps the attachments for the next start. */

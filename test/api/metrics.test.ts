@@ -83,4 +83,22 @@ describe('/metrics', () => {
     expect(sample(fresh, 'kmsdisk_disk_bytes_total', 'disk="m1",op="read"')).toBe(4096);
     expect(sample(fresh, 'kmsdisk_disk_bytes_total', 'disk="m1",op="write"')).toBeUndefined();
   });
+
+  it('drops an export\'s series at detach (and with them everything of a deleted disk)', async () => {
+    expect((await s.api('POST', '/v1/disks', { name: 'm2', size: '16M' })).status).toBe(201);
+    const att = await s.api('POST', '/v1/attachments', { disk: 'm2', export: 'm2-export' });
+    expect(att.status).toBe(201);
+    uri = att.body.uri;
+    expect(await qemuIo('write -P 7 0 64k', 'read -P 7 0 64k')).not.toMatch(/failed|error/i);
+    await scrapeWhen('the connection on /metrics', (t) => sample(t, 'kmsdisk_nbd_connections_total', 'export="m2-export"') === 1);
+
+    expect((await s.api('DELETE', '/v1/attachments/m2')).status).toBe(200);
+    const detached = await scrape();
+    expect(detached).not.toMatch(/export="m2-export"/);
+    // The disk still exists: its own I/O series stay until it is deleted.
+    expect(sample(detached, 'kmsdisk_disk_bytes_total', 'disk="m2",op="write"')).toBe(65536);
+
+    expect((await s.api('DELETE', '/v1/disks/m2')).status).toBe(200);
+    expect(await scrape()).not.toMatch(/m2/);
+  });
 });
