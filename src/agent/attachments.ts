@@ -15,6 +15,7 @@ import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
 import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
 import { removeExportSeries } from '../metrics/registry.js';
+import { keyLoadError, type KeyLoadError } from './open-disks.js';
 
 /** Volume.open failures that are about the file (not the request or a conflict in this process). */
 const VOLUME_FILE_ERRORS = new Set<string>(['KMSDISK_ERR_VOLUME_CORRUPT', 'KMSDISK_ERR_VOLUME_SIZE', 'KMSDISK_ERR_NOT_FOUND', 'KMSDISK_ERR_IO', 'KMSDISK_ERR_INVALID_ARGUMENT']);
@@ -211,7 +212,7 @@ export class AttachmentsService {
           this.ctx.bumpVersion();
           this.ctx.logger.info({ disk: entry.disk }, 'disk key loaded on retry; serving again');
         } catch (err) {
-          entry.keyError = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message };
+          entry.keyError = keyLoadError(err);
         }
       });
     }
@@ -242,7 +243,7 @@ export class AttachmentsService {
       if (VOLUME_FILE_ERRORS.has(errorCodeOf(err) ?? '')) await this.disks.markUnreadable(diskRow, err);
       throw err;
     }
-    let keyError: { code: string; message: string } | null = null;
+    let keyError: KeyLoadError | null = null;
     try {
       await this.ctx.guard.open(volume, row.disk);
     } catch (err) {
@@ -252,8 +253,8 @@ export class AttachmentsService {
         // `key authorize` hint), not with the raw KMS code of the unwrap.
         throw cmkRefusal(err, volume.header.kms.keyId);
       }
-      keyError = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message };
-      this.ctx.logger.warn({ disk: row.disk, code: keyError.code }, 'attached disk restored without its key: I/O is refused until the KMS allows the unwrap');
+      keyError = keyLoadError(err);
+      this.ctx.logger.warn({ disk: row.disk, code: keyError.code, cause: keyError.reason }, 'attached disk restored without its key: I/O is refused until the KMS allows the unwrap');
     }
     try {
       this.ctx.nbd.addExport(row.exportName, {

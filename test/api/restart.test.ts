@@ -112,7 +112,7 @@ describe('agent restart', () => {
     await s.restartAgent();
     const d = (await s.api('GET', '/v1/disks/tenant')).body;
     expect(d).toMatchObject({ state: 'key-revoked', attachment: { export: 'tenant' } });
-    expect(d.stateReason).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
+    expect(d.stateReason).toBe('Forbidden.NoPermission');
     // Other disks came back normally.
     expect((await s.api('GET', '/v1/disks/keep')).body.state).toBe('in-use');
     expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
