@@ -274,6 +274,11 @@ export class AttachmentsService {
       throw err;
     }
     this.ctx.open.set({ disk: row.disk, volume, exportName: row.exportName, keyError });
+    // Not loaded: kmsdisk_disk_key_usable says 0, as for a key wiped while the agent ran. The key
+    // guard only has series for the disks it holds, so a disk restored without its key had none,
+    // and an alert on `kmsdisk_disk_key_usable == 0` missed it. (Its retry, through guard.open,
+    // sets the same series to 1.)
+    if (keyError) this.ctx.metrics.diskKeyState.set({ disk: row.disk, key_id: volume.header.kms.keyId }, 0);
     await this.disks.refreshHeader(diskRow);
   }
 
@@ -283,6 +288,8 @@ export class AttachmentsService {
     if (!entry) return;
     if (this.ctx.nbd.hasExport(entry.exportName)) await this.ctx.nbd.removeExport(entry.exportName, { drain: true });
     this.ctx.guard.close(entry.volume);
+    // guard.close drops the series of a disk it held; one restored without its key is ours.
+    if (entry.keyError) this.ctx.metrics.diskKeyState.remove({ disk, key_id: entry.volume.header.kms.keyId });
     await entry.volume.close();
     this.ctx.open.delete(disk);
     // The export is gone: so are its series on /metrics (the agent's NBD hook counts nothing more
