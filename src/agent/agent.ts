@@ -477,13 +477,16 @@ function refreshMetrics(ctx: AgentContext, disks: DisksService, jobs: JobsServic
  */
 function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean): void {
   const m = ctx.metrics;
-  // 'connect' fires before the client picked an export; count at the end, when it is known.
+  // Counted when the client picks its export ('connect' fires before it is known). Counted at the
+  // disconnect, a client that stays connected (a VM's disk, the kernel's nbd-client) was missing
+  // from kmsdisk_nbd_connections_total for as long as it was connected, and a connection that
+  // ended with its export's detach put the series back after the detach removed it.
+  nbd.on('export', (c: { export: string | null }) => {
+    if (c.export !== null) m.nbdConnectionsTotal.inc({ export: c.export });
+  });
+  // A connection that ended without picking an export (LIST, a refused name, a failed handshake).
   nbd.on('disconnect', (c: { export: string | null }) => {
-    // A connection of an export that was removed meanwhile (its socket closes after the detach's
-    // drain) is not counted: the detach dropped the export's series, and counting it would put
-    // them back for an export that no longer exists.
-    if (c.export !== null && !nbd.hasExport(c.export)) return;
-    m.nbdConnectionsTotal.inc({ export: c.export ?? '(none)' });
+    if (c.export === null) m.nbdConnectionsTotal.inc({ export: '(none)' });
   });
   if (!perRequest) return;
   interface Children {

@@ -292,8 +292,8 @@ export class AttachmentsService {
     if (entry.keyError) this.ctx.metrics.diskKeyState.remove({ disk, key_id: entry.volume.header.kms.keyId });
     await entry.volume.close();
     this.ctx.open.delete(disk);
-    // The export is gone: so are its series on /metrics (the agent's NBD hook counts nothing more
-    // for an export that no longer exists, so a connection closing late does not bring them back).
+    // The export is gone: so are its series on /metrics (the NBD hook counts a connection when it
+    // picks its export, so one closing after the drain does not bring them back).
     removeExportSeries(this.ctx.metrics, entry.exportName);
   }
 

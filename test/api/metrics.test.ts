@@ -5,6 +5,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, until, type Stack } from './helpers.js';
+import { NbdClient, parseNbdUri } from '../../src/drill/nbd-client.js';
 
 const run = promisify(execFile);
 const TOOLS_PATH = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
@@ -89,8 +90,18 @@ describe('/metrics', () => {
     const att = await s.api('POST', '/v1/attachments', { disk: 'm2', export: 'm2-export' });
     expect(att.status).toBe(201);
     uri = att.body.uri;
+    // A client is counted once it picked its export, not only when it leaves (a VM's disk stays
+    // connected for days).
+    const held = await NbdClient.connect(parseNbdUri(uri).target, { exportName: 'm2-export' });
+    try {
+      const t = await scrape();
+      expect(sample(t, 'kmsdisk_nbd_connections', 'export="m2-export"')).toBe(1);
+      expect(sample(t, 'kmsdisk_nbd_connections_total', 'export="m2-export"')).toBe(1);
+    } finally {
+      await held.disconnect();
+    }
     expect(await qemuIo('write -P 7 0 64k', 'read -P 7 0 64k')).not.toMatch(/failed|error/i);
-    await scrapeWhen('the connection on /metrics', (t) => sample(t, 'kmsdisk_nbd_connections_total', 'export="m2-export"') === 1);
+    expect(sample(await scrape(), 'kmsdisk_nbd_connections_total', 'export="m2-export"')).toBe(2);
 
     expect((await s.api('DELETE', '/v1/attachments/m2')).status).toBe(200);
     const detached = await scrape();
