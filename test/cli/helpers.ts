@@ -195,7 +195,9 @@ export async function startDaemonStack(prefix: string, opts: DaemonStackOptions 
     },
     async close() {
       if (stack.agent) await stop(stack.agent);
-      await stop(kms);
+      // The emulator running now: a test that restarted it replaced stack.kms (stopping the first
+      // one only left the replacement running after the test).
+      await stop(stack.kms);
       opts.cleanup?.(join(dir, 'state'));
       rmSync(dir, { recursive: true, force: true });
     },
