@@ -483,9 +483,16 @@ function refreshMetrics(ctx: AgentContext, disks: DisksService, jobs: JobsServic
  */
 function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean): void {
   const m = ctx.metrics;
-  // 'connect' fires before the client picked an export; count at the end, when it is known.
+  // Counted when the client picks its export ('connect' fires before it is known). Counted at the
+  // disconnect, a client that stays connected (a VM's disk, the kernel's nbd-client) was missing
+  // from kmsdisk_nbd_connections_total for as long as it was connected, and a connection that
+  // ended with its export's detach put the series back after the detach removed it.
+  nbd.on('export', (c: { export: string | null }) => {
+    if (c.export !== null) m.nbdConnectionsTotal.inc({ export: c.export });
+  });
+  // A connection that ended without picking an export (LIST, a refused name, a failed handshake).
   nbd.on('disconnect', (c: { export: string | null }) => {
-    m.nbdConnectionsTotal.inc({ export: c.export ?? '(none)' });
+    if (c.export === null) m.nbdConnectionsTotal.inc({ export: '(none)' });
   });
   nbd.on('refuse', () => m.nbdConnectionsRefused.inc());
   if (!perRequest) return;
@@ -497,7 +504,7 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
   }
   const cache = new Map<string, Children>();
   let cacheVersion = -1;
-  const childrenFor = (exportName: string, op: string): Children => {
+  const childrenFor = (exportName: string, op: string): Children | null => {
     // Export names map to disks; re-resolve when attachments changed.
     const v = ctx.open.generation;
     if (v !== cacheVersion) {
@@ -507,7 +514,11 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
     const key = `${exportName}\0${op}`;
     let c = cache.get(key);
     if (!c) {
-      const disk = ctx.open.all().find((e) => e.exportName === exportName)?.disk ?? exportName;
+      // A native lane's last batch can arrive after its export was detached: its disk is no
+      // longer known here, and labelling the requests with the export name instead made up a
+      // series for a "disk" that does not exist (and that no delete would ever remove).
+      const disk = ctx.open.all().find((e) => e.exportName === exportName)?.disk;
+      if (disk === undefined) return null;
       c = {
         requests: m.diskRequests.labels({ disk, op }),
         bytes: op === 'read' || op === 'write' ? m.diskBytes.labels({ disk, op }) : null,
@@ -520,6 +531,7 @@ function hookNbdMetrics(nbd: NbdServer, ctx: AgentContext, perRequest: boolean):
   };
   nbd.on('request', (ev: NbdRequestEvent) => {
     const c = childrenFor(ev.export, ev.command);
+    if (!c) return;
     c.requests.inc();
     c.latency.observe(ev.durationMs / 1000);
     // Bytes transferred: a refused request moved none. Counting its length made a revoked disk

@@ -14,6 +14,8 @@ import type { AccessMayReturnEvent } from '../keys/index.js';
 import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
 import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
+import { removeExportSeries } from '../metrics/registry.js';
+import { keyLoadError, type KeyLoadError } from './open-disks.js';
 
 /** Volume.open failures that are about the file (not the request or a conflict in this process). */
 const VOLUME_FILE_ERRORS = new Set<string>(['KMSDISK_ERR_VOLUME_CORRUPT', 'KMSDISK_ERR_VOLUME_SIZE', 'KMSDISK_ERR_NOT_FOUND', 'KMSDISK_ERR_IO', 'KMSDISK_ERR_INVALID_ARGUMENT']);
@@ -210,7 +212,7 @@ export class AttachmentsService {
           this.ctx.bumpVersion();
           this.ctx.logger.info({ disk: entry.disk }, 'disk key loaded on retry; serving again');
         } catch (err) {
-          entry.keyError = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message };
+          entry.keyError = keyLoadError(err);
         }
       });
     }
@@ -241,7 +243,7 @@ export class AttachmentsService {
       if (VOLUME_FILE_ERRORS.has(errorCodeOf(err) ?? '')) await this.disks.markUnreadable(diskRow, err);
       throw err;
     }
-    let keyError: { code: string; message: string } | null = null;
+    let keyError: KeyLoadError | null = null;
     try {
       await this.ctx.guard.open(volume, row.disk);
     } catch (err) {
@@ -251,8 +253,8 @@ export class AttachmentsService {
         // `key authorize` hint), not with the raw KMS code of the unwrap.
         throw cmkRefusal(err, volume.header.kms.keyId);
       }
-      keyError = { code: errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL', message: (err as Error).message };
-      this.ctx.logger.warn({ disk: row.disk, code: keyError.code }, 'attached disk restored without its key: I/O is refused until the KMS allows the unwrap');
+      keyError = keyLoadError(err);
+      this.ctx.logger.warn({ disk: row.disk, code: keyError.code, cause: keyError.reason }, 'attached disk restored without its key: I/O is refused until the KMS allows the unwrap');
     }
     try {
       this.ctx.nbd.addExport(row.exportName, {
@@ -272,6 +274,11 @@ export class AttachmentsService {
       throw err;
     }
     this.ctx.open.set({ disk: row.disk, volume, exportName: row.exportName, keyError });
+    // Not loaded: kmsdisk_disk_key_usable says 0, as for a key wiped while the agent ran. The key
+    // guard only has series for the disks it holds, so a disk restored without its key had none,
+    // and an alert on `kmsdisk_disk_key_usable == 0` missed it. (Its retry, through guard.open,
+    // sets the same series to 1.)
+    if (keyError) this.ctx.metrics.diskKeyState.set({ disk: row.disk, key_id: volume.header.kms.keyId }, 0);
     await this.disks.refreshHeader(diskRow);
   }
 
@@ -281,8 +288,13 @@ export class AttachmentsService {
     if (!entry) return;
     if (this.ctx.nbd.hasExport(entry.exportName)) await this.ctx.nbd.removeExport(entry.exportName, { drain: true });
     this.ctx.guard.close(entry.volume);
+    // guard.close drops the series of a disk it held; one restored without its key is ours.
+    if (entry.keyError) this.ctx.metrics.diskKeyState.remove({ disk, key_id: entry.volume.header.kms.keyId });
     await entry.volume.close();
     this.ctx.open.delete(disk);
+    // The export is gone: so are its series on /metrics (the NBD hook counts a connection when it
+    // picks its export, so one closing after the drain does not bring them back).
+    removeExportSeries(this.ctx.metrics, entry.exportName);
   }
 
   /** Agent stop: close every export and volume; the catalog keeps the attachments for the next start. */

@@ -243,7 +243,7 @@ export class DisksService {
     if (h && 'error' in h) return { state: 'error', reason: h.error.code, message: h.error.message };
     const open = this.ctx.open.get(name);
     if (!open) return { state: 'available', reason: null };
-    if (open.keyError) return { state: 'key-revoked', reason: open.keyError.code };
+    if (open.keyError) return { state: 'key-revoked', reason: open.keyError.reason };
     const ks = this.ctx.guard.diskState(open.volume);
     if (!ks) return { state: 'key-revoked', reason: 'KeyNotLoaded' };
     if (ks.state === 'revoked' || ks.state === 'pending') return { state: 'key-revoked', reason: ks.cause ?? ks.state };

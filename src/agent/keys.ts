@@ -269,7 +269,17 @@ export class KeysService {
       throw serviceKeyGuard(err, keyId);
     });
     this.ctx.bumpVersion();
-    return { keyId, state: 'Disabled', ...(r.revocationAcks ? { revocationAcks: r.revocationAcks } : {}) };
+    return { ...(await this.stateOf(keyId)), ...(r.revocationAcks ? { revocationAcks: r.revocationAcks } : {}) };
+  }
+
+  /**
+   * The key id and state of a CMK as `key list` shows them, after a disable or enable. Those used
+   * to echo the argument and a fixed state, so `key disable alias/x --json` answered
+   * {"keyId":"alias/x"}: a script could not match it against `key list --json` by KeyId.
+   */
+  private async stateOf(keyId: string): Promise<{ keyId: string; state: string }> {
+    const meta = await this.resolve(keyId);
+    return { keyId: meta.keyId, state: meta.keyState };
   }
 
   /** --resume manual: re-unwrap and serve the disks of a CMK whose access came back. */
@@ -296,7 +306,7 @@ export class KeysService {
   async enable(keyId: string): Promise<{ keyId: string; state: string }> {
     await this.admin().enableKey(keyId);
     this.ctx.bumpVersion();
-    return { keyId, state: 'Enabled' };
+    return this.stateOf(keyId);
   }
 }
 

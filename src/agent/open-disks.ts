@@ -3,13 +3,31 @@
 // act on the live volume instead of the file underneath it.
 
 import type { Volume } from '../volume/index.js';
+import { errorCodeOf } from '../errors.js';
+import { denyCauseOf } from '../keys/index.js';
 
 export interface OpenDisk {
   disk: string;
   volume: Volume;
   exportName: string;
   /** Set when the key could not be unwrapped at attach/restore time (the export refuses I/O). */
-  keyError: { code: string; message: string } | null;
+  keyError: KeyLoadError | null;
+}
+
+/**
+ * Why a disk's key could not be loaded: the error's code and message, and `reason`, what disk
+ * list/show report: the KMS deny cause (`Rejected.Disabled`, ...) as the key guard reports a
+ * key wiped at run time, or the code when the failure is no KMS refusal.
+ */
+export interface KeyLoadError {
+  code: string;
+  message: string;
+  reason: string;
+}
+
+export function keyLoadError(err: unknown): KeyLoadError {
+  const code = errorCodeOf(err) ?? 'KMSDISK_ERR_INTERNAL';
+  return { code, message: (err as Error).message, reason: denyCauseOf(err) ?? code };
 }
 
 export class OpenDisks {

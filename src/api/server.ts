@@ -13,7 +13,8 @@ import type { Logger } from '../util/logger.js';
 import { createTokenCheck, installAuth } from './auth.js';
 import { createDiskListCache } from './disk-list.js';
 import { createFastPath } from './fast-path.js';
-import { API_BODY_LIMIT, formatSchemaErrors, installErrorHandling } from './errors.js';
+import { API_BODY_LIMIT, formatSchemaErrors, installErrorHandling, toErrorBody } from './errors.js';
+import { KmsdiskError } from '../errors.js';
 import { sharedSchemas } from './schemas.js';
 import { registerSystemRoutes } from './routes/system.js';
 import { registerKeyRoutes } from './routes/keys.js';
@@ -61,6 +62,11 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
     // disk list): error logs carry the requestId explicitly instead.
     childLoggerFactory: (logger) => logger,
     genReqId: () => randomUUID(),
+    // While closing, Fastify's own answer was its default body ({"error":"Service Unavailable",
+    // ...}) instead of the API's error shape: a request that reached the server after the stop
+    // began (a slow client still sending its headers, a request on a keep-alive connection)
+    // could not be told from any other 503 by its code. The onRequest hook below answers it.
+    return503OnClosing: false,
     bodyLimit: API_BODY_LIMIT,
     // Validation messages that name what is allowed (enum values, the unknown property).
     schemaErrorFormatter: formatSchemaErrors,
@@ -94,7 +100,7 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
-  // Fastify answers 503 while closing; the fast path steps aside from then on.
+  // From here on the hooks below answer 503 with Connection: close; the fast path steps aside.
   app.addHook('preClose', (done) => {
     closing = true;
     done();
@@ -106,6 +112,14 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
   app.addHook('onSend', (_req, reply, payload, done) => {
     if (closing) reply.header('connection', 'close');
     done(null, payload);
+  });
+  // First hook of every request (before auth): once the agent stops, a request that still arrives
+  // is not run; it is answered KMSDISK_ERR_SHUTTING_DOWN (503) in the API's error shape, with
+  // Connection: close (onSend above) so the client does not wait on the connection.
+  app.addHook('onRequest', (req, reply, done) => {
+    if (!closing) return done();
+    const { status, body } = toErrorBody(new KmsdiskError('KMSDISK_ERR_SHUTTING_DOWN', `the kmsdisk agent is stopping: ${req.method} ${req.url.split('?', 1)[0]} was not carried out; retry once it is running again`), req.id);
+    void reply.status(status).send(body);
   });
   installErrorHandling(app);
   installAuth(app, { token: opts.token, protectMetrics: opts.protectMetrics });

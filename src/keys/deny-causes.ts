@@ -63,3 +63,24 @@ export function classifyKmsFailure(err: unknown): FailureClass {
 export function isDenyCause(value: unknown): value is DenyCause {
   return typeof value === 'string' && (DENY_CAUSES as readonly string[]).includes(value);
 }
+
+/**
+ * The cause a failed unwrap stands for, in the words the key guard uses for a CMK it revoked at
+ * run time (`Rejected.Disabled`, `KmsUnreachable`, ...), or undefined when it is no KMS refusal.
+ * A disk whose key could not be loaded at start must report the same reason as one whose key was
+ * wiped while the agent ran: the first showed the error code (KMSDISK_ERR_KEY_DISABLED), the
+ * second the KMS code, for the same situation. A KMS that does not answer is `KmsUnreachable`
+ * either way (at run time, the fail-closed lease's cause once the grace is spent).
+ */
+export function denyCauseOf(err: unknown): DenyCause | undefined {
+  const failure = classifyKmsFailure(err);
+  if (failure.kind === 'deny') return failure.cause;
+  const code = errorCodeOf(err);
+  if (code === 'KMSDISK_ERR_KEY_REVOKED') {
+    // An open that raced a revocation names the lease's cause.
+    const cause = (err as { details?: { cause?: unknown } }).details?.cause;
+    return isDenyCause(cause) ? cause : undefined;
+  }
+  if (code === 'KMSDISK_ERR_KMS_UNAVAILABLE' || code === 'KMSDISK_ERR_KMS_THROTTLED') return 'KmsUnreachable';
+  return undefined;
+}

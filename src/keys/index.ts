@@ -11,6 +11,6 @@ export {
   type RevokedEvent,
   type ResumeMode,
 } from './key-guard.js';
-export { classifyKmsFailure, DENY_CAUSES, isDenyCause, type DenyCause, type FailureClass } from './deny-causes.js';
+export { classifyKmsFailure, denyCauseOf, DENY_CAUSES, isDenyCause, type DenyCause, type FailureClass } from './deny-causes.js';
 export { LeaseTimer, type LeaseTimerOptions } from './lease.js';
 export { nowMs } from './clock.js';

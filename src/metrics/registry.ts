@@ -83,3 +83,14 @@ export async function removeDiskSeries(m: Metrics, disk: string): Promise<void> 
     }
   }
 }
+
+/**
+ * Drops the series of an NBD export that went away (detach): prom-client keeps a labelled series
+ * until it is removed, so kmsdisk_nbd_connections_total{export} of every export ever attached
+ * stayed on /metrics after its detach (and after its disk was deleted). The gauge
+ * kmsdisk_nbd_connections is rebuilt at each scrape; it is dropped here too for the scrape in between.
+ */
+export function removeExportSeries(m: Metrics, exportName: string): void {
+  m.nbdConnectionsTotal.remove({ export: exportName });
+  m.nbdConnections.remove({ export: exportName });
+}

@@ -53,9 +53,9 @@ interface Conn {
 }
 
 /**
- * Events: 'connect' (NbdConnectionInfo), 'disconnect' (NbdConnectionInfo),
- * 'refuse' ({ remote }: closed on accept, over maxConnections),
- * 'request' (NbdRequestEvent; emitted only when listened to).
+ * Events: 'connect' (NbdConnectionInfo), 'export' (NbdConnectionInfo: the client picked an export
+ * and transmission starts), 'disconnect' (NbdConnectionInfo), 'refuse' ({ remote }: closed on
+ * accept, over maxConnections), 'request' (NbdRequestEvent; emitted only when listened to).
  */
 export class NbdServer extends EventEmitter {
   readonly stats: NbdStats = newStats();
@@ -320,6 +320,7 @@ export class NbdServer extends EventEmitter {
         this,
       );
       conn.session = session;
+      this.emit('export', this.info(conn));
       log.info(
         { export: neg.entry.name, tls: neg.tls, structured: neg.structuredReplies, extended: neg.extendedHeaders, baseAllocation: neg.baseAllocation },
         'nbd transmission started',

@@ -5,6 +5,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, until, type Stack } from './helpers.js';
+import { NbdClient, parseNbdUri } from '../../src/drill/nbd-client.js';
 
 const run = promisify(execFile);
 const TOOLS_PATH = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
@@ -82,5 +83,33 @@ describe('/metrics', () => {
     const fresh = await scrapeWhen('the new disk\'s read on /metrics', (t) => sample(t, 'kmsdisk_disk_requests_total', 'disk="m1",op="read"') === 1);
     expect(sample(fresh, 'kmsdisk_disk_bytes_total', 'disk="m1",op="read"')).toBe(4096);
     expect(sample(fresh, 'kmsdisk_disk_bytes_total', 'disk="m1",op="write"')).toBeUndefined();
+  });
+
+  it('drops an export\'s series at detach (and with them everything of a deleted disk)', async () => {
+    expect((await s.api('POST', '/v1/disks', { name: 'm2', size: '16M' })).status).toBe(201);
+    const att = await s.api('POST', '/v1/attachments', { disk: 'm2', export: 'm2-export' });
+    expect(att.status).toBe(201);
+    uri = att.body.uri;
+    // A client is counted once it picked its export, not only when it leaves (a VM's disk stays
+    // connected for days).
+    const held = await NbdClient.connect(parseNbdUri(uri).target, { exportName: 'm2-export' });
+    try {
+      const t = await scrape();
+      expect(sample(t, 'kmsdisk_nbd_connections', 'export="m2-export"')).toBe(1);
+      expect(sample(t, 'kmsdisk_nbd_connections_total', 'export="m2-export"')).toBe(1);
+    } finally {
+      await held.disconnect();
+    }
+    expect(await qemuIo('write -P 7 0 64k', 'read -P 7 0 64k')).not.toMatch(/failed|error/i);
+    expect(sample(await scrape(), 'kmsdisk_nbd_connections_total', 'export="m2-export"')).toBe(2);
+
+    expect((await s.api('DELETE', '/v1/attachments/m2')).status).toBe(200);
+    const detached = await scrape();
+    expect(detached).not.toMatch(/export="m2-export"/);
+    // The disk still exists: its own I/O series stay until it is deleted.
+    expect(sample(detached, 'kmsdisk_disk_bytes_total', 'disk="m2",op="write"')).toBe(65536);
+
+    expect((await s.api('DELETE', '/v1/disks/m2')).status).toBe(200);
+    expect(await scrape()).not.toMatch(/m2/);
   });
 });

@@ -112,11 +112,16 @@ describe('agent restart', () => {
     await s.restartAgent();
     const d = (await s.api('GET', '/v1/disks/tenant')).body;
     expect(d).toMatchObject({ state: 'key-revoked', attachment: { export: 'tenant' } });
-    expect(d.stateReason).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
+    expect(d.stateReason).toBe('Forbidden.NoPermission');
+    // /metrics says the key is not usable, as it does for a key wiped while the agent runs.
+    const usable = async (): Promise<string | undefined> =>
+      ((await s.api('GET', '/metrics')).body as string).split('\n').find((l) => l.startsWith(`kmsdisk_disk_key_usable{disk="tenant",key_id="${cmk}"} `));
+    expect(await usable()).toMatch(/ 0$/);
     // Other disks came back normally.
     expect((await s.api('GET', '/v1/disks/keep')).body.state).toBe('in-use');
     expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
     await until(async () => (await s.api('GET', '/v1/disks/tenant')).body.state === 'in-use', 'the retry to load the key', 30_000, 200);
+    expect(await usable()).toMatch(/ 1$/);
   });
 
   it('serves such a disk again on the KMS event when its CMK is enabled, not at the next poll', async () => {

@@ -4,10 +4,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BIN, ROOT, freePort, waitFor } from './helpers.js';
+import { BIN, ROOT, freePort, listening, waitFor } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kmsdisk-demo-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -21,17 +20,6 @@ async function startDemo(env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess;
   await waitFor('the demo banner', () => out.includes('kmsdisk demo is running') || child.exitCode !== null, 120_000);
   if (child.exitCode !== null) throw new Error(`npm start exited ${child.exitCode}:\n${out}`);
   return { child, out: () => out };
-}
-
-function listening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 // (npm itself ends by the SIGINT, whatever its script did: a crash of the script shows as the

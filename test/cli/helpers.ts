@@ -2,7 +2,7 @@
 
 import { expect } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,18 @@ export async function freePort(): Promise<number> {
       const port = (s.address() as { port: number }).port;
       s.close(() => resolve(port));
     });
+  });
+}
+
+/** True when something accepts TCP connections on 127.0.0.1:port. */
+export function listening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
   });
 }
 
@@ -183,7 +195,9 @@ export async function startDaemonStack(prefix: string, opts: DaemonStackOptions 
     },
     async close() {
       if (stack.agent) await stop(stack.agent);
-      await stop(kms);
+      // The emulator running now: a test that restarted it replaced stack.kms (stopping the first
+      // one only left the replacement running after the test).
+      await stop(stack.kms);
       opts.cleanup?.(join(dir, 'state'));
       rmSync(dir, { recursive: true, force: true });
     },

@@ -69,6 +69,17 @@ describe('kmsdisk key / attach against real daemons', () => {
     }
   });
 
+  it('key disable / enable --json by alias or ARN report the resolved KeyId and the resulting state, as key list does', () => {
+    const k = ok(['key', 'create', '--alias', 'alias/onoff']).keyId as string;
+    const listed = () => ok(['key', 'list']).keys.find((x: { keyId: string }) => x.keyId === k);
+    const disabled = ok(['key', 'disable', 'alias/onoff']);
+    expect(disabled).toMatchObject({ keyId: k, state: 'Disabled' });
+    expect(listed()).toMatchObject({ keyId: disabled.keyId, state: disabled.state });
+    const enabled = ok(['key', 'enable', `acs:kms:cn-hangzhou:1:key/${k}`]);
+    expect(enabled).toEqual({ keyId: k, state: 'Enabled' });
+    expect(listed()).toMatchObject({ keyId: enabled.keyId, state: enabled.state });
+  });
+
   it('attach refused by the KMS gives the ECS codes and hint of disk create', async () => {
     const k = (await api('POST', '/v1/keys', { alias: 'alias/att' })).keyId as string;
     await api('POST', `/v1/keys/${k}/authorize`);
