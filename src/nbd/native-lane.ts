@@ -213,7 +213,10 @@ export class NbdLane {
     const r = s.records;
     if (r.length > 0 && this.events.listenerCount('request') > 0) {
       // The lane's clock (CLOCK_MONOTONIC) to epoch ms: nowMs() (performance.now()) runs on the same clock.
-      const toEpoch = nowMs() - monotonicMs();
+      // The lane's clock is read first: a pause between the two reads then stamps releases later,
+      // never earlier (an early stamp could hide a release after a wipe from the revocation audit).
+      const lane = monotonicMs();
+      const toEpoch = nowMs() - lane;
       for (let i = 0; i < r.length; i += 6) {
         const ev: NbdRequestEvent = {
           export: this.exportName,
