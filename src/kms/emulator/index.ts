@@ -11,6 +11,7 @@ import pino, { type Logger } from 'pino';
 import { join as joinPath } from 'node:path';
 import { acquirePidLock } from '../../util/pid-lock.js';
 import { KeyStore } from './keystore.js';
+import type { PersistedState } from './model.js';
 import { loadOrCreateCredentials, loadPrincipals, PrincipalDirectory, type KmsCredentialsFile } from './principals.js';
 import { RootKey } from './root-key.js';
 import { createServer } from './server.js';
@@ -71,7 +72,7 @@ async function startLocked(opts: KmsEmulatorOptions, logger: Logger, now: () => 
 
   const credentials = loadOrCreateCredentials(dir);
   const principals = new PrincipalDirectory(loadPrincipals(dir, credentials));
-  const writer = new StateWriter(file, () => store.snapshot());
+  const writer = new StateWriter(file, () => store.snapshot(), (durable) => store.restore(durable as PersistedState));
 
   const server = createServer({
     store,
