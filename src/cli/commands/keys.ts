@@ -49,8 +49,8 @@ export function registerKeys(program: Command): void {
     });
 
   clientOptions(key.command('import <keyId>'))
-    .description('BYOK: import 32 bytes of key material from a file into an EXTERNAL CMK (done by this CLI process directly with the KMS, so CMK material never enters the agent)')
-    .requiredOption('--material <file>', 'file holding the 32 raw bytes of key material')
+    .description('BYOK: import key material from a file into an EXTERNAL CMK: 32 bytes for Aliyun_AES_256, 16 for Aliyun_SM4 (done by this CLI process directly with the KMS, so CMK material never enters the agent)')
+    .requiredOption('--material <file>', 'file holding the raw key material (32 bytes; 16 for an Aliyun_SM4 CMK)')
     .option('--kms <host:port>', 'KMS endpoint (default 127.0.0.1:9801, env KMSDISK_KMS)')
     .option('--wrapping-algorithm <alg>', 'RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1 or RSAES_PKCS1_V1_5', 'RSAES_OAEP_SHA_256')
     .action(async (keyId: string, opts: ClientOpts) => {
