@@ -50,7 +50,9 @@ type RawResponse = Record<string, unknown>;
  * makes a second object (an orphan CMK, a grant that survives the revocation of the first); a
  * second CreateAlias, DeleteAlias, ScheduleKeyDeletion, CancelKeyDeletion, RevokeGrant or
  * RetireGrant refuses (AliasAlreadyExists, StateModifiedFailed, GrantNotFound) a change that was
- * made. They are retried only after failures that prove the KMS did not act; the rest (reads,
+ * made. They are retried only after failures that prove the KMS did not act; after the others
+(lost reply, read timeout, 500) the KMS is asked whether the change was made (`recover`), and
+only where it cannot tell does the call fail saying so. The rest (reads,
  * data keys, Enable/Disable, tags, imports of the same material, AccessKey switches) converge on
  * the same state when repeated and are retried as before.
  */
@@ -62,6 +64,9 @@ const NOT_IDEMPOTENT = new Set(['CreateKey', 'CreateGrant', 'CreateKeyVersion', 
  * naming several candidates (nothing is returned or retried).
  */
 type Recover<T> = () => Promise<T | undefined | string>;
+
+/** For changes with nothing to return: the KMS shows the change made (an empty answer) or not. */
+const madeIf = (made: boolean): RawResponse | undefined => (made ? {} : undefined);
 
 /** The generated SDK methods pass body=null (no form body); the typings do not admit null. */
 const NO_BODY = null as unknown as Record<string, unknown>;
@@ -214,8 +219,8 @@ export class AlibabaKeyService implements KeyService {
     }
   }
 
-  private raw(action: string, query: Record<string, string | number>): Promise<RawResponse> {
-    return this.call(action, () => this.doRaw(action, query));
+  private raw(action: string, query: Record<string, string | number>, recover?: Recover<RawResponse>): Promise<RawResponse> {
+    return this.call(action, () => this.doRaw(action, query), recover);
   }
 
   private doRaw(action: string, query: Record<string, string | number>): Promise<RawResponse> {
@@ -343,17 +348,32 @@ export class AlibabaKeyService implements KeyService {
   }
 
   async scheduleKeyDeletion(keyId: string, pendingWindowInDays: number): Promise<MutationResult> {
-    return mutation(await this.raw('ScheduleKeyDeletion', { KeyId: keyId, PendingWindowInDays: pendingWindowInDays }));
+    // After a lost reply: done if the key is pending deletion now (retried otherwise).
+    const recover = async (): Promise<RawResponse | undefined> => madeIf((await this.describeKey(keyId)).keyState === 'PendingDeletion');
+    return mutation(await this.raw('ScheduleKeyDeletion', { KeyId: keyId, PendingWindowInDays: pendingWindowInDays }, recover));
   }
 
   async cancelKeyDeletion(keyId: string): Promise<MutationResult> {
-    return mutation(await this.raw('CancelKeyDeletion', { KeyId: keyId }));
+    const recover = async (): Promise<RawResponse | undefined> => madeIf((await this.describeKey(keyId)).keyState !== 'PendingDeletion');
+    return mutation(await this.raw('CancelKeyDeletion', { KeyId: keyId }, recover));
   }
 
   async createKeyVersion(keyId: string): Promise<KeyVersionInfo> {
-    const r = await this.call('CreateKeyVersion', () => this.client.createKeyVersion(new KMS.CreateKeyVersionRequest({ keyId })));
-    const v = (r.keyVersion ?? {}) as { keyId?: string; keyVersionId?: string; creationDate?: string };
-    return { keyId: s(v.keyId), keyVersionId: s(v.keyVersionId), creationDate: s(v.creationDate) };
+    // As for CreateKey: the versions that exist before tell the one a lost reply made.
+    const before = new Set((await this.listKeyVersions(keyId)).map((v) => v.keyVersionId));
+    const recover: Recover<KeyVersionInfo> = async () => {
+      const made = (await this.listKeyVersions(keyId)).filter((v) => !before.has(v.keyVersionId));
+      return made.length <= 1 ? made[0] : `key versions ${made.map((v) => v.keyVersionId).join(', ')} are new`;
+    };
+    return this.call(
+      'CreateKeyVersion',
+      async () => {
+        const r = await this.client.createKeyVersion(new KMS.CreateKeyVersionRequest({ keyId }));
+        const v = (r.keyVersion ?? {}) as { keyId?: string; keyVersionId?: string; creationDate?: string };
+        return { keyId: s(v.keyId), keyVersionId: s(v.keyVersionId), creationDate: s(v.creationDate) };
+      },
+      recover,
+    );
   }
 
   async listKeyVersions(keyId: string): Promise<KeyVersionInfo[]> {
@@ -369,7 +389,8 @@ export class AlibabaKeyService implements KeyService {
   // --- aliases and tags ---------------------------------------------------------------------------
 
   async createAlias(aliasName: string, keyId: string): Promise<void> {
-    await this.call('CreateAlias', () => this.client.createAlias(new KMS.CreateAliasRequest({ aliasName, keyId })));
+    const recover = async (): Promise<RawResponse | undefined> => madeIf((await this.listAliases(keyId)).some((a) => a.aliasName === aliasName));
+    await this.call('CreateAlias', () => this.client.createAlias(new KMS.CreateAliasRequest({ aliasName, keyId })).then(() => ({})), recover);
   }
 
   async updateAlias(aliasName: string, keyId: string): Promise<void> {
@@ -377,7 +398,8 @@ export class AlibabaKeyService implements KeyService {
   }
 
   async deleteAlias(aliasName: string): Promise<void> {
-    await this.call('DeleteAlias', () => this.client.deleteAlias(new KMS.DeleteAliasRequest({ aliasName })));
+    const recover = async (): Promise<RawResponse | undefined> => madeIf(!(await this.listAliases()).some((a) => a.aliasName === aliasName));
+    await this.call('DeleteAlias', () => this.client.deleteAlias(new KMS.DeleteAliasRequest({ aliasName })).then(() => ({})), recover);
   }
 
   async listAliases(keyId?: string): Promise<AliasInfo[]> {
@@ -442,12 +464,19 @@ export class AlibabaKeyService implements KeyService {
   }
 
   async revokeGrant(keyId: string, grantId: string): Promise<MutationResult> {
-    return mutation(await this.raw('RevokeGrant', { KeyId: keyId, GrantId: grantId }));
+    return mutation(await this.raw('RevokeGrant', { KeyId: keyId, GrantId: grantId }, this.grantGone(keyId, grantId)));
   }
 
   async retireGrant(target: RetireGrantTarget): Promise<MutationResult> {
-    const q: Record<string, string> = 'grantToken' in target ? { GrantToken: target.grantToken } : { KeyId: target.keyId, GrantId: target.grantId };
-    return mutation(await this.raw('RetireGrant', q));
+    // By token the grant cannot be looked up (ListGrants shows no tokens): a lost reply then
+    // ends in the "may have carried out" error.
+    if ('grantToken' in target) return mutation(await this.raw('RetireGrant', { GrantToken: target.grantToken }));
+    return mutation(await this.raw('RetireGrant', { KeyId: target.keyId, GrantId: target.grantId }, this.grantGone(target.keyId, target.grantId)));
+  }
+
+  /** After a lost reply to RevokeGrant / RetireGrant: done if the grant is gone now. */
+  private grantGone(keyId: string, grantId: string): Recover<RawResponse> {
+    return async () => madeIf(!(await this.listGrants(keyId)).some((g) => g.grantId === grantId));
   }
 
   async listGrants(keyId: string): Promise<GrantInfo[]> {

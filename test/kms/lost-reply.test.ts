@@ -94,16 +94,35 @@ describe('a lost reply to a non-idempotent call', () => {
     });
   });
 
-  it('CreateKeyVersion is not repeated: one new version, and a clear error saying the outcome is unknown', async () => {
+  it('CreateKeyVersion, RevokeGrant, ScheduleKeyDeletion, CreateAlias: done once, and answered as done', async () => {
     const keyId = (await direct().createKey({ description: 'versions' })).keyId;
+    const grant = await direct().createGrant({ keyId, granteePrincipal: 'agent', operations: ['ExportDataKey'] });
+    await withLostReply(async (svc) => {
+      const v = await svc.createKeyVersion(keyId);
+      expect((await direct().listKeyVersions(keyId)).map((x) => x.keyVersionId)).toContain(v.keyVersionId);
+      expect(await direct().listKeyVersions(keyId)).toHaveLength(2);
+    });
+    await withLostReply(async (svc) => {
+      await svc.createAlias('alias/lost-reply', keyId);
+      expect((await direct().listAliases(keyId)).map((a) => a.aliasName)).toEqual(['alias/lost-reply']);
+    });
+    await withLostReply((svc) => svc.revokeGrant(keyId, grant.grantId).then(() => undefined));
+    expect(await direct().listGrants(keyId)).toEqual([]);
+    await withLostReply((svc) => svc.scheduleKeyDeletion(keyId, 7).then(() => undefined));
+    expect((await direct().describeKey(keyId)).keyState).toBe('PendingDeletion');
+  });
+
+  it('RetireGrant by token cannot be checked: not repeated, and a clear error saying the outcome is unknown', async () => {
+    const keyId = (await direct().createKey({ description: 'retire' })).keyId;
+    const grant = await direct().createGrant({ keyId, granteePrincipal: 'agent', operations: ['ExportDataKey'] });
     await withLostReply(async (svc, requests) => {
-      const err = (await svc.createKeyVersion(keyId).catch((e: unknown) => e)) as KmsdiskError;
+      const err = (await svc.retireGrant({ grantToken: grant.grantToken }).catch((e: unknown) => e)) as KmsdiskError;
       expect(err).toBeInstanceOf(KmsdiskError);
       expect(err.code).toBe('KMSDISK_ERR_KMS_UNAVAILABLE');
-      expect(err.message).toMatch(/the KMS may have carried out CreateKeyVersion before the failure \(check the KMS before trying again\); not retried/);
-      expect(err.details).toMatchObject({ outcome: 'unknown', action: 'CreateKeyVersion' });
+      expect(err.message).toMatch(/the KMS may have carried out RetireGrant before the failure \(check the KMS before trying again\); not retried/);
+      expect(err.details).toMatchObject({ outcome: 'unknown', action: 'RetireGrant' });
       expect(requests()).toBe(1);
-      expect(await direct().listKeyVersions(keyId)).toHaveLength(2);
+      expect(await direct().listGrants(keyId)).toEqual([]);
     });
   });
 
