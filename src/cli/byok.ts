@@ -3,10 +3,10 @@
 // key, straight to the KMS. It never enters the agent process (which only ever sees DEKs).
 
 import { constants, createPublicKey, publicEncrypt } from 'node:crypto';
-import { formatHostPort, kmsAddress, statePaths } from '../config.js';
+import { formatHostPort, kmsAddress, kmsProtocol, statePaths } from '../config.js';
 import { KmsdiskError } from '../errors.js';
 import { createKeyService } from '../kms/alibaba.js';
-import { readKmsCredentials } from '../kms/credentials.js';
+import { kmsCredentialsFromEnv, readKmsCredentials } from '../kms/credentials.js';
 import type { WrappingAlgorithm } from '../kms/key-service.js';
 
 const PADDING: Record<WrappingAlgorithm, { padding: number; oaepHash?: string }> = {
@@ -27,6 +27,7 @@ function supportedSpecs(): string {
 export async function importKeyMaterialFromFile(opts: {
   stateDir?: string;
   kms?: string;
+  kmsProtocol?: string;
   keyId: string;
   material: Buffer;
   wrappingAlgorithm: string;
@@ -35,8 +36,11 @@ export async function importKeyMaterialFromFile(opts: {
     throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `--wrapping-algorithm must be one of ${Object.keys(PADDING).join(', ')}`);
   }
   const alg = opts.wrappingAlgorithm as WrappingAlgorithm;
-  const creds = readKmsCredentials(statePaths(opts.stateDir).kmsCredentials);
-  const kms = createKeyService({ endpoint: formatHostPort(kmsAddress(opts.kms)), protocol: 'http', credentials: creds.admin });
+  // The same KMS settings as `kmsdisk serve`: a real endpoint's AccessKey from the environment
+  // (it used to be ignored: always the emulator's file, always http), else the emulator's admin.
+  const protocol = kmsProtocol(opts.kmsProtocol);
+  const credentials = kmsCredentialsFromEnv() ?? readKmsCredentials(statePaths(opts.stateDir).kmsCredentials).admin;
+  const kms = createKeyService({ endpoint: formatHostPort(kmsAddress(opts.kms)), protocol, credentials });
   // The material's size depends on the CMK's KeySpec (an Aliyun_SM4 CMK takes 16 bytes, not 32),
   // and only an EXTERNAL CMK takes material at all: ask the KMS first, so each mistake gets a
   // sentence about this CMK rather than a KMS refusal of the second call.

@@ -4,7 +4,7 @@
 // and the KMS figures on the agent's /metrics.
 
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKeyService } from '../../src/kms/alibaba.js';
@@ -122,6 +122,18 @@ describe('kmsdisk key / attach against real daemons', () => {
     expect((await admin.describeKey(sm4)).keyState).toBe('Enabled');
     const notExternal = refused(['key', 'import', 'alias/acs/ecs', '--material', m32], 2, 'KMSDISK_ERR_INVALID_ARGUMENT', undefined);
     expect(notExternal.message).toMatch(/^CMK \S+ has Origin Aliyun_KMS: the KMS makes its key material, none can be imported; BYOK needs a CMK created with `kmsdisk key create --external`$/);
+  });
+
+  it('key import takes a real endpoint\'s AccessKey from KMSDISK_KMS_ACCESS_KEY_ID / _SECRET, as serve does (no emulator file needed)', async () => {
+    const admin = kmsAdmin();
+    const k = (await admin.createKey({ origin: 'EXTERNAL', description: 'byok env' })).keyId;
+    const material = join(stack.dir, 'env.bin');
+    writeFileSync(material, randomBytes(32), { mode: 0o600 });
+    const { accessKeyId, accessKeySecret } = readStateKmsCredentials(String(env.KMSDISK_STATE)).admin;
+    const elsewhere = mkdtempSync(join(stack.dir, 'no-emulator-'));
+    const real = { ...env, KMSDISK_STATE: elsewhere, KMSDISK_KMS_ACCESS_KEY_ID: accessKeyId, KMSDISK_KMS_ACCESS_KEY_SECRET: accessKeySecret };
+    cliRefused(['key', 'import', k, '--material', material], { ...real, KMSDISK_KMS_PROTOCOL: 'gopher' }, 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(cliOk(['key', 'import', k, '--material', material, '--kms-protocol', 'http'], real)).toMatchObject({ keyId: k, state: 'Enabled' });
   });
 
   it('a second SIGTERM while `serve` stops during a drill does not end it before the drill gives the CMK back', async () => {
