@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AlibabaKeyService } from '../../src/kms/alibaba.js';
 import type { KmsCredentials } from '../../src/kms/key-service.js';
-import { daemon, freePort, stop, waitFor } from '../cli/helpers.js';
+import { cliRefused, daemon, freePort, stop, waitFor } from '../cli/helpers.js';
 import { codeOf } from './helpers.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -98,5 +98,21 @@ describe.skipIf(!isRoot)('a state write that fails', () => {
     await now();
     await admin().disableKey(key);
     expect((await admin().describeKey(key)).keyState).toBe('Disabled');
+  });
+
+  it('`kmsdisk kms` on a read-only folder exits 4 with KMSDISK_ERR_READ_ONLY naming it (not INTERNAL, nor "no such file")', async () => {
+    await stop(kms!);
+    kms = undefined;
+    remount('ro');
+    try {
+      // An existing state folder (its lock file cannot be written), and one still to be made.
+      for (const state of [join(mnt, 'state'), join(mnt, 'never-made', 'state')]) {
+        const { error } = cliRefused(['kms', '--listen', `127.0.0.1:${port}`], { KMSDISK_STATE: state }, 4, 'KMSDISK_ERR_READ_ONLY');
+        expect(error.message).toMatch(/read-only file system/);
+        expect(error.message.startsWith(`${mnt}/`), error.message).toBe(true);
+      }
+    } finally {
+      remount('rw');
+    }
   });
 });
