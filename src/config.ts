@@ -37,6 +37,13 @@ export function setting(flag: string | undefined, envName: string, fallback: str
   return env !== undefined && env !== '' ? env : fallback;
 }
 
+/** --kms-protocol / KMSDISK_KMS_PROTOCOL (default http: the local emulator). */
+export function kmsProtocol(flag: string | undefined): 'http' | 'https' {
+  const v = setting(flag, 'KMSDISK_KMS_PROTOCOL', 'http');
+  if (v !== 'http' && v !== 'https') throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', '--kms-protocol must be one of http, https');
+  return v;
+}
+
 export interface StatePaths {
   root: string;
   kmsDir: string;

@@ -87,6 +87,9 @@ const SYSTEM_ERRORS: Record<string, { code: ErrorCode; what: string }> = {
   EPERM: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', what: 'operation not permitted' },
   EEXIST: { code: 'KMSDISK_ERR_ALREADY_EXISTS', what: 'already exists' },
   ENOSPC: { code: 'KMSDISK_ERR_NO_SPACE', what: 'no space left on the device' },
+  EDQUOT: { code: 'KMSDISK_ERR_NO_SPACE', what: 'disk quota exceeded' },
+  // A state folder on a read-only mount used to come out as KMSDISK_ERR_INTERNAL (exit 1).
+  EROFS: { code: 'KMSDISK_ERR_READ_ONLY', what: 'read-only file system' },
   EFBIG: { code: 'KMSDISK_ERR_INVALID_ARGUMENT', what: 'file too large for the file system' },
 };
 

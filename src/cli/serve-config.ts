@@ -5,12 +5,11 @@
 
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { apiAddress, kmsAddress, nbdAddress, formatHostPort, setting, statePaths } from '../config.js';
+import { apiAddress, kmsAddress, kmsProtocol, nbdAddress, formatHostPort, setting, statePaths } from '../config.js';
 import { KmsdiskError } from '../errors.js';
 import { createLogger } from '../util/logger.js';
 import { createMetrics } from '../metrics/registry.js';
-import { readKmsCredentials } from '../kms/credentials.js';
-import type { KmsCredentials } from '../kms/key-service.js';
+import { kmsCredentialsFromEnv, readKmsCredentials } from '../kms/credentials.js';
 import { defaultMaxConnections, type TlsCertConfig } from '../nbd/index.js';
 import { loadX509 } from '../agent/x509.js';
 
@@ -79,13 +78,7 @@ function oneOf<T extends string>(value: string, allowed: readonly T[], what: str
 export function loadAgentConfig(flags: ServeFlags) {
   const paths = statePaths(flags.state);
   const kms = kmsAddress(flags.kms);
-  const envCreds: KmsCredentials | undefined = process.env.KMSDISK_KMS_ACCESS_KEY_ID
-    ? {
-        accessKeyId: process.env.KMSDISK_KMS_ACCESS_KEY_ID,
-        accessKeySecret: process.env.KMSDISK_KMS_ACCESS_KEY_SECRET ?? '',
-        ...(process.env.KMSDISK_KMS_SECURITY_TOKEN ? { securityToken: process.env.KMSDISK_KMS_SECURITY_TOKEN } : {}),
-      }
-    : undefined;
+  const envCreds = kmsCredentialsFromEnv();
   const fileCreds = existsSync(paths.kmsCredentials) ? readKmsCredentials(paths.kmsCredentials) : undefined;
   const agentCreds = envCreds ?? fileCreds?.agent;
   if (!agentCreds) {
@@ -106,7 +99,7 @@ export function loadAgentConfig(flags: ServeFlags) {
     ...(tls ? { tls } : {}),
     kms: {
       endpoint: formatHostPort(kms),
-      protocol: oneOf(setting(flags.kmsProtocol, 'KMSDISK_KMS_PROTOCOL', 'http'), ['http', 'https'] as const, '--kms-protocol'),
+      protocol: kmsProtocol(flags.kmsProtocol),
       regionId: setting(flags.kmsRegion, 'KMSDISK_KMS_REGION', 'cn-hangzhou'),
       agent: agentCreds,
       admin: envCreds ? undefined : fileCreds?.admin,

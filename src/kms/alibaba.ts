@@ -14,7 +14,7 @@ import { constants, generateKeyPair, privateDecrypt, type KeyObject } from 'node
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { KmsdiskError } from '../errors.js';
-import { describeKmsFailure, toKmsdiskError } from './error-map.js';
+import { describeKmsFailure, outcomeUnknownError, toKmsdiskError } from './error-map.js';
 import type {
   AliasInfo,
   CreateGrantOptions,
@@ -44,6 +44,29 @@ const generateKeyPairAsync = promisify(generateKeyPair);
 export const XTS_DEK_BYTES = 64;
 
 type RawResponse = Record<string, unknown>;
+
+/**
+ * Actions whose repetition is not harmless: a second CreateKey / CreateGrant / CreateKeyVersion
+ * makes a second object (an orphan CMK, a grant that survives the revocation of the first); a
+ * second CreateAlias, DeleteAlias, ScheduleKeyDeletion, CancelKeyDeletion, RevokeGrant or
+ * RetireGrant refuses (AliasAlreadyExists, StateModifiedFailed, GrantNotFound) a change that was
+ * made. They are retried only after failures that prove the KMS did not act; after the others
+(lost reply, read timeout, 500) the KMS is asked whether the change was made (`recover`), and
+only where it cannot tell does the call fail saying so. The rest (reads,
+ * data keys, Enable/Disable, tags, imports of the same material, AccessKey switches) converge on
+ * the same state when repeated and are retried as before.
+ */
+const NOT_IDEMPOTENT = new Set(['CreateKey', 'CreateGrant', 'CreateKeyVersion', 'CreateAlias', 'DeleteAlias', 'ScheduleKeyDeletion', 'CancelKeyDeletion', 'RevokeGrant', 'RetireGrant']);
+
+/**
+ * After a non-idempotent call failed with its outcome unknown: what the first attempt created
+ * (found by listing), `undefined` if it created nothing (the call is then retried), or a string
+ * naming several candidates (nothing is returned or retried).
+ */
+type Recover<T> = () => Promise<T | undefined | string>;
+
+/** For changes with nothing to return: the KMS shows the change made (an empty answer) or not. */
+const madeIf = (made: boolean): RawResponse | undefined => (made ? {} : undefined);
 
 /** The generated SDK methods pass body=null (no form body); the typings do not admit null. */
 const NO_BODY = null as unknown as Record<string, unknown>;
@@ -156,7 +179,7 @@ export class AlibabaKeyService implements KeyService {
    * request of the client goes through here, so this is also where each attempt is reported to
    * the onCall observer (metrics).
    */
-  private async call<T>(action: string, fn: () => Promise<T>): Promise<T> {
+  private async call<T>(action: string, fn: () => Promise<T>, recover?: Recover<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       const started = performance.now();
       try {
@@ -166,7 +189,20 @@ export class AlibabaKeyService implements KeyService {
       } catch (err) {
         const info = describeKmsFailure(err);
         this.observe(action, started, info.kmsCode ?? 'unknown');
-        if (!info.retryable || attempt >= this.retries) throw toKmsdiskError(err, action, this.endpointUrl);
+        if (!info.retryable) throw toKmsdiskError(err, action, this.endpointUrl);
+        if (info.maybeApplied && NOT_IDEMPOTENT.has(action)) {
+          // The request may have reached the KMS and only the reply was lost: look for what it
+          // made rather than make it twice.
+          let found: T | undefined | string;
+          try {
+            found = recover ? await recover() : 'check the KMS before trying again';
+          } catch {
+            found = 'the KMS could not be asked what it made; check it before trying again';
+          }
+          if (typeof found === 'string') throw outcomeUnknownError(err, action, this.endpointUrl, found);
+          if (found !== undefined) return found;
+        }
+        if (attempt >= this.retries) throw toKmsdiskError(err, action, this.endpointUrl);
         // Exponential backoff with full jitter, capped at 2 s.
         const cap = Math.min(2000, this.retryBaseMs * 2 ** attempt);
         await sleep(Math.random() * cap);
@@ -183,8 +219,12 @@ export class AlibabaKeyService implements KeyService {
     }
   }
 
-  private raw(action: string, query: Record<string, string | number>): Promise<RawResponse> {
-    return this.call(action, () => this.client.doRequest(action, 'HTTPS', 'POST', '2016-01-20', 'AK', query, NO_BODY, new RuntimeOptions({})) as Promise<RawResponse>);
+  private raw(action: string, query: Record<string, string | number>, recover?: Recover<RawResponse>): Promise<RawResponse> {
+    return this.call(action, () => this.doRaw(action, query), recover);
+  }
+
+  private doRaw(action: string, query: Record<string, string | number>): Promise<RawResponse> {
+    return this.client.doRequest(action, 'HTTPS', 'POST', '2016-01-20', 'AK', query, NO_BODY, new RuntimeOptions({})) as Promise<RawResponse>;
   }
 
   private wrappingKey(): Promise<WrappingKey> {
@@ -271,18 +311,32 @@ export class AlibabaKeyService implements KeyService {
   }
 
   async createKey(opts: CreateKeyOptions = {}): Promise<KeyMetadata> {
-    const r = await this.call('CreateKey', () =>
-      this.client.createKey(
-        new KMS.CreateKeyRequest({
-          description: opts.description ?? '',
-          origin: opts.origin ?? 'Aliyun_KMS',
-          keySpec: opts.keySpec ?? 'Aliyun_AES_256',
-          keyUsage: 'ENCRYPT/DECRYPT',
-          protectionLevel: opts.protectionLevel ?? 'SOFTWARE',
-        }),
-      ),
+    const wanted = {
+      description: opts.description ?? '',
+      origin: opts.origin ?? 'Aliyun_KMS',
+      keySpec: opts.keySpec ?? 'Aliyun_AES_256',
+      protectionLevel: opts.protectionLevel ?? 'SOFTWARE',
+    };
+    // The KMS has no client token for CreateKey: the keys that exist before are what tells a
+    // key made by a request whose reply was lost (see call()).
+    const before = new Set((await this.listKeys()).map((k) => k.keyId));
+    const recover: Recover<KeyMetadata> = async () => {
+      const fresh = (await this.listKeys()).filter((k) => !before.has(k.keyId));
+      const made: KeyMetadata[] = [];
+      for (const k of fresh) {
+        const m = await this.describeKey(k.keyId);
+        if (m.description === wanted.description && m.origin === wanted.origin && m.keySpec === wanted.keySpec && m.protectionLevel === wanted.protectionLevel) made.push(m);
+      }
+      return made.length <= 1 ? made[0] : `CMKs ${made.map((m) => m.keyId).join(', ')} match it`;
+    };
+    return this.call(
+      'CreateKey',
+      async () => {
+        const res = await this.client.createKey(new KMS.CreateKeyRequest({ ...wanted, keyUsage: 'ENCRYPT/DECRYPT' }));
+        return metadataFrom(res.keyMetadata as unknown as Record<string, unknown>);
+      },
+      recover,
     );
-    return metadataFrom(r.keyMetadata as unknown as Record<string, unknown>);
   }
 
   async enableKey(keyId: string): Promise<MutationResult> {
@@ -294,17 +348,32 @@ export class AlibabaKeyService implements KeyService {
   }
 
   async scheduleKeyDeletion(keyId: string, pendingWindowInDays: number): Promise<MutationResult> {
-    return mutation(await this.raw('ScheduleKeyDeletion', { KeyId: keyId, PendingWindowInDays: pendingWindowInDays }));
+    // After a lost reply: done if the key is pending deletion now (retried otherwise).
+    const recover = async (): Promise<RawResponse | undefined> => madeIf((await this.describeKey(keyId)).keyState === 'PendingDeletion');
+    return mutation(await this.raw('ScheduleKeyDeletion', { KeyId: keyId, PendingWindowInDays: pendingWindowInDays }, recover));
   }
 
   async cancelKeyDeletion(keyId: string): Promise<MutationResult> {
-    return mutation(await this.raw('CancelKeyDeletion', { KeyId: keyId }));
+    const recover = async (): Promise<RawResponse | undefined> => madeIf((await this.describeKey(keyId)).keyState !== 'PendingDeletion');
+    return mutation(await this.raw('CancelKeyDeletion', { KeyId: keyId }, recover));
   }
 
   async createKeyVersion(keyId: string): Promise<KeyVersionInfo> {
-    const r = await this.call('CreateKeyVersion', () => this.client.createKeyVersion(new KMS.CreateKeyVersionRequest({ keyId })));
-    const v = (r.keyVersion ?? {}) as { keyId?: string; keyVersionId?: string; creationDate?: string };
-    return { keyId: s(v.keyId), keyVersionId: s(v.keyVersionId), creationDate: s(v.creationDate) };
+    // As for CreateKey: the versions that exist before tell the one a lost reply made.
+    const before = new Set((await this.listKeyVersions(keyId)).map((v) => v.keyVersionId));
+    const recover: Recover<KeyVersionInfo> = async () => {
+      const made = (await this.listKeyVersions(keyId)).filter((v) => !before.has(v.keyVersionId));
+      return made.length <= 1 ? made[0] : `key versions ${made.map((v) => v.keyVersionId).join(', ')} are new`;
+    };
+    return this.call(
+      'CreateKeyVersion',
+      async () => {
+        const r = await this.client.createKeyVersion(new KMS.CreateKeyVersionRequest({ keyId }));
+        const v = (r.keyVersion ?? {}) as { keyId?: string; keyVersionId?: string; creationDate?: string };
+        return { keyId: s(v.keyId), keyVersionId: s(v.keyVersionId), creationDate: s(v.creationDate) };
+      },
+      recover,
+    );
   }
 
   async listKeyVersions(keyId: string): Promise<KeyVersionInfo[]> {
@@ -320,7 +389,8 @@ export class AlibabaKeyService implements KeyService {
   // --- aliases and tags ---------------------------------------------------------------------------
 
   async createAlias(aliasName: string, keyId: string): Promise<void> {
-    await this.call('CreateAlias', () => this.client.createAlias(new KMS.CreateAliasRequest({ aliasName, keyId })));
+    const recover = async (): Promise<RawResponse | undefined> => madeIf((await this.listAliases(keyId)).some((a) => a.aliasName === aliasName));
+    await this.call('CreateAlias', () => this.client.createAlias(new KMS.CreateAliasRequest({ aliasName, keyId })).then(() => ({})), recover);
   }
 
   async updateAlias(aliasName: string, keyId: string): Promise<void> {
@@ -328,7 +398,8 @@ export class AlibabaKeyService implements KeyService {
   }
 
   async deleteAlias(aliasName: string): Promise<void> {
-    await this.call('DeleteAlias', () => this.client.deleteAlias(new KMS.DeleteAliasRequest({ aliasName })));
+    const recover = async (): Promise<RawResponse | undefined> => madeIf(!(await this.listAliases()).some((a) => a.aliasName === aliasName));
+    await this.call('DeleteAlias', () => this.client.deleteAlias(new KMS.DeleteAliasRequest({ aliasName })).then(() => ({})), recover);
   }
 
   async listAliases(keyId?: string): Promise<AliasInfo[]> {
@@ -362,22 +433,50 @@ export class AlibabaKeyService implements KeyService {
   // --- grants -------------------------------------------------------------------------------------
 
   async createGrant(o: CreateGrantOptions): Promise<{ grantId: string; grantToken: string }> {
-    const r = await this.raw('CreateGrant', {
+    // As for CreateKey: the grants that exist before tell the one a lost reply made.
+    const before = new Set((await this.listGrants(o.keyId)).map((g) => g.grantId));
+    const ops = [...new Set(o.operations)].sort().join();
+    const recover: Recover<{ grantId: string; grantToken: string }> = async () => {
+      const made = (await this.listGrants(o.keyId)).filter(
+        (g) =>
+          !before.has(g.grantId) &&
+          (g.granteePrincipal === o.granteePrincipal || g.granteeAccessKeyId === o.granteePrincipal) &&
+          [...new Set(g.operations)].sort().join() === ops &&
+          g.name === (o.name ?? ''),
+      );
+      // The GrantToken is returned once, by CreateGrant: a grant found this way has none.
+      return made.length <= 1 ? (made[0] ? { grantId: made[0].grantId, grantToken: '' } : undefined) : `grants ${made.map((g) => g.grantId).join(', ')} match it`;
+    };
+    const query = {
       KeyId: o.keyId,
       GranteePrincipal: o.granteePrincipal,
       Operations: JSON.stringify(o.operations),
       ...(o.name ? { Name: o.name } : {}),
-    });
-    return { grantId: s(r.GrantId), grantToken: s(r.GrantToken) };
+    };
+    return this.call(
+      'CreateGrant',
+      async () => {
+        const r = await this.doRaw('CreateGrant', query);
+        return { grantId: s(r.GrantId), grantToken: s(r.GrantToken) };
+      },
+      recover,
+    );
   }
 
   async revokeGrant(keyId: string, grantId: string): Promise<MutationResult> {
-    return mutation(await this.raw('RevokeGrant', { KeyId: keyId, GrantId: grantId }));
+    return mutation(await this.raw('RevokeGrant', { KeyId: keyId, GrantId: grantId }, this.grantGone(keyId, grantId)));
   }
 
   async retireGrant(target: RetireGrantTarget): Promise<MutationResult> {
-    const q: Record<string, string> = 'grantToken' in target ? { GrantToken: target.grantToken } : { KeyId: target.keyId, GrantId: target.grantId };
-    return mutation(await this.raw('RetireGrant', q));
+    // By token the grant cannot be looked up (ListGrants shows no tokens): a lost reply then
+    // ends in the "may have carried out" error.
+    if ('grantToken' in target) return mutation(await this.raw('RetireGrant', { GrantToken: target.grantToken }));
+    return mutation(await this.raw('RetireGrant', { KeyId: target.keyId, GrantId: target.grantId }, this.grantGone(target.keyId, target.grantId)));
+  }
+
+  /** After a lost reply to RevokeGrant / RetireGrant: done if the grant is gone now. */
+  private grantGone(keyId: string, grantId: string): Recover<RawResponse> {
+    return async () => madeIf(!(await this.listGrants(keyId)).some((g) => g.grantId === grantId));
   }
 
   async listGrants(keyId: string): Promise<GrantInfo[]> {

@@ -41,6 +41,20 @@ export function readKmsCredentials(file: string): EmulatorCredentials {
   return { admin: pair(o.admin, 'admin', file), agent: pair(o.agent, 'agent', file) };
 }
 
+/**
+ * Credentials for a real Alibaba Cloud endpoint: KMSDISK_KMS_ACCESS_KEY_ID /
+ * KMSDISK_KMS_ACCESS_KEY_SECRET (and KMSDISK_KMS_SECURITY_TOKEN for STS), never flags, so secrets
+ * stay out of `ps`. Undefined when unset; when set they win over the emulator's file.
+ */
+export function kmsCredentialsFromEnv(env: NodeJS.ProcessEnv = process.env): KmsCredentials | undefined {
+  if (!env.KMSDISK_KMS_ACCESS_KEY_ID) return undefined;
+  return {
+    accessKeyId: env.KMSDISK_KMS_ACCESS_KEY_ID,
+    accessKeySecret: env.KMSDISK_KMS_ACCESS_KEY_SECRET ?? '',
+    ...(env.KMSDISK_KMS_SECURITY_TOKEN ? { securityToken: env.KMSDISK_KMS_SECURITY_TOKEN } : {}),
+  };
+}
+
 /** Credentials from `<stateDir>/kms/credentials.json`. */
 export function readStateKmsCredentials(stateDir: string): EmulatorCredentials {
   return readKmsCredentials(defaultCredentialsPath(stateDir));

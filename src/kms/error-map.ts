@@ -15,6 +15,13 @@ export interface KmsFailureInfo {
   requestId: string | undefined;
   /** True for failures worth retrying: throttling, 5xx, transport. */
   retryable: boolean;
+  /**
+   * False only when the failure proves the KMS did not act on the request: the connection was
+   * never made (refused, DNS, connect timeout) or the KMS answered that it refused it
+   * (throttling, 503, any 4xx). A lost or unreadable reply, a read timeout or a 500 leave it
+   * open whether the change was made.
+   */
+  maybeApplied: boolean;
   transport: boolean;
   message: string;
 }
@@ -25,6 +32,9 @@ const URL_RE = /\b(?:https?:\/\/|\/\?)\S*/gi;
 export function stripUrls(message: string): string {
   return message.replace(URL_RE, '<url>');
 }
+
+/** Socket errors raised before a connection exists: the request never left this host. */
+const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
 
 export function describeKmsFailure(err: unknown): KmsFailureInfo {
   const e = err as { code?: unknown; message?: unknown; data?: unknown; name?: unknown } | null;
@@ -40,13 +50,15 @@ export function describeKmsFailure(err: unknown): KmsFailureInfo {
       httpStatus: status,
       requestId: typeof data.RequestId === 'string' ? data.RequestId : undefined,
       retryable,
+      maybeApplied: code !== 'ServiceUnavailableTemporary' && status !== undefined && status >= 500 && status !== 503,
       transport: false,
       message: stripUrls(typeof data.Message === 'string' ? data.Message : rawMessage),
     };
   }
   // No JSON error body: a transport failure (refused, reset, timeout) or an unparsable reply.
   const code = typeof e?.code === 'string' ? e.code : typeof e?.name === 'string' ? e.name : undefined;
-  return { kmsCode: code, httpStatus: undefined, requestId: undefined, retryable: true, transport: true, message: stripUrls(rawMessage) };
+  const notConnected = (code !== undefined && NOT_CONNECTED.has(code)) || (code === 'RequestTimeoutError' && /ConnectTimeout/.test(rawMessage));
+  return { kmsCode: code, httpStatus: undefined, requestId: undefined, retryable: true, maybeApplied: !notConnected, transport: true, message: stripUrls(rawMessage) };
 }
 
 const BY_KMS_CODE: Record<string, ErrorCode> = {
@@ -121,5 +133,20 @@ export function toKmsdiskError(err: unknown, action: string, endpoint?: string):
       ...(info.httpStatus ? { httpStatus: info.httpStatus } : {}),
       ...(info.transport && info.kmsCode ? { transportCode: info.kmsCode } : {}),
     },
+  });
+}
+
+/**
+ * A non-idempotent call (CreateKey, RevokeGrant, ...) failed in a way that leaves open whether
+ * the KMS made the change (see KmsFailureInfo.maybeApplied). It is not repeated blindly; the
+ * error says so, so the user checks before trying again.
+ */
+export function outcomeUnknownError(err: unknown, action: string, endpoint?: string, found?: string): KmsdiskError {
+  const e = toKmsdiskError(err, action, endpoint);
+  const what = found ?? 'check the KMS before trying again';
+  return new KmsdiskError(e.code, `${e.message}; the KMS may have carried out ${action} before the failure (${what}); not retried, since repeating ${action} is not harmless`, {
+    ...(e.ecsCode ? { ecsCode: e.ecsCode } : {}),
+    ...(e.requestId ? { requestId: e.requestId } : {}),
+    details: { ...e.details, outcome: 'unknown' },
   });
 }

@@ -52,7 +52,7 @@ export interface KmsEventsOptions {
 export interface KmsEventsSubscription {
   close(): void;
   readonly connected: boolean;
-  /** Highest seq handled and acknowledged. */
+  /** Highest seq handled and acknowledged (lower ones may still arrive: see `handled`). */
   readonly lastSeq: number | undefined;
   /**
    * Skip the pending backoff and reconnect now (no-op while connected or connecting). For a
@@ -89,6 +89,18 @@ export function subscribeKmsEvents(
   let retryTimer: NodeJS.Timeout | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
   let queue: Promise<void> = Promise.resolve();
+  // Seqs handled lately. Duplicates are recognised by seq, not by "at or below the highest seen":
+  // the emulator announces a revocation at once and any other change only once it is durable, so
+  // a lower seq can legitimately arrive after a higher one (EnableKey of one CMK overtaken by a
+  // DisableKey of another), and dropping it delayed that change until the next lease renewal.
+  // A duplicate only comes from a replay overlapping events still queued from the previous
+  // connection, so the recent ones suffice.
+  const handled = new Set<number>();
+  const HANDLED_KEPT = 4096;
+  const remember = (seq: number): void => {
+    handled.add(seq);
+    if (handled.size > HANDLED_KEPT) handled.delete(handled.values().next().value!);
+  };
 
   const ack = (seq: number, sub: string): Promise<void> =>
     new Promise((resolve) => {
@@ -117,6 +129,10 @@ export function subscribeKmsEvents(
       // key guard. Continue from its last committed seq. (In the queue: a handler of the previous
       // connection still running would otherwise set lastSeq back to the old numbering.)
       queue = queue.then(() => {
+        if (lastSeq !== undefined && hello.seq < lastSeq) {
+          // Those seqs will name new events: forget having handled them.
+          for (const seq of handled) if (seq > hello.seq) handled.delete(seq);
+        }
         if (lastSeq === undefined || hello.seq < lastSeq) lastSeq = hello.seq;
       });
       failures = 0;
@@ -146,7 +162,7 @@ export function subscribeKmsEvents(
     }
     const thisSub = subscriptionId || sub;
     queue = queue.then(async () => {
-      if (lastSeq !== undefined && ev.seq <= lastSeq) return; // replay overlap
+      if (handled.has(ev.seq)) return; // replay overlap
       try {
         await onEvent(ev);
       } catch (err) {
@@ -154,7 +170,8 @@ export function subscribeKmsEvents(
         opts.logger?.error({ err, seq: ev.seq, type: ev.type }, 'kms events: handler failed');
         return;
       }
-      lastSeq = ev.seq;
+      remember(ev.seq);
+      if (lastSeq === undefined || ev.seq > lastSeq) lastSeq = ev.seq;
       // Not awaited: the next event (possibly a revocation) must not wait behind this ack's
       // round trip. Acks are cumulative (acking N covers everything up to N), so their order of
       // arrival does not matter.

@@ -207,6 +207,10 @@ export interface KeyService {
   listResourceTags(keyId: string): Promise<Record<string, string>>;
 
   // --- grants (emulator extension) ------------------------------------------------------------
+  /**
+   * grantToken is '' when the reply was lost and the grant the request made was found by
+   * ListGrants instead (the KMS returns a token only once).
+   */
   createGrant(opts: CreateGrantOptions): Promise<{ grantId: string; grantToken: string }>;
   revokeGrant(keyId: string, grantId: string): Promise<MutationResult>;
   retireGrant(target: RetireGrantTarget): Promise<MutationResult>;

@@ -3,7 +3,8 @@
 // revoke-authorization on the service key, of attach refused by the KMS, and of the KMS down;
 // and the KMS figures on the agent's /metrics.
 
-import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKeyService } from '../../src/kms/alibaba.js';
@@ -34,6 +35,11 @@ async function api(method: string, path: string, body?: unknown): Promise<Record
   const json = (await r.json()) as Record<string, any>;
   if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
   return json;
+}
+
+/** The KMS's admin, straight (set-up a CLI user would do with another tool). */
+function kmsAdmin() {
+  return createKeyService({ endpoint: String(env.KMSDISK_KMS), protocol: 'http', credentials: readStateKmsCredentials(String(env.KMSDISK_STATE)).admin, retries: 0 });
 }
 
 function refused(args: string[], exit: number, code: string, ecsCode?: string): CliRefusal['error'] {
@@ -103,7 +109,7 @@ describe('kmsdisk key / attach against real daemons', () => {
   it('a grant to the agent that does not cover its disks is no authorization: key list says no, key authorize grants, disk create works', async () => {
     const k = (await api('POST', '/v1/keys', { alias: 'alias/partial' })).keyId as string;
     // An application's Decrypt-only grant to the same principal, made straight at the KMS.
-    const admin = createKeyService({ endpoint: String(env.KMSDISK_KMS), protocol: 'http', credentials: readStateKmsCredentials(String(env.KMSDISK_STATE)).admin, retries: 0 });
+    const admin = kmsAdmin();
     const app = await admin.createGrant({ keyId: k, granteePrincipal: 'agent', operations: ['Decrypt', 'DescribeKey'], name: 'app-decrypt' });
     const listed = ok(['key', 'list']).keys.find((x: { keyId: string }) => x.keyId === k);
     expect(listed).toMatchObject({ authorized: false });
@@ -112,6 +118,33 @@ describe('kmsdisk key / attach against real daemons', () => {
     expect(auth.grantId).not.toBe(app.grantId);
     await api('POST', '/v1/disks', { name: 'dp', size: '4M', kmsKeyId: 'alias/partial' });
     expect(ok(['key', 'list']).keys.find((x: { keyId: string }) => x.keyId === k)).toMatchObject({ authorized: true, disks: ['dp'] });
+  });
+
+  it('key import sizes the material by the CMK\'s KeySpec (16 bytes for Aliyun_SM4) and refuses a non-EXTERNAL CMK in a sentence', async () => {
+    const admin = kmsAdmin();
+    const sm4 = (await admin.createKey({ origin: 'EXTERNAL', keySpec: 'Aliyun_SM4', description: 'byok sm4' })).keyId;
+    const m16 = join(stack.dir, 'sm4.bin');
+    const m32 = join(stack.dir, 'aes.bin');
+    writeFileSync(m16, randomBytes(16), { mode: 0o600 });
+    writeFileSync(m32, randomBytes(32), { mode: 0o600 });
+    const wrongSize = refused(['key', 'import', sm4, '--material', m32], 2, 'KMSDISK_ERR_BAD_KEY', undefined);
+    expect(wrongSize.message).toBe(`key material for CMK ${sm4} (Aliyun_SM4) must be exactly 16 bytes; the file has 32`);
+    expect(ok(['key', 'import', sm4, '--material', m16])).toMatchObject({ keyId: sm4, state: 'Enabled' });
+    expect((await admin.describeKey(sm4)).keyState).toBe('Enabled');
+    const notExternal = refused(['key', 'import', 'alias/acs/ecs', '--material', m32], 2, 'KMSDISK_ERR_INVALID_ARGUMENT', undefined);
+    expect(notExternal.message).toMatch(/^CMK \S+ has Origin Aliyun_KMS: the KMS makes its key material, none can be imported; BYOK needs a CMK created with `kmsdisk key create --external`$/);
+  });
+
+  it('key import takes a real endpoint\'s AccessKey from KMSDISK_KMS_ACCESS_KEY_ID / _SECRET, as serve does (no emulator file needed)', async () => {
+    const admin = kmsAdmin();
+    const k = (await admin.createKey({ origin: 'EXTERNAL', description: 'byok env' })).keyId;
+    const material = join(stack.dir, 'env.bin');
+    writeFileSync(material, randomBytes(32), { mode: 0o600 });
+    const { accessKeyId, accessKeySecret } = readStateKmsCredentials(String(env.KMSDISK_STATE)).admin;
+    const elsewhere = mkdtempSync(join(stack.dir, 'no-emulator-'));
+    const real = { ...env, KMSDISK_STATE: elsewhere, KMSDISK_KMS_ACCESS_KEY_ID: accessKeyId, KMSDISK_KMS_ACCESS_KEY_SECRET: accessKeySecret };
+    cliRefused(['key', 'import', k, '--material', material], { ...real, KMSDISK_KMS_PROTOCOL: 'gopher' }, 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
+    expect(cliOk(['key', 'import', k, '--material', material, '--kms-protocol', 'http'], real)).toMatchObject({ keyId: k, state: 'Enabled' });
   });
 
   it('a second SIGTERM while `serve` stops during a drill does not end it before the drill gives the CMK back', async () => {

@@ -1,7 +1,8 @@
 // GET /events: delivery of committed changes, visibility per principal, acks and synchronous
 // revocation (waiting for the subscriber's ack, or timing out when it does not ack).
 
-import { readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { KmsEmulator } from '../../src/kms/emulator/index.js';
@@ -326,6 +327,59 @@ describe('event stream without synchronous revocation', () => {
     } finally {
       await emu.close();
       removeDir(dir);
+    }
+  });
+});
+
+describe.skipIf(process.getuid?.() !== 0)('events arriving out of seq order', () => {
+  it('a change overtaken by a revocation (lower seq, announced later) is still delivered', async () => {
+    // The state folder on its own ext4 (root: mount), frozen with fsfreeze so that a state write
+    // blocks until the test thaws it: EnableKey's event (announced once durable) then has a
+    // lower seq than the DisableKey announced meanwhile (revocations go out at once).
+    const base = tempDir();
+    const dir = join(base, 'mnt');
+    mkdirSync(dir);
+    execFileSync('truncate', ['-s', '16M', join(base, 'fs.img')]);
+    execFileSync('mkfs.ext4', ['-q', '-F', join(base, 'fs.img')]);
+    execFileSync('mount', ['-o', 'loop', join(base, 'fs.img'), dir]);
+    let frozen = false;
+    let emu: KmsEmulator | undefined;
+    try {
+      emu = await startEmulator(dir, { syncRevocationTimeoutMs: 5000 });
+      const admin = keyService(emu, emu.credentials.admin);
+      const a = (await admin.createKey()).keyId;
+      const b = (await admin.createKey()).keyId;
+      const c = (await admin.createKey()).keyId;
+      await admin.disableKey(a);
+      const got: KmsEvent[] = [];
+      const s = subscribe(emu, 'admin', (ev) => void got.push(ev));
+      await waitFor(() => s.connections() === 1, 'subscription');
+
+      execFileSync('fsfreeze', ['-f', dir]);
+      frozen = true;
+      const enabling = admin.enableKey(a); // in memory now; its write blocks on the frozen fs
+      for (let i = 0; ; i++) {
+        if ((await admin.describeKey(a)).keyState === 'Enabled') break;
+        if (i > 1000) throw new Error('EnableKey never reached the emulator');
+      }
+      const disabling = admin.disableKey(b); // announced at once, with the higher seq
+      await waitFor(() => got.some((e) => e.keyId === b && e.state === 'Disabled'), 'the DisableKey event');
+      execFileSync('fsfreeze', ['-u', dir]);
+      frozen = false;
+      await Promise.all([enabling, disabling]);
+      await admin.disableKey(c); // a later event: once it is here, everything before it is too
+      await waitFor(() => got.some((e) => e.keyId === c), 'the last event');
+
+      const enabled = got.find((e) => e.keyId === a && e.state === 'Enabled');
+      const disabled = got.find((e) => e.keyId === b && e.state === 'Disabled')!;
+      expect(enabled, 'the overtaken EnableKey event').toBeDefined();
+      expect(enabled!.seq).toBeLessThan(disabled.seq);
+      expect(got.indexOf(enabled!)).toBeGreaterThan(got.indexOf(disabled));
+    } finally {
+      if (frozen) spawnSync('fsfreeze', ['-u', dir]);
+      await emu?.close();
+      spawnSync('umount', [dir]);
+      removeDir(base);
     }
   });
 });

@@ -76,6 +76,27 @@ describe('expiry', () => {
       sub.close();
     }
   });
+
+  it('rotates a key with automatic rotation once its RotationInterval has passed; old blobs still decrypt', async () => {
+    const admin = sdkClient(emu, emu.credentials.admin);
+    const created = (await admin.createKey(new KMS.CreateKeyRequest({ enableAutomaticRotation: true, rotationInterval: '7d' }))).keyMetadata!;
+    const k = created.keyId!;
+    expect(Date.parse(created.nextRotationDate!) - Date.parse(created.creationDate!)).toBe(7 * 86400_000);
+    const old = await admin.encrypt(new KMS.EncryptRequest({ keyId: k, plaintext: 'before rotation' }));
+    const manual = (await admin.createKey(new KMS.CreateKeyRequest({}))).keyMetadata!.keyId!;
+    offset = 8 * 86400_000;
+    try {
+      await waitFor(async () => ((await call('DescribeKey', { KeyId: k })).KeyMetadata as { PrimaryKeyVersion: string }).PrimaryKeyVersion !== created.primaryKeyVersion, 'rotation');
+      const md = (await call('DescribeKey', { KeyId: k })).KeyMetadata as Record<string, string>;
+      expect(Date.parse(md.NextRotationDate!) - Date.parse(md.LastRotationDate!)).toBe(7 * 86400_000);
+      expect(((await call('ListKeyVersions', { KeyId: k })).KeyVersions as { KeyVersion: unknown[] }).KeyVersion).toHaveLength(2);
+      expect((await call('Decrypt', { CiphertextBlob: old.ciphertextBlob! })).Plaintext).toBe('before rotation');
+      // A key without automatic rotation keeps its one version.
+      expect(((await call('ListKeyVersions', { KeyId: manual })).KeyVersions as { KeyVersion: unknown[] }).KeyVersion).toHaveLength(1);
+    } finally {
+      offset = 0;
+    }
+  });
 });
 
 describe('encryption context edge cases', () => {

@@ -49,9 +49,10 @@ export function registerKeys(program: Command): void {
     });
 
   clientOptions(key.command('import <keyId>'))
-    .description('BYOK: import 32 bytes of key material from a file into an EXTERNAL CMK (done by this CLI process directly with the KMS, so CMK material never enters the agent)')
-    .requiredOption('--material <file>', 'file holding the 32 raw bytes of key material')
+    .description('BYOK: import key material from a file into an EXTERNAL CMK: 32 bytes for Aliyun_AES_256, 16 for Aliyun_SM4 (done by this CLI process directly with the KMS, so CMK material never enters the agent)')
+    .requiredOption('--material <file>', 'file holding the raw key material (32 bytes; 16 for an Aliyun_SM4 CMK)')
     .option('--kms <host:port>', 'KMS endpoint (default 127.0.0.1:9801, env KMSDISK_KMS)')
+    .option('--kms-protocol <http|https>', 'KMS protocol (env KMSDISK_KMS_PROTOCOL; AccessKey from KMSDISK_KMS_ACCESS_KEY_ID / _SECRET / KMSDISK_KMS_SECURITY_TOKEN, else the emulator admin)')
     .option('--wrapping-algorithm <alg>', 'RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1 or RSAES_PKCS1_V1_5', 'RSAES_OAEP_SHA_256')
     .action(async (keyId: string, opts: ClientOpts) => {
       const material = await readInputFile(String(opts.material), '--material');
@@ -59,6 +60,7 @@ export function registerKeys(program: Command): void {
         const r = await importKeyMaterialFromFile({
           stateDir: opts.state,
           kms: opts.kms as string | undefined,
+          kmsProtocol: opts.kmsProtocol as string | undefined,
           keyId,
           material,
           wrappingAlgorithm: String(opts.wrappingAlgorithm),

@@ -57,5 +57,10 @@ export const E = {
   unknownAction: (action: string) => new KmsApiError('InvalidAction.NotFound', 404, `Specified api is not found, please check your url and method: ${action}.`),
   badMethod: () => new KmsApiError('UnsupportedHTTPMethod', 403, 'This http method is not supported.'),
   internal: () => new KmsApiError('InternalFailure', 500, 'The request processing has failed due to some unknown error.'),
+  /**
+   * The state write failed and the change was rolled back (StateWriter): 503, not 500, because
+   * nothing happened and the call may be repeated (a client cannot tell that from a bare 500).
+   */
+  notSaved: (cause: string) => new KmsApiError('ServiceUnavailableTemporary', 503, `The service is temporarily unavailable: the KMS could not save its state (${cause}); the change was not made.`),
   unavailable: (why: string) => new KmsApiError('ServiceUnavailableTemporary', 503, `The service is temporarily unavailable: ${why}.`),
 };

@@ -8,9 +8,10 @@
 
 import { mkdirSync, existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
-import { join as joinPath } from 'node:path';
+import { dirname, join as joinPath } from 'node:path';
 import { acquirePidLock } from '../../util/pid-lock.js';
 import { KeyStore } from './keystore.js';
+import type { PersistedState } from './model.js';
 import { loadOrCreateCredentials, loadPrincipals, PrincipalDirectory, type KmsCredentialsFile } from './principals.js';
 import { RootKey } from './root-key.js';
 import { createServer } from './server.js';
@@ -47,11 +48,27 @@ export interface KmsEmulator {
   close(): Promise<void>;
 }
 
+/**
+ * mkdir -p of the state folder. Node's recursive mkdir reports ENOENT for a folder it cannot
+ * create under an existing parent (read-only mount: EROFS), which read as "no such file or
+ * directory": the missing levels are then made one by one, which gives the real cause.
+ */
+function makeStateDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const missing: string[] = [];
+    for (let d = dir; !existsSync(d) && dirname(d) !== d; d = dirname(d)) missing.unshift(d);
+    for (const d of missing) mkdirSync(d, { mode: 0o700 });
+  }
+}
+
 export async function startKmsEmulator(opts: KmsEmulatorOptions): Promise<KmsEmulator> {
   const logger = opts.logger ?? pino({ level: 'info', name: 'kmsdisk-kms' });
   const now = opts.now ?? Date.now;
   const dir = opts.stateDir;
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  makeStateDir(dir);
   const unlock = acquirePidLock(joinPath(dir, 'emulator.lock'), 'kmsdisk KMS emulator');
   try {
     return await startLocked(opts, logger, now, dir, unlock);
@@ -71,7 +88,7 @@ async function startLocked(opts: KmsEmulatorOptions, logger: Logger, now: () => 
 
   const credentials = loadOrCreateCredentials(dir);
   const principals = new PrincipalDirectory(loadPrincipals(dir, credentials));
-  const writer = new StateWriter(file, () => store.snapshot());
+  const writer = new StateWriter(file, () => store.snapshot(), (durable) => store.restore(durable as PersistedState));
 
   const server = createServer({
     store,

@@ -35,6 +35,7 @@ export class KeyStore {
   readonly region: string;
   private eventSeq: number;
   private readonly rootKeyCheck: string;
+  private readonly root: RootKey;
   private readonly keys = new Map<string, KeyRecord>();
   private readonly aliases = new Map<string, string>();
   private readonly grants = new Map<string, GrantRecord>();
@@ -44,18 +45,38 @@ export class KeyStore {
   private readonly materialKeys = new Map<string, KeyObject>();
   private readonly versionOwner = new Map<string, string>();
 
-  private constructor(
-    private readonly root: RootKey,
-    state: PersistedState,
-  ) {
+  private constructor(root: RootKey, state: PersistedState) {
+    this.root = root;
     this.account = state.account;
     this.region = state.region;
     this.eventSeq = state.eventSeq;
     this.rootKeyCheck = state.rootKeyCheck;
+    this.index(state);
+  }
+
+  private index(state: PersistedState): void {
     for (const k of state.keys) this.indexKey(k);
     for (const [a, k] of Object.entries(state.aliases)) this.aliases.set(a, k);
     for (const g of state.grants) this.grants.set(g.grantId, g);
-    for (const [id, s] of Object.entries(state.accessKeys)) this.accessKeys.set(id, s);
+    for (const [id, s] of Object.entries(state.accessKeys ?? {})) this.accessKeys.set(id, s);
+  }
+
+  /**
+   * Back to a state that was durable (a state write failed: the changes made since are undone).
+   * The event counter is not rolled back: seqs already announced must not be handed out again,
+   * or subscribers would drop the new events as seen.
+   */
+  restore(state: PersistedState): void {
+    const old = [...this.material.values()];
+    this.keys.clear();
+    this.aliases.clear();
+    this.grants.clear();
+    this.accessKeys.clear();
+    this.material.clear();
+    this.materialKeys.clear();
+    this.versionOwner.clear();
+    this.index(state);
+    for (const m of old) m.fill(0);
   }
 
   /** A fresh account with the service key alias/acs/ecs. */

@@ -164,10 +164,12 @@ export function createServer(deps: ServerDeps): EmulatorServer {
         await writer.persist();
         if (t) t.persisted = performance.now();
       } catch (err) {
-        logger.error({ err, action }, 'kms: persisting state failed');
+        // The StateWriter rolled the change back (a revocation already announced included: the
+        // agents that wiped get their keys back at their next lease renewal).
+        logger.error({ err, action }, 'kms: persisting state failed; the change was rolled back');
         // Wait for the acks anyway: agents that wiped already stay wiped, which is the safe side.
         await acked;
-        throw E.internal();
+        throw E.notSaved((err as NodeJS.ErrnoException).code ?? 'write failed');
       }
     }
     const allAcks = await acked;

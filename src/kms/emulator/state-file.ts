@@ -6,7 +6,10 @@
 //
 // Writes: tmp file + fsync + rename + fsync(dir). StateWriter serialises them (one in flight) and
 // coalesces: requests arriving during a write share the next write, which snapshots the state at
-// the moment it starts, so every waiter is resolved by a write containing its change.
+// the moment it starts, so every waiter is resolved by a write containing its change. A failed
+// write (full or read-only folder) rolls the in-memory state back to the last durable one and
+// fails every change made since, so nothing the API refused stays in effect (or vanishes at the
+// next restart).
 
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -22,7 +25,11 @@ export function stateFilePath(dir: string): string {
 }
 
 export function encodeStateFile(state: unknown): Buffer {
-  const body = Buffer.from(JSON.stringify(state), 'utf8');
+  return encodeStateBody(JSON.stringify(state));
+}
+
+function encodeStateBody(json: string): Buffer {
+  const body = Buffer.from(json, 'utf8');
   const header = JSON.stringify({
     format: STATE_FORMAT,
     version: STATE_VERSION,
@@ -96,13 +103,22 @@ interface Waiter {
 export class StateWriter {
   private inFlight = false;
   private waiting: Waiter[] = [];
+  /** JSON of the last state known to be on disk (the writer is created right after a load or write). */
+  private durable: string;
 
   constructor(
     private readonly file: string,
     private readonly snapshot: () => unknown,
-  ) {}
+    /** Puts the in-memory state back to `durable` (parsed) after a failed write. */
+    private readonly rollback: (durable: unknown) => void,
+  ) {
+    this.durable = JSON.stringify(snapshot());
+  }
 
-  /** Resolves once a write that includes every change made before this call is durable. */
+  /**
+   * Resolves once a write that includes every change made before this call is durable. Rejects
+   * when that write fails; the change has then been rolled back.
+   */
   persist(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.waiting.push({ resolve, reject });
@@ -115,11 +131,19 @@ export class StateWriter {
     while (this.waiting.length > 0) {
       const batch = this.waiting;
       this.waiting = [];
+      const json = JSON.stringify(this.snapshot());
       try {
-        await writeFileAtomic(this.file, encodeStateFile(this.snapshot()));
+        await writeFileAtomic(this.file, encodeStateBody(json));
+        this.durable = json;
         for (const w of batch) w.resolve();
       } catch (err) {
-        for (const w of batch) w.reject(err);
+        // The memory holds changes that are not on disk: this batch's, and those of requests
+        // queued for the next write. Back to the disk's state, and fail them all (the API
+        // answers 500 for each), before any other request can see them.
+        const failed = [...batch, ...this.waiting];
+        this.waiting = [];
+        this.rollback(JSON.parse(this.durable));
+        for (const w of failed) w.reject(err);
       }
     }
     this.inFlight = false;

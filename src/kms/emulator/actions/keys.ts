@@ -4,6 +4,7 @@
 
 import { E } from '../api-error.js';
 import { isoSeconds } from '../keystore.js';
+import { nextRotationMs } from '../sweep.js';
 import type { KeyRecord, KeyState } from '../model.js';
 import { type ActionContext, type ActionHandler, authorizeManage, authorizeUse, bool, int, page, paging, req, requireAdmin, str } from './context.js';
 
@@ -36,6 +37,8 @@ export function keyMetadata(ctx: ActionContext, k: KeyRecord): Record<string, st
     KeySpec: k.keySpec,
   };
   if (k.rotationInterval) md.RotationInterval = k.rotationInterval;
+  const next = nextRotationMs(k);
+  if (next !== undefined) md.NextRotationDate = isoSeconds(next);
   return md;
 }
 
