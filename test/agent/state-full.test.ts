@@ -106,6 +106,29 @@ describe.skipIf(!isRoot)('a full state file system', () => {
     expect(cliOk(['disk', 'list'], env).disks.map((d: { name: string }) => d.name)).toEqual(['big', 'tiny']);
     expect(existsSync(join(env.KMSDISK_STATE!, 'catalog.db'))).toBe(true);
   }, 180_000);
+
+  it('detach on a full file system is refused with KMSDISK_ERR_NO_SPACE and changes nothing; once it succeeds a restart agrees', async () => {
+    const env = stack!.env;
+    const tinyUri = `nbd://127.0.0.1:${stack!.nbdPort}/tiny`;
+    cliOk(['attach', 'tiny'], env);
+    const fill = spawnSync('nbdcopy', ['--', '[', 'nbdkit', 'random', 'size=150M', ']', uri], { env: NBD_ENV, encoding: 'utf8' });
+    expect(fill.stderr).toContain('No space left on device');
+    // The catalog cannot record the detach: it used to close the export anyway and leave the row,
+    // so the disk showed attached but served nothing, and the next start attached it again.
+    const refused = cliRefused(['detach', 'tiny'], env, 4, 'KMSDISK_ERR_NO_SPACE');
+    expect(refused.error.message).toContain('catalog');
+    expect(cliOk(['disk', 'show', 'tiny'], env)).toMatchObject({ state: 'in-use', attachment: { export: 'tiny' } });
+    expect(execFileSync('nbdsh', ['-u', tinyUri, '-c', 'print(h.get_size())'], { env: NBD_ENV, encoding: 'utf8' }).trim()).toBe(String(4 * 1024 * 1024));
+
+    execFileSync('nbdsh', ['-u', uri, '-c', 'h.trim(200 * 1024 * 1024, 0)'], { env: NBD_ENV });
+    cliOk(['detach', 'tiny'], env);
+    const exited = new Promise((r) => stack!.agent.once('exit', r));
+    stack!.agent.kill('SIGKILL');
+    await exited;
+    await stack!.startAgent();
+    expect(cliOk(['disk', 'show', 'tiny'], env)).toMatchObject({ state: 'available', attachment: null });
+    expect(cliOk(['disk', 'show', 'big'], env)).toMatchObject({ state: 'in-use', attachment: { export: 'big' } });
+  }, 180_000);
 });
 
 describe.skipIf(!isRoot)('a read-only state folder', () => {
