@@ -110,6 +110,11 @@ export class DisksService {
     this.sweeping ??= (async () => {
       try {
         for (const row of this.ctx.catalog.listDisks()) await this.revalidate(row.name).catch(() => undefined);
+      } catch (err) {
+        // This runs from a timer: a catalog that cannot be read right now (another process holds
+        // its locks, an I/O error) was an unhandled rejection that killed the agent and every
+        // export with it. Skip this sweep; the next one tries again.
+        this.ctx.logger.warn({ code: errorCodeOf(err), err: (err as Error).message }, 'could not list the disks to re-check their volume files; retrying at the next sweep');
       } finally {
         this.sweeping = null;
       }
