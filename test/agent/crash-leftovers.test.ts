@@ -50,6 +50,41 @@ describe('the start after a kill -9', () => {
     expect(cliOk(['snapshot', 'list'], stack.env).snapshots.map((s: { name: string }) => s.name)).toEqual(['kept-snap']);
   });
 
+  it('moves files no catalog row names (killed between putting the file in place and writing its row) to orphaned/, and touches no file the catalog names', async () => {
+    const diskFile = cliOk(['disk', 'show', 'kept'], stack.env).path as string;
+    const snapFile = cliOk(['snapshot', 'list'], stack.env).snapshots[0].path as string;
+    await killAgent();
+    // What a kill -9 right after the rename / link of `disk create`, `snapshot create`,
+    // `image import` and `image copy` leaves: a complete file under its final name, no row.
+    const orphans = {
+      volumes: `${randomUUID()}.kdisk`,
+      snapshots: `${randomUUID()}.kdisk`,
+      images: `${randomUUID()}.raw`,
+    };
+    copyFileSync(diskFile, join(state, 'volumes', orphans.volumes));
+    copyFileSync(snapFile, join(state, 'snapshots', orphans.snapshots));
+    writeFileSync(join(state, 'images', orphans.images), Buffer.alloc(4096, 3));
+    const encryptedImage = `${randomUUID()}.kdisk`;
+    copyFileSync(diskFile, join(state, 'images', encryptedImage));
+    // Not a name the agent gives: not its business.
+    writeFileSync(join(state, 'volumes', 'notes.txt'), 'mine');
+    const stamp = (f: string) => `${statSync(f).ino}:${statSync(f).size}:${statSync(f).mtimeMs}`;
+    const named = { [diskFile]: stamp(diskFile), [snapFile]: stamp(snapFile) };
+    await stack.startAgent();
+    const moved = [...Object.entries(orphans), ['images', encryptedImage]];
+    for (const [folder, f] of moved) {
+      expect(existsSync(join(state, folder!, f!)), `${folder}/${f}`).toBe(false);
+      expect(existsSync(join(state, 'orphaned', folder!, f!)), `orphaned/${folder}/${f}`).toBe(true);
+      expect(stack.agent.output()).toContain(join(state, 'orphaned', folder!, f!));
+    }
+    expect(readFileSync(join(state, 'volumes', 'notes.txt'), 'utf8')).toBe('mine');
+    for (const [f, s] of Object.entries(named)) expect(stamp(f), f).toBe(s);
+    expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
+    expect(cliOk(['snapshot', 'list'], stack.env).snapshots.map((s: { name: string }) => s.name)).toEqual(['kept-snap']);
+    rmSync(join(state, 'volumes', 'notes.txt'));
+    rmSync(join(state, 'orphaned'), { recursive: true });
+  });
+
   it('a kill -9 during disk create --from-image leaves no volume behind: built under a temporary name, removed at start', async () => {
     const raw = join(stack.dir, 'big.raw');
     execFileSync('nbdkit', ['random', 'size=512M', '--run', `nbdcopy "$uri" ${raw}`], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } });
