@@ -21,6 +21,7 @@ import type { AgentContext } from './context.js';
 import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import type { JobRunContext, JobsService, JobView } from './jobs.js';
 import { checkName } from './names.js';
+import { deleteRowsThenFile } from './delete-file.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
 import { VolumeSizeLimit } from './size-limit.js';
 
@@ -278,9 +279,8 @@ export class ImagesService {
       if (!i) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${name}`);
       const busy = this.jobs.activeJobsUsing(name);
       if (busy.length > 0) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${name} is used by running job ${busy[0]!.id}`);
-      this.ctx.catalog.deleteImage(name);
+      await deleteRowsThenFile(i.path, () => this.ctx.catalog.deleteImage(name), this.ctx.logger, { image: name });
       this.meta.delete(name);
-      await fsp.unlink(i.path).catch(() => undefined);
       this.ctx.bumpVersion();
       return { deleted: name };
     });
