@@ -5,8 +5,8 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { randomUUID } from 'node:crypto';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -121,6 +121,38 @@ describe('the start after a kill -9', () => {
     expect(cliOk(['image', 'list'], stack.env).images).toEqual([]);
     expect(existsSync(path)).toBe(false);
   });
+
+  it('starts with an image copy to resume while another process holds the catalog write lock; the copy ends', async () => {
+    const raw = join(stack.dir, 'small.raw');
+    writeFileSync(raw, randomBytes(1024 * 1024));
+    cliOk(['image', 'import', raw, 'small'], stack.env);
+    cliOk(['image', 'copy', 'small', 'small-enc', '--encrypt'], stack.env);
+    const job = cliOk(['job', 'list'], stack.env).jobs.find((j: { params: { dest?: string } }) => j.params.dest === 'small-enc');
+    await killAgent();
+    // What a kill -9 half way through that copy leaves: the image creating, its job running.
+    const db = new Database(join(state, 'catalog.db'));
+    db.prepare("UPDATE images SET state = 'creating' WHERE name = 'small-enc'").run();
+    db.prepare('UPDATE jobs SET state = ?, checkpoint = ?, bytes_done = 0 WHERE id = ?').run('running', JSON.stringify({ bytesDone: 0 }), job.id);
+    db.close();
+    // A sqlite3 shell with a write transaction open: every catalog write of the agent fails
+    // (SQLITE_BUSY after its 5 s busy timeout); reads go on. The start wrote the resumed job's
+    // state first, and a failure there stopped the whole start: no disk was served.
+    const script = 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute("BEGIN IMMEDIATE")\nprint("locked", flush=True)\nsys.stdin.read()';
+    const holder = spawn('python3', ['-c', script, join(state, 'catalog.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const released = new Promise((r) => holder.once('exit', r));
+    try {
+      let out = '';
+      holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      await waitFor('the write lock holder', () => out.includes('locked'), 10_000);
+      await stack.startAgent();
+      expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
+      await waitFor('the resumed copy to end', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
+    } finally {
+      holder.kill('SIGKILL');
+      await released;
+    }
+    rmSync(raw);
+  }, 120_000);
 
   it('undoes a disk resize killed between growing the file and committing the header; a tail with data stays refused', async () => {
     cliOk(['disk', 'create', 'grown', '--size', '8M'], stack.env);
