@@ -21,6 +21,45 @@ async function killAgent(): Promise<void> {
   await exited;
 }
 
+/**
+ * Runs fn while a sqlite3 connection of another process holds a write transaction open on the
+ * catalog (as a sqlite3 shell can): every catalog write of the agent fails (SQLITE_BUSY after its
+ * 5 s busy timeout, KMSDISK_ERR_IO); reads go on.
+ */
+async function withCatalogWriteLocked(fn: () => Promise<void>): Promise<void> {
+  const script = 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute("BEGIN IMMEDIATE")\nprint("locked", flush=True)\nsys.stdin.read()';
+  const holder = spawn('python3', ['-c', script, join(state, 'catalog.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const released = new Promise((r) => holder.once('exit', r));
+  try {
+    let out = '';
+    holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await waitFor('the write lock holder', () => out.includes('locked'), 10_000);
+    await fn();
+  } finally {
+    holder.kill('SIGKILL');
+    await released;
+  }
+}
+
+/**
+ * What a kill -9 between the image row and the job row of `image copy` leaves: an encrypted image
+ * 'creating' (its file in place) with no copy job. Returns the file's path.
+ */
+function addHalfMadeImage(name: string): string {
+  const id = randomUUID();
+  const path = join(state, 'images', `${id}.kdisk`);
+  writeFileSync(path, Buffer.alloc(4096, 1));
+  const db = new Database(join(state, 'catalog.db'));
+  db.prepare("INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES (?, ?, ?, 'kdisk', 1, 'creating', 'gone', ?)").run(
+    name,
+    id,
+    path,
+    new Date().toISOString(),
+  );
+  db.close();
+  return path;
+}
+
 beforeAll(async () => {
   stack = await startDaemonStack('kmsdisk-crash-leftovers-');
   state = stack.env.KMSDISK_STATE!;
@@ -107,16 +146,7 @@ describe('the start after a kill -9', () => {
   it('removes an encrypted image left "creating" with no copy job (killed between the two), file included', async () => {
     await killAgent();
     // `image copy` writes the image row, then its job row: a kill in between leaves this.
-    const id = randomUUID();
-    const path = join(state, 'images', `${id}.kdisk`);
-    writeFileSync(path, Buffer.alloc(4096, 1));
-    const db = new Database(join(state, 'catalog.db'));
-    db.prepare("INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES ('orphan', ?, ?, 'kdisk', 1, 'creating', 'gone', ?)").run(
-      id,
-      path,
-      new Date().toISOString(),
-    );
-    db.close();
+    const path = addHalfMadeImage('orphan');
     await stack.startAgent();
     expect(cliOk(['image', 'list'], stack.env).images).toEqual([]);
     expect(existsSync(path)).toBe(false);
@@ -134,24 +164,30 @@ describe('the start after a kill -9', () => {
     db.prepare("UPDATE images SET state = 'creating' WHERE name = 'small-enc'").run();
     db.prepare('UPDATE jobs SET state = ?, checkpoint = ?, bytes_done = 0 WHERE id = ?').run('running', JSON.stringify({ bytesDone: 0 }), job.id);
     db.close();
-    // A sqlite3 shell with a write transaction open: every catalog write of the agent fails
-    // (SQLITE_BUSY after its 5 s busy timeout); reads go on. The start wrote the resumed job's
-    // state first, and a failure there stopped the whole start: no disk was served.
-    const script = 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute("BEGIN IMMEDIATE")\nprint("locked", flush=True)\nsys.stdin.read()';
-    const holder = spawn('python3', ['-c', script, join(state, 'catalog.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
-    const released = new Promise((r) => holder.once('exit', r));
-    try {
-      let out = '';
-      holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      await waitFor('the write lock holder', () => out.includes('locked'), 10_000);
+    // The start wrote the resumed job's state first, and a failure there stopped the whole
+    // start: no disk was served.
+    await withCatalogWriteLocked(async () => {
       await stack.startAgent();
       expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
       await waitFor('the resumed copy to end', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
-    } finally {
-      holder.kill('SIGKILL');
-      await released;
-    }
+    });
+    // Its end could not be recorded then: the next start runs it again and records it.
+    await killAgent();
+    await stack.startAgent();
+    await waitFor('the copy to end, recorded', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
     rmSync(raw);
+  }, 120_000);
+
+  it('starts while the catalog cannot be written though an encrypted image is left half-made; the next start removes it', async () => {
+    await killAgent();
+    const path = addHalfMadeImage('half');
+    // Removing its row at start failed, and that failure stopped the whole start.
+    await withCatalogWriteLocked(() => stack.startAgent());
+    expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
+    await killAgent();
+    await stack.startAgent();
+    expect(cliOk(['image', 'list'], stack.env).images.map((i: { name: string }) => i.name)).not.toContain('half');
+    expect(existsSync(path)).toBe(false);
   }, 120_000);
 
   it('undoes a disk resize killed between growing the file and committing the header; a tail with data stays refused', async () => {
