@@ -3,7 +3,8 @@
 // between the two left a file no list showed and nothing ever removed (as large as the disk,
 // snapshot or image). At start, holding the folder's lock and before any service runs, such files
 // are moved to <state>/orphaned/<folder>/ and logged. Not deleted: a catalog restored from an
-// older backup also leaves files without rows, and those hold data the user wants back.
+// older backup also leaves files without rows, and those hold data the user wants back. (A kill
+// between a delete's row and its unlink lands here too.)
 
 import { mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -41,7 +42,7 @@ export function quarantineOrphans(dirs: StateDirs, catalog: Catalog, logger: Log
       }
       logger.warn(
         { file: from, movedTo: to },
-        'moved a volume or image file that no catalog row names (an agent killed between creating it and recording it, or a catalog restored from an older backup); delete it to free the space',
+        'moved a volume or image file that no catalog row names (an agent killed while creating or deleting it, or a catalog restored from an older backup); delete it to free the space',
       );
     }
   }
