@@ -35,6 +35,7 @@ import { loadOrCreateApiToken } from './token.js';
 import { acquirePidLock } from '../util/pid-lock.js';
 import { isVolumeTempName } from '../volume/index.js';
 import { DrillsService } from './drills.js';
+import { quarantineOrphans } from './orphans.js';
 
 export interface AgentConfig {
   paths: StatePaths;
@@ -194,6 +195,7 @@ export function createAgent(config: AgentConfig): Agent {
     token = loadOrCreateApiToken(dirs.apiToken);
     refuseLostCatalog(dirs);
     catalog = Catalog.open(dirs.catalog);
+    quarantineOrphans(dirs, catalog, logger);
 
     const kmsClient = (credentials: KmsCredentials) =>
       createKeyService({

@@ -165,8 +165,12 @@ export class AttachmentsService {
         this.disks.row(disk);
         throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `disk ${disk} is not attached`);
       }
-      await this.closeExport(disk);
+      // The catalog first: when it cannot record the detach (the state folder's file system is
+      // full or read-only), the detach fails with nothing changed and the export keeps serving.
+      // Closing the export first left a row saying "attached" for a disk that served nothing,
+      // which the next start attached again. A kill -9 after this line leaves a detached disk.
       this.ctx.catalog.deleteAttachment(disk);
+      await this.closeExport(disk);
       this.ctx.bumpVersion();
       this.ctx.logger.info({ disk, export: row.exportName }, 'disk detached');
       return { detached: disk, export: row.exportName };

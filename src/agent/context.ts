@@ -18,6 +18,8 @@ export interface StateDirs extends StatePaths {
   /** Scratch space (qcow2 conversions); emptied at start. */
   tmp: string;
   pskFile: string;
+  /** Volume and image files no catalog row named at a start, moved aside (see orphans.ts). */
+  orphaned: string;
   /** x509 client directory (libnbd tls-certificates=, qemu tls-creds-x509 dir=): ca-cert.pem. */
   tlsClientDir: string;
 }
@@ -29,6 +31,7 @@ export function stateDirs(paths: StatePaths): StateDirs {
     images: join(paths.root, 'images'),
     tmp: join(paths.root, 'tmp'),
     pskFile: join(paths.tls, 'keys.psk'),
+    orphaned: join(paths.root, 'orphaned'),
     tlsClientDir: join(paths.tls, 'x509'),
   };
 }

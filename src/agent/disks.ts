@@ -18,6 +18,7 @@ import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import { parseSize } from '../util/size.js';
 import { removeDiskSeries } from '../metrics/registry.js';
 import { VolumeSizeLimit } from './size-limit.js';
+import { deleteRowsThenFile } from './delete-file.js';
 
 export type DiskState = 'available' | 'in-use' | 'key-revoked' | 'error';
 
@@ -110,6 +111,11 @@ export class DisksService {
     this.sweeping ??= (async () => {
       try {
         for (const row of this.ctx.catalog.listDisks()) await this.revalidate(row.name).catch(() => undefined);
+      } catch (err) {
+        // This runs from a timer: a catalog that cannot be read right now (another process holds
+        // its locks, an I/O error) was an unhandled rejection that killed the agent and every
+        // export with it. Skip this sweep; the next one tries again.
+        this.ctx.logger.warn({ code: errorCodeOf(err), err: (err as Error).message }, 'could not list the disks to re-check their volume files; retrying at the next sweep');
       } finally {
         this.sweeping = null;
       }
@@ -450,17 +456,16 @@ export class DisksService {
       if (att || this.ctx.open.get(name)) {
         throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${name} is attached as export ${att?.exportName ?? name}: detach it first`);
       }
-      this.ctx.catalog.tx(() => {
-        this.ctx.catalog.deletePolicy(name);
-        this.ctx.catalog.deleteDisk(name);
-      });
+      const deleteRows = () =>
+        this.ctx.catalog.tx(() => {
+          this.ctx.catalog.deletePolicy(name);
+          this.ctx.catalog.deleteDisk(name);
+        });
+      await deleteRowsThenFile(row.path, deleteRows, this.ctx.logger, { disk: name });
       this.onDeleted?.(name);
       this.headers.delete(name);
       // Its I/O, error and snapshot series go too: /metrics describes the disks that exist.
       await removeDiskSeries(this.ctx.metrics, name);
-      await fsp.unlink(row.path).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOENT') this.ctx.logger.warn({ disk: name, path: row.path, err: err.message }, 'could not remove the volume file');
-      });
       this.ctx.bumpVersion();
       this.ctx.logger.info({ disk: name }, 'disk deleted');
       return { deleted: name };

@@ -14,13 +14,14 @@ import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { KmsdiskError } from '../errors.js';
+import { KmsdiskError, errorCodeOf } from '../errors.js';
 import { inspectVolumeFile, Volume, type SectorSize } from '../volume/index.js';
 import type { ImageRow, JobRow } from './catalog.js';
 import type { AgentContext } from './context.js';
 import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import type { JobRunContext, JobsService, JobView } from './jobs.js';
 import { checkName } from './names.js';
+import { deleteRowsThenFile } from './delete-file.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
 import { VolumeSizeLimit } from './size-limit.js';
 
@@ -75,7 +76,11 @@ export class ImagesService {
       // job's cleanup would have.
       if (i.state === 'creating' && this.jobs.activeJobsUsing(i.name).length === 0) {
         this.ctx.logger.warn({ image: i.name, path: i.path }, 'removing an encrypted image left half-made by an interrupted copy');
-        await this.removeHalfMade(i);
+        // A catalog that cannot be written now (full file system, another process's write lock)
+        // leaves the row for the next start: a throw here stopped the whole start, no disk served.
+        await this.removeHalfMade(i).catch((err: unknown) =>
+          this.ctx.logger.error({ image: i.name, code: errorCodeOf(err), err: (err as Error).message }, 'could not remove a half-made encrypted image; the next start tries again'),
+        );
         continue;
       }
       await this.refresh(i);
@@ -278,9 +283,8 @@ export class ImagesService {
       if (!i) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${name}`);
       const busy = this.jobs.activeJobsUsing(name);
       if (busy.length > 0) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${name} is used by running job ${busy[0]!.id}`);
-      this.ctx.catalog.deleteImage(name);
+      await deleteRowsThenFile(i.path, () => this.ctx.catalog.deleteImage(name), this.ctx.logger, { image: name });
       this.meta.delete(name);
-      await fsp.unlink(i.path).catch(() => undefined);
       this.ctx.bumpVersion();
       return { deleted: name };
     });

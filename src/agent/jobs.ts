@@ -177,7 +177,15 @@ export class JobsService {
     const abort = new AbortController();
     const a: Active = { abort, done: Promise.resolve(), bytesDone: job.bytesDone, bytesTotal: job.bytesTotal };
     this.active.set(job.id, a);
-    this.ctx.catalog.updateJob(job.id, { state: 'running' });
+    try {
+      this.ctx.catalog.updateJob(job.id, { state: 'running' });
+    } catch (err) {
+      // A label only: the next start resumes a job the catalog says is queued or running alike.
+      // A catalog that cannot be written now (full file system, another process's write lock)
+      // must not stop the job, nor -- for a job resumed at start, where this threw out of
+      // resumeAll -- the agent's whole start, which then served no disk at all.
+      this.ctx.logger.warn({ job: job.id, kind: job.kind, code: errorCodeOf(err), err: (err as Error).message }, 'could not mark a job running in the catalog; it runs anyway');
+    }
     const runCtx: JobRunContext = {
       job,
       signal: abort.signal,

@@ -131,7 +131,7 @@ export class PoliciesService {
     const last = p.lastRunAt ? Date.parse(p.lastRunAt) : Date.now();
     const at = Math.max(Date.now(), last + p.intervalSeconds * 1000);
     const timer = setTimeout(() => {
-      const run = this.runOnce(p.disk)
+      const run = this.runOnce(p)
         .catch((err: unknown) => this.ctx.logger.error({ disk: p.disk, code: errorCodeOf(err), err: (err as Error).message }, 'automatic snapshot run failed'))
         .finally(() => this.running.delete(run));
       this.running.add(run);
@@ -140,10 +140,22 @@ export class PoliciesService {
     this.timers.set(p.disk, { timer, at });
   }
 
-  private async runOnce(disk: string): Promise<void> {
-    const p = this.ctx.catalog.getPolicy(disk);
-    if (!p || this.stopped) return;
+  /** One run of the policy `armed` (the row its timer was set from). */
+  private async runOnce(armed: PolicyRow): Promise<void> {
+    const disk = armed.disk;
     const now = new Date();
+    let p: PolicyRow | undefined;
+    try {
+      p = this.ctx.catalog.getPolicy(disk);
+    } catch (err) {
+      // The catalog cannot be read right now (another process holds its locks, an I/O error):
+      // skip this run, not the policy. Returning without a timer disarmed the policy until the
+      // agent restarted, with no lastError to say so.
+      this.recordError(disk, err, 'could not read the snapshot policy; retrying at its next slot');
+      if (!this.stopped) this.schedule({ ...armed, lastRunAt: now.toISOString() });
+      return;
+    }
+    if (!p || this.stopped) return;
     try {
       const taken = await this.snapshots.create(disk, autoSnapshotName(disk, now), 'policy');
       this.lastErrors.delete(disk);

@@ -12,6 +12,7 @@ import type { SnapshotRecord } from './catalog.js';
 import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
 import { checkName } from './names.js';
+import { deleteRowsThenFile } from './delete-file.js';
 
 export interface SnapshotView {
   name: string;
@@ -138,11 +139,8 @@ export class SnapshotsService {
     return this.ctx.locks.run(`snapshot:${name}`, async () => {
       const s = this.ctx.catalog.getSnapshot(name);
       if (!s) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
-      this.ctx.catalog.deleteSnapshot(name);
+      await deleteRowsThenFile(s.path, () => this.ctx.catalog.deleteSnapshot(name), this.ctx.logger, { snapshot: name });
       this.headers.delete(name);
-      await fsp.unlink(s.path).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOENT') this.ctx.logger.warn({ snapshot: name, err: err.message }, 'could not remove the snapshot file');
-      });
       this.ctx.bumpVersion();
       return { deleted: name };
     });

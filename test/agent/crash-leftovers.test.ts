@@ -5,8 +5,8 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
-import { randomUUID } from 'node:crypto';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,45 @@ async function killAgent(): Promise<void> {
   const exited = new Promise((r) => stack.agent.once('exit', r));
   stack.agent.kill('SIGKILL');
   await exited;
+}
+
+/**
+ * Runs fn while a sqlite3 connection of another process holds a write transaction open on the
+ * catalog (as a sqlite3 shell can): every catalog write of the agent fails (SQLITE_BUSY after its
+ * 5 s busy timeout, KMSDISK_ERR_IO); reads go on.
+ */
+async function withCatalogWriteLocked(fn: () => Promise<void>): Promise<void> {
+  const script = 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute("BEGIN IMMEDIATE")\nprint("locked", flush=True)\nsys.stdin.read()';
+  const holder = spawn('python3', ['-c', script, join(state, 'catalog.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const released = new Promise((r) => holder.once('exit', r));
+  try {
+    let out = '';
+    holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await waitFor('the write lock holder', () => out.includes('locked'), 10_000);
+    await fn();
+  } finally {
+    holder.kill('SIGKILL');
+    await released;
+  }
+}
+
+/**
+ * What a kill -9 between the image row and the job row of `image copy` leaves: an encrypted image
+ * 'creating' (its file in place) with no copy job. Returns the file's path.
+ */
+function addHalfMadeImage(name: string): string {
+  const id = randomUUID();
+  const path = join(state, 'images', `${id}.kdisk`);
+  writeFileSync(path, Buffer.alloc(4096, 1));
+  const db = new Database(join(state, 'catalog.db'));
+  db.prepare("INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES (?, ?, ?, 'kdisk', 1, 'creating', 'gone', ?)").run(
+    name,
+    id,
+    path,
+    new Date().toISOString(),
+  );
+  db.close();
+  return path;
 }
 
 beforeAll(async () => {
@@ -50,6 +89,41 @@ describe('the start after a kill -9', () => {
     expect(cliOk(['snapshot', 'list'], stack.env).snapshots.map((s: { name: string }) => s.name)).toEqual(['kept-snap']);
   });
 
+  it('moves files no catalog row names (killed between putting the file in place and writing its row) to orphaned/, and touches no file the catalog names', async () => {
+    const diskFile = cliOk(['disk', 'show', 'kept'], stack.env).path as string;
+    const snapFile = cliOk(['snapshot', 'list'], stack.env).snapshots[0].path as string;
+    await killAgent();
+    // What a kill -9 right after the rename / link of `disk create`, `snapshot create`,
+    // `image import` and `image copy` leaves: a complete file under its final name, no row.
+    const orphans = {
+      volumes: `${randomUUID()}.kdisk`,
+      snapshots: `${randomUUID()}.kdisk`,
+      images: `${randomUUID()}.raw`,
+    };
+    copyFileSync(diskFile, join(state, 'volumes', orphans.volumes));
+    copyFileSync(snapFile, join(state, 'snapshots', orphans.snapshots));
+    writeFileSync(join(state, 'images', orphans.images), Buffer.alloc(4096, 3));
+    const encryptedImage = `${randomUUID()}.kdisk`;
+    copyFileSync(diskFile, join(state, 'images', encryptedImage));
+    // Not a name the agent gives: not its business.
+    writeFileSync(join(state, 'volumes', 'notes.txt'), 'mine');
+    const stamp = (f: string) => `${statSync(f).ino}:${statSync(f).size}:${statSync(f).mtimeMs}`;
+    const named = { [diskFile]: stamp(diskFile), [snapFile]: stamp(snapFile) };
+    await stack.startAgent();
+    const moved = [...Object.entries(orphans), ['images', encryptedImage]];
+    for (const [folder, f] of moved) {
+      expect(existsSync(join(state, folder!, f!)), `${folder}/${f}`).toBe(false);
+      expect(existsSync(join(state, 'orphaned', folder!, f!)), `orphaned/${folder}/${f}`).toBe(true);
+      expect(stack.agent.output()).toContain(join(state, 'orphaned', folder!, f!));
+    }
+    expect(readFileSync(join(state, 'volumes', 'notes.txt'), 'utf8')).toBe('mine');
+    for (const [f, s] of Object.entries(named)) expect(stamp(f), f).toBe(s);
+    expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
+    expect(cliOk(['snapshot', 'list'], stack.env).snapshots.map((s: { name: string }) => s.name)).toEqual(['kept-snap']);
+    rmSync(join(state, 'volumes', 'notes.txt'));
+    rmSync(join(state, 'orphaned'), { recursive: true });
+  });
+
   it('a kill -9 during disk create --from-image leaves no volume behind: built under a temporary name, removed at start', async () => {
     const raw = join(stack.dir, 'big.raw');
     execFileSync('nbdkit', ['random', 'size=512M', '--run', `nbdcopy "$uri" ${raw}`], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } });
@@ -72,20 +146,49 @@ describe('the start after a kill -9', () => {
   it('removes an encrypted image left "creating" with no copy job (killed between the two), file included', async () => {
     await killAgent();
     // `image copy` writes the image row, then its job row: a kill in between leaves this.
-    const id = randomUUID();
-    const path = join(state, 'images', `${id}.kdisk`);
-    writeFileSync(path, Buffer.alloc(4096, 1));
-    const db = new Database(join(state, 'catalog.db'));
-    db.prepare("INSERT INTO images (name, id, path, format, encrypted, state, source, created_at) VALUES ('orphan', ?, ?, 'kdisk', 1, 'creating', 'gone', ?)").run(
-      id,
-      path,
-      new Date().toISOString(),
-    );
-    db.close();
+    const path = addHalfMadeImage('orphan');
     await stack.startAgent();
     expect(cliOk(['image', 'list'], stack.env).images).toEqual([]);
     expect(existsSync(path)).toBe(false);
   });
+
+  it('starts with an image copy to resume while another process holds the catalog write lock; the copy ends', async () => {
+    const raw = join(stack.dir, 'small.raw');
+    writeFileSync(raw, randomBytes(1024 * 1024));
+    cliOk(['image', 'import', raw, 'small'], stack.env);
+    cliOk(['image', 'copy', 'small', 'small-enc', '--encrypt'], stack.env);
+    const job = cliOk(['job', 'list'], stack.env).jobs.find((j: { params: { dest?: string } }) => j.params.dest === 'small-enc');
+    await killAgent();
+    // What a kill -9 half way through that copy leaves: the image creating, its job running.
+    const db = new Database(join(state, 'catalog.db'));
+    db.prepare("UPDATE images SET state = 'creating' WHERE name = 'small-enc'").run();
+    db.prepare('UPDATE jobs SET state = ?, checkpoint = ?, bytes_done = 0 WHERE id = ?').run('running', JSON.stringify({ bytesDone: 0 }), job.id);
+    db.close();
+    // The start wrote the resumed job's state first, and a failure there stopped the whole
+    // start: no disk was served.
+    await withCatalogWriteLocked(async () => {
+      await stack.startAgent();
+      expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
+      await waitFor('the resumed copy to end', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
+    });
+    // Its end could not be recorded then: the next start runs it again and records it.
+    await killAgent();
+    await stack.startAgent();
+    await waitFor('the copy to end, recorded', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
+    rmSync(raw);
+  }, 120_000);
+
+  it('starts while the catalog cannot be written though an encrypted image is left half-made; the next start removes it', async () => {
+    await killAgent();
+    const path = addHalfMadeImage('half');
+    // Removing its row at start failed, and that failure stopped the whole start.
+    await withCatalogWriteLocked(() => stack.startAgent());
+    expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
+    await killAgent();
+    await stack.startAgent();
+    expect(cliOk(['image', 'list'], stack.env).images.map((i: { name: string }) => i.name)).not.toContain('half');
+    expect(existsSync(path)).toBe(false);
+  }, 120_000);
 
   it('undoes a disk resize killed between growing the file and committing the header; a tail with data stays refused', async () => {
     cliOk(['disk', 'create', 'grown', '--size', '8M'], stack.env);

@@ -106,6 +106,59 @@ describe.skipIf(!isRoot)('a full state file system', () => {
     expect(cliOk(['disk', 'list'], env).disks.map((d: { name: string }) => d.name)).toEqual(['big', 'tiny']);
     expect(existsSync(join(env.KMSDISK_STATE!, 'catalog.db'))).toBe(true);
   }, 180_000);
+
+  it('detach on a full file system is refused with KMSDISK_ERR_NO_SPACE and changes nothing; once it succeeds a restart agrees', async () => {
+    const env = stack!.env;
+    const tinyUri = `nbd://127.0.0.1:${stack!.nbdPort}/tiny`;
+    cliOk(['attach', 'tiny'], env);
+    const fill = spawnSync('nbdcopy', ['--', '[', 'nbdkit', 'random', 'size=150M', ']', uri], { env: NBD_ENV, encoding: 'utf8' });
+    expect(fill.stderr).toContain('No space left on device');
+    // The catalog cannot record the detach: it used to close the export anyway and leave the row,
+    // so the disk showed attached but served nothing, and the next start attached it again.
+    const refused = cliRefused(['detach', 'tiny'], env, 4, 'KMSDISK_ERR_NO_SPACE');
+    expect(refused.error.message).toContain('catalog');
+    expect(cliOk(['disk', 'show', 'tiny'], env)).toMatchObject({ state: 'in-use', attachment: { export: 'tiny' } });
+    expect(execFileSync('nbdsh', ['-u', tinyUri, '-c', 'print(h.get_size())'], { env: NBD_ENV, encoding: 'utf8' }).trim()).toBe(String(4 * 1024 * 1024));
+
+    execFileSync('nbdsh', ['-u', uri, '-c', 'h.trim(200 * 1024 * 1024, 0)'], { env: NBD_ENV });
+    cliOk(['detach', 'tiny'], env);
+    const exited = new Promise((r) => stack!.agent.once('exit', r));
+    stack!.agent.kill('SIGKILL');
+    await exited;
+    await stack!.startAgent();
+    expect(cliOk(['disk', 'show', 'tiny'], env)).toMatchObject({ state: 'available', attachment: null });
+    expect(cliOk(['disk', 'show', 'big'], env)).toMatchObject({ state: 'in-use', attachment: { export: 'big' } });
+  }, 180_000);
+
+  it('disk, snapshot and image delete on a full file system free the space instead of being refused for want of it', async () => {
+    const env = stack!.env;
+    const state = env.KMSDISK_STATE!;
+    // Things that hold space: a disk with 8 MiB of random data, a snapshot of it, an encrypted image.
+    cliOk(['disk', 'create', 'fat', '--size', '8M'], env);
+    cliOk(['attach', 'fat'], env);
+    execFileSync('nbdcopy', ['--', '[', 'nbdkit', 'random', 'size=8M', ']', `nbd://127.0.0.1:${stack!.nbdPort}/fat`], { env: NBD_ENV });
+    cliOk(['detach', 'fat'], env);
+    cliOk(['snapshot', 'create', 'fat', 'fat-snap'], env);
+    const files = (d: string) => readdirSync(join(state, d)).length;
+    const before = { volumes: files('volumes'), snapshots: files('snapshots'), images: files('images') };
+    // Each delete on a file system filled up again: the catalog update has no room until the
+    // file is gone. It used to be refused with KMSDISK_ERR_NO_SPACE, "free space", leaving no
+    // way to free it through kmsdisk.
+    for (const [kind, name] of [['snapshot', 'fat-snap'], ['disk', 'fat'], ['image', 'secret']] as const) {
+      const fill = spawnSync('nbdcopy', ['--', '[', 'nbdkit', 'random', 'size=150M', ']', uri], { env: NBD_ENV, encoding: 'utf8' });
+      expect(fill.stderr).toContain('No space left on device');
+      cliOk([kind, 'delete', name], env);
+    }
+    expect(cliOk(['snapshot', 'list'], env).snapshots.map((s: { name: string }) => s.name)).not.toContain('fat-snap');
+    expect(cliOk(['disk', 'list'], env).disks.map((d: { name: string }) => d.name)).toEqual(['big', 'tiny']);
+    expect(cliOk(['image', 'list'], env).images.map((i: { name: string }) => i.name)).toEqual(['plain']);
+    expect({ volumes: files('volumes'), snapshots: files('snapshots'), images: files('images') }).toEqual({
+      volumes: before.volumes - 1,
+      snapshots: before.snapshots - 1,
+      images: before.images - 1,
+    });
+    execFileSync('nbdsh', ['-u', uri, '-c', 'h.trim(200 * 1024 * 1024, 0)'], { env: NBD_ENV });
+  }, 180_000);
 });
 
 describe.skipIf(!isRoot)('a read-only state folder', () => {
