@@ -36,7 +36,26 @@ export function buildProgram(): Command {
   return program;
 }
 
+const DAEMONS = new Set(['kms', 'serve', 'demo']);
+
+/**
+ * A reader that stops early (`kmsdisk disk list | head -1`) closes stdout under us: the next write
+ * fails with EPIPE, and without a listener Node threw it as an unhandled 'error' event, with a
+ * stack and exit 1. A one-shot command stops quietly with 0 (its reader has what it wanted); a
+ * daemon keeps running and drops what it can no longer print (its logs go on to stderr).
+ */
+function handleClosedOutput(argv: string[]): void {
+  const daemon = DAEMONS.has(argv[2] ?? '');
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+      if (!daemon) process.exit(0);
+    });
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
+  handleClosedOutput(argv);
   const program = buildProgram();
   const wantsJson = argv.includes('--json');
   try {

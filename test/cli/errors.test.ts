@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cli, startDaemonStack, type DaemonStack } from './helpers.js';
+import { spawn } from 'node:child_process';
+import { BIN, cli, startDaemonStack, type DaemonStack } from './helpers.js';
 
 let stack: DaemonStack;
 /** A second state folder with the emulator's credentials, for agents that must fail to start. */
@@ -112,3 +113,18 @@ describe('kmsdisk CLI error messages', () => {
     expect(cli(['disk', 'list', '--json'], stack.env).status).toBe(0);
   });
 });
+
+describe('a reader that closes the output early', () => {
+  it('a command whose stdout is closed before it prints exits 0 without a stack (`kmsdisk disk list | head -1`)', async () => {
+    for (const args of [['disk', 'list'], ['disk', 'list', '--json'], ['version']]) {
+      const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout.destroy(); // the reader is gone before the command writes
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((r) => child.once('close', (c) => r(c)));
+      expect(stderr, args.join(' ')).toBe('');
+      expect(code, args.join(' ')).toBe(0);
+    }
+  });
+});
+
