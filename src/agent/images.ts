@@ -227,7 +227,16 @@ export class ImagesService {
       this.meta.set(dest, target);
       const params: CopyParams = { source, dest, kmsKeyId, destPath, sectorSize };
       this.ctx.bumpVersion();
-      return this.jobs.submit(COPY_JOB_KIND, params as unknown as Record<string, unknown>, await plainImageSize(src.path));
+      try {
+        return this.jobs.submit(COPY_JOB_KIND, params as unknown as Record<string, unknown>, await plainImageSize(src.path));
+      } catch (err) {
+        // No job will ever write or remove it (the job row could not be written: a full file
+        // system); without this the image stayed listed as 'creating' until the next start.
+        this.meta.delete(dest);
+        await this.removeHalfMade({ name: dest, path: destPath }).catch(() => undefined);
+        this.ctx.bumpVersion();
+        throw err;
+      }
     });
   }
 
