@@ -163,8 +163,7 @@ Lane::~Lane() { CloseDescriptors(); }  // normally done already by the last thre
 
 void Lane::CloseDescriptors() {
   std::lock_guard<std::mutex> g(mu_);
-  if (!fdsOpen_) return;
-  fdsOpen_ = false;
+  if (fd_ < 0) return;
   if (stopFd_ >= 0) close(stopFd_);
   if (killFd_ >= 0) close(killFd_);
   close(fd_);
@@ -179,15 +178,15 @@ bool Lane::Launch(std::string* error) {
   const int want = static_cast<int>(opts_.workers == 0 ? 1 : opts_.workers) + 1;
   int made = 0;
   try {
-    std::thread([this] {
-      if (WaitLaunched()) ReceiveLoop();
-    }).detach();
-    made++;
-    while (made < want) {
-      std::thread([this] {
-        if (WaitLaunched()) WorkerLoop();
+    for (; made < want; made++) {
+      // Thread 0 receives, the others are workers.
+      std::thread([this, receiver = made == 0] {
+        if (!WaitLaunched()) return;
+        if (receiver)
+          ReceiveLoop();
+        else
+          WorkerLoop();
       }).detach();
-      made++;
     }
   } catch (const std::system_error& e) {
     *error = std::string("cannot start the connection's threads: ") + e.what();
@@ -223,7 +222,7 @@ void Lane::ThreadExit() {
   auto* ev = new LaneEvent();
   ev->kind = LaneEvent::Exited;
   // The socket closes now, not when JS lets go of its handle (no thread uses the descriptors
-  // any more; Stop and Kill check fdsOpen_).
+  // any more; Stop and Kill check fd_ >= 0).
   shutdown(fd_, SHUT_RDWR);
   CloseDescriptors();
   std::shared_ptr<Lane> keep = std::move(self_);
@@ -797,7 +796,7 @@ void Lane::Stop() {
     stopping_ = true;
     if (receiverDone_ && inflight_ == 0 && !stoppedSent_) sendStopped = stoppedSent_ = true;
     uint64_t one = 1;
-    if (fdsOpen_) (void)!write(stopFd_, &one, sizeof one);
+    if (fd_ >= 0) (void)!write(stopFd_, &one, sizeof one);
   }
   cv_.notify_all();
   if (sendStopped) {
@@ -825,7 +824,7 @@ void Lane::Kill() {
     }
     queue_.swap(drop);
     queued_.store(queue_.size(), std::memory_order_relaxed);
-    if (fdsOpen_) {
+    if (fd_ >= 0) {
       uint64_t one = 1;
       (void)!write(killFd_, &one, sizeof one);
       (void)!write(stopFd_, &one, sizeof one);

@@ -144,8 +144,8 @@ class Lane : public std::enable_shared_from_this<Lane> {
   // The lane's descriptors are closed by its last thread (CloseDescriptors), not by the destructor:
   // the destructor runs only when JS's garbage collector drops the handle, and until then a
   // connection that had ended kept three descriptors (a flood of short connections ran the agent
-  // out of them). JS-side calls (Stop, Kill) use them under mu_ and only while fdsOpen_.
-  int fd_;
+  // out of them); fd_ is -1 once they are. JS-side calls (Stop, Kill) use them under mu_, only while fd_ >= 0.
+  int fd_;  // -1 once closed (mu_)
   const LaneOptions opts_;
   std::vector<uint8_t> leftover_;
   size_t leftoverPos_ = 0;
@@ -166,7 +166,6 @@ class Lane : public std::enable_shared_from_this<Lane> {
   int threads_ = 0;
   enum class LaunchState { Pending, Running, Aborted } launch_ = LaunchState::Pending;  // mu_
   std::condition_variable launchCv_;
-  bool fdsOpen_ = true;  // fd_, stopFd_ and killFd_ are open (mu_)
 
   std::mutex sendMu_;
   bool sendBroken_ = false;

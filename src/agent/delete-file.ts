@@ -25,7 +25,8 @@ export async function deleteRowsThenFile(path: string, deleteRows: () => void, l
   await unlinkIfThere(path).catch((err: unknown) => logger.warn({ ...what, path, err: (err as Error).message }, 'could not remove the file'));
 }
 
-async function unlinkIfThere(path: string): Promise<void> {
+/** Removes path; a file that is not there is fine. */
+export async function unlinkIfThere(path: string): Promise<void> {
   await fsp.unlink(path).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err;
   });

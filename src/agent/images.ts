@@ -21,7 +21,7 @@ import type { AgentContext } from './context.js';
 import { copyRawIntoVolume, plainImageSize } from './image-data.js';
 import type { JobRunContext, JobsService, JobView } from './jobs.js';
 import { checkName } from './names.js';
-import { deleteRowsThenFile } from './delete-file.js';
+import { deleteRowsThenFile, unlinkIfThere } from './delete-file.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
 import { VolumeSizeLimit } from './size-limit.js';
 
@@ -89,9 +89,7 @@ export class ImagesService {
 
   /** Removes a half-made encrypted image: its file first (frees the space), then its row. */
   private async removeHalfMade(i: { name: string; path: string }): Promise<void> {
-    await fsp.unlink(i.path).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-    });
+    await unlinkIfThere(i.path);
     if (this.ctx.catalog.getImage(i.name)?.state === 'creating') this.ctx.catalog.deleteImage(i.name);
     this.meta.delete(i.name);
     this.ctx.bumpVersion();

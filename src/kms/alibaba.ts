@@ -51,10 +51,10 @@ type RawResponse = Record<string, unknown>;
  * second CreateAlias, DeleteAlias, ScheduleKeyDeletion, CancelKeyDeletion, RevokeGrant or
  * RetireGrant refuses (AliasAlreadyExists, StateModifiedFailed, GrantNotFound) a change that was
  * made. They are retried only after failures that prove the KMS did not act; after the others
-(lost reply, read timeout, 500) the KMS is asked whether the change was made (`recover`), and
-only where it cannot tell does the call fail saying so. The rest (reads,
- * data keys, Enable/Disable, tags, imports of the same material, AccessKey switches) converge on
- * the same state when repeated and are retried as before.
+ * (lost reply, read timeout, 500) the KMS is asked whether the change was made (`recover`), and
+ * only where it cannot tell does the call fail saying so. The rest (reads, data keys,
+ * Enable/Disable, tags, imports of the same material, AccessKey switches) converge on the same
+ * state when repeated and are retried as before.
  */
 const NOT_IDEMPOTENT = new Set(['CreateKey', 'CreateGrant', 'CreateKeyVersion', 'CreateAlias', 'DeleteAlias', 'ScheduleKeyDeletion', 'CancelKeyDeletion', 'RevokeGrant', 'RetireGrant']);
 

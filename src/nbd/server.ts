@@ -39,6 +39,11 @@ export interface NbdServerOptions {
 /** At most one log line per this long about refused connections (a flood must not flood the log). */
 const REFUSAL_LOG_MS = 10_000;
 
+/** host:port of a TCP client, 'unix' for a Unix-socket one (log lines, connection info). */
+function remoteOf(socket: net.Socket): string {
+  return socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
+}
+
 export type ListenTarget = { host: string; port: number } | { path: string };
 
 interface Conn {
@@ -248,7 +253,7 @@ export class NbdServer extends EventEmitter {
       return;
     }
     setNoDelay(socket);
-    const remote = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
+    const remote = remoteOf(socket);
     const conn: Conn = { id: this.nextId++, socket, remote, since: new Date(), session: null, tls: false, pskIdentity: undefined, closing: false };
     this.conns.set(conn.id, conn);
     this.stats.connectionsTotal++;
@@ -276,7 +281,7 @@ export class NbdServer extends EventEmitter {
     socket.on('error', () => {});
     socket.destroy();
     this.stats.connectionsRefused++;
-    this.emit('refuse', { remote: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix' });
+    this.emit('refuse', { remote: remoteOf(socket) });
     this.refusals.unlogged++;
     const now = Date.now();
     if (now - this.refusals.loggedAt < REFUSAL_LOG_MS) return;

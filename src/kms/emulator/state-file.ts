@@ -139,7 +139,7 @@ export class StateWriter {
       } catch (err) {
         // The memory holds changes that are not on disk: this batch's, and those of requests
         // queued for the next write. Back to the disk's state, and fail them all (the API
-        // answers 500 for each), before any other request can see them.
+        // answers 503 ServiceUnavailableTemporary for each), before any other request can see them.
         const failed = [...batch, ...this.waiting];
         this.waiting = [];
         this.rollback(JSON.parse(this.durable));
