@@ -2,7 +2,8 @@
 # Installs the real NBD clients and servers the test suite drives (Debian packages):
 # qemu-utils (qemu-img, qemu-io, qemu-nbd), libnbd-bin (nbdinfo, nbdcopy, nbdfuse, nbdsh),
 # nbdkit, fio (nbd engine), python3-libnbd, fuse3 + e2fsprogs (filesystem on nbdfuse),
-# gnutls-bin (psktool), openssl, and prometheus for `promtool check metrics`.
+# gnutls-bin (psktool), openssl, nbd-client (the kernel's client; its negotiation only: no nbd
+# module here), and prometheus for `promtool check metrics`.
 # Skips apt entirely when everything is already there.
 set -euo pipefail
 
@@ -19,6 +20,8 @@ have psktool    || need+=(gnutls-bin)
 have openssl    || need+=(openssl)
 have promtool   || need+=(prometheus)
 have losetup    || need+=(mount)
+# The kernel's NBD client; in /usr/sbin, which a non-root PATH may lack.
+[ -x /usr/sbin/nbd-client ] || have nbd-client || need+=(nbd-client)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-tools: all test tools present"
