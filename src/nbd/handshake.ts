@@ -218,7 +218,7 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           state.baseAllocation = false;
           state.peer = { tls: true, pskIdentity: up.pskIdentity };
           reader.attach(up.socket);
-          log.info({ pskIdentity: up.pskIdentity, protocol: up.socket.getProtocol() }, 'nbd client upgraded to TLS');
+          log.info({ pskIdentity: up.pskIdentity, protocol: up.socket.getProtocol(), cipher: up.socket.getCipher().standardName }, 'nbd client upgraded to TLS');
           break;
         }
         case OPT.INFO:
