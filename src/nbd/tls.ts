@@ -76,6 +76,36 @@ export function clientHelloOffersPsk(hello: Buffer): boolean | undefined {
   }
 }
 
+/** OpenSSL's reason for a failed handshake ("binder does not verify"), else the error's message. */
+function opensslReason(err: Error): string {
+  const reason = (err as Error & { reason?: unknown }).reason;
+  return typeof reason === 'string' && reason !== '' ? reason : err.message.trim();
+}
+
+/** What OpenSSL says when both sides name the same PSK identity with different keys. */
+const PSK_MISMATCH = /binder does not verify|decrypt error|bad record mac|digest check failed/i;
+
+/**
+ * Says why a TLS-PSK handshake failed in the operator's terms. OpenSSL's own text is about its
+ * internals: a wrong key is "tls_psk_do_binder:binder does not verify", an unknown identity (the
+ * server then falls back to a certificate it does not have) "no suitable signature algorithm".
+ */
+function pskFailure(err: Error, offered: string | undefined, known: boolean): Error {
+  const reason = opensslReason(err);
+  if (!('library' in err) && !('reason' in err)) return err; // a timeout or a close: already clear
+  let message: string;
+  if (offered === undefined) {
+    message = `TLS handshake failed: ${reason} (the client presented no TLS-PSK identity, and this server takes TLS-PSK clients only: no --tls-cert)`;
+  } else if (!known) {
+    message = `TLS-PSK handshake refused: identity ${JSON.stringify(offered)} is unknown to this server`;
+  } else if (PSK_MISMATCH.test(reason)) {
+    message = `TLS-PSK handshake refused: the client's key for identity ${JSON.stringify(offered)} does not match this server's`;
+  } else {
+    message = `TLS-PSK handshake as identity ${JSON.stringify(offered)} failed: ${reason}`;
+  }
+  return new Error(message, { cause: err });
+}
+
 /** A validated, reusable TLS setup for a server. */
 export class TlsContext {
   /**
@@ -131,6 +161,8 @@ export class TlsContext {
    */
   upgrade(socket: Socket, timeoutMs: number, wantsPsk?: boolean): Promise<TlsUpgrade> {
     let pskIdentity: string | undefined;
+    /** The PSK identity the client presented, known to us or not (for the failure message). */
+    let offered: string | undefined;
     const usePsk = this.pskContext !== undefined && (this.certContext === undefined || wantsPsk === true);
     const tlsSocket = new tls.TLSSocket(socket, {
       isServer: true,
@@ -140,6 +172,7 @@ export class TlsContext {
       ...(usePsk
         ? {
             pskCallback: (_s: tls.TLSSocket, identity: string): Buffer | null => {
+              offered = identity;
               const key = this.lookupPsk(identity);
               if (key) pskIdentity = identity;
               return key;
@@ -158,7 +191,7 @@ export class TlsContext {
       const fail = (err: Error): void => {
         cleanup();
         tlsSocket.destroy();
-        reject(err);
+        reject(usePsk ? pskFailure(err, offered, pskIdentity !== undefined) : err);
       };
       const onClose = (): void => fail(new Error('connection closed during the TLS handshake'));
       const onSecure = (): void => {

@@ -1,4 +1,5 @@
-// What real TLS clients (libnbd, qemu: GnuTLS) negotiate with us.
+// What real TLS clients (libnbd, qemu: GnuTLS) negotiate with us, and what the log says when a
+// TLS-PSK client is refused.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -7,13 +8,14 @@ import { pino } from 'pino';
 import { NbdServer } from '../../src/nbd/server.js';
 import { plainFileDevice, type TestDevice } from './file-device.js';
 import { until } from './gated-device.js';
-import { MiB, mustRun, tempDir } from './harness.js';
+import { MiB, mustRun, run, tempDir } from './harness.js';
 import { makePki } from './pki.js';
 
 interface LogLine {
   msg: string;
   cipher?: string;
   pskIdentity?: string;
+  reason?: string;
 }
 
 describe('TLS negotiation with real clients', () => {
@@ -30,6 +32,8 @@ describe('TLS negotiation with real clients', () => {
   beforeAll(async () => {
     dir = await tempDir('nbd-tls-negotiation');
     await writeFile(pskFile('alice'), `alice:${aliceKey.toString('hex')}\n`, { mode: 0o600 });
+    await writeFile(pskFile('wrong'), `alice:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    await writeFile(pskFile('mallory'), `mallory:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
     await mkdir(join(dir.path, 'qemu'));
     await writeFile(join(dir.path, 'qemu', 'keys.psk'), `alice:${aliceKey.toString('hex')}\n`, { mode: 0o600 });
     caDir = (await makePki(join(dir.path, 'pki'))).dir;
@@ -73,5 +77,18 @@ describe('TLS negotiation with real clients', () => {
     }, 'nbd client upgraded to TLS', 4);
     expect(upgraded.map((l) => l.cipher)).toEqual(Array(4).fill(expect.stringMatching(/^TLS_AES_(128|256)_GCM_SHA(256|384)$/)));
     expect(upgraded.map((l) => l.pskIdentity)).toEqual(['alice', undefined, 'alice', undefined]);
+  });
+
+  it('a refused TLS-PSK client is logged with the identity and why, not OpenSSL internals', async () => {
+    const failed = await linesDuring(async () => {
+      expect((await run('nbdinfo', [pskUri('alice', pskFile('wrong'))])).code).not.toBe(0);
+      expect((await run('nbdinfo', [pskUri('mallory', pskFile('mallory'))])).code).not.toBe(0);
+    }, 'nbd negotiation failed, disconnecting client', 2);
+    expect(failed.map((l) => l.reason)).toEqual([
+      `TLS-PSK handshake refused: the client's key for identity "alice" does not match this server's`,
+      'TLS-PSK handshake refused: identity "mallory" is unknown to this server',
+    ]);
+    // The server still takes the right key.
+    expect(await mustRun('nbdinfo', [pskUri('alice', pskFile('alice'))])).toMatch(/with TLS/);
   });
 });
