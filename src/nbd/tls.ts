@@ -76,6 +76,55 @@ export function clientHelloOffersPsk(hello: Buffer): boolean | undefined {
   }
 }
 
+/** Frames at least this long go to TLS alone (see writeLargeFramesAlone). */
+const LARGE_FRAME = 64 * 1024;
+
+/**
+ * Makes the socket's batched writes hand large frames (READ replies) to TLS one at a time.
+ *
+ * Why: while a write is in progress, a Writable queues the next ones and passes them to _writev
+ * together, and Node's TLSWrap::DoWrite copies a multi-buffer write into one freshly allocated
+ * ArrayBuffer before SSL_write. Under sequential reads that copied every byte served once more,
+ * and the allocations (external memory, hundreds of MiB/s) made V8 run a full mark-compact every
+ * ~100 ms. A single buffer is encrypted where it is. Small frames are still joined into one write
+ * (one TLS record and syscall for many 4 KiB replies); the join is zeroed once written, as it may
+ * hold plaintext of small READ replies.
+ */
+function writeLargeFramesAlone(socket: tls.TLSSocket): void {
+  socket._writev = (chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void => {
+    const writes: Array<{ buf: Buffer; joined: boolean }> = [];
+    let small: Buffer[] = [];
+    const flushSmall = (): void => {
+      if (small.length === 1) writes.push({ buf: small[0]!, joined: false });
+      else if (small.length > 1) writes.push({ buf: Buffer.concat(small), joined: true });
+      small = [];
+    };
+    for (const { chunk } of chunks) {
+      if (chunk.length < LARGE_FRAME) {
+        small.push(chunk);
+        continue;
+      }
+      flushSmall();
+      writes.push({ buf: chunk, joined: false });
+    }
+    flushSmall();
+    let next = 0;
+    const writeNext = (err?: Error | null): void => {
+      const done = writes[next - 1];
+      if (done?.joined) done.buf.fill(0);
+      if (err || next === writes.length) {
+        callback(err);
+        return;
+      }
+      // One TLS write at a time, as Writable itself does (TLSWrap takes one write in progress).
+      // 'buffer' is the encoding Writable passes with Buffer chunks (net.Socket writes them as they
+      // are; a string encoding would make it write the bytes as a string); @types lacks it.
+      socket._write(writes[next++]!.buf, 'buffer' as BufferEncoding, writeNext);
+    };
+    writeNext();
+  };
+}
+
 /** OpenSSL's reason for a failed handshake ("binder does not verify"), else the error's message. */
 function opensslReason(err: Error): string {
   const reason = (err as Error & { reason?: unknown }).reason;
@@ -196,6 +245,7 @@ export class TlsContext {
       const onClose = (): void => fail(new Error('connection closed during the TLS handshake'));
       const onSecure = (): void => {
         cleanup();
+        writeLargeFramesAlone(tlsSocket);
         resolve({ socket: tlsSocket, pskIdentity });
       };
       tlsSocket.once('secure', onSecure);
