@@ -98,6 +98,8 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
     baseAllocation: false,
     peer: { tls: false, pskIdentity: undefined },
   };
+  // One deadline for the whole negotiation, the TLS handshake included (see STARTTLS below).
+  const deadline = Date.now() + timeoutMs;
   const timer = setTimeout(() => reader.fail(new HandshakeError('handshake timed out')), timeoutMs);
   const send = (buf: Buffer): void => {
     state.stream.write(buf);
@@ -206,7 +208,9 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           } else {
             reader.detach();
           }
-          const up = await host.tls.upgrade(socket, timeoutMs, wantsPsk);
+          // What is left of the negotiation's time, not a fresh allowance: with a full one, a
+          // client could take up to twice the limit in all.
+          const up = await host.tls.upgrade(socket, Math.max(1, deadline - Date.now()), wantsPsk);
           // Errors surface as 'close'; without a permanent listener a reset between phases
           // (when no reader is attached) would be an uncaught 'error' event.
           up.socket.on('error', () => {});

@@ -1,8 +1,10 @@
-// What real TLS clients (libnbd, qemu: GnuTLS) negotiate with us, and what the log says when a
-// TLS-PSK client is refused.
+// What real TLS clients (libnbd, qemu: GnuTLS) negotiate with us, what the log says when a
+// TLS-PSK client is refused, and the negotiation deadline across STARTTLS.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import tls from 'node:tls';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { NbdServer } from '../../src/nbd/server.js';
@@ -90,5 +92,39 @@ describe('TLS negotiation with real clients', () => {
     ]);
     // The server still takes the right key.
     expect(await mustRun('nbdinfo', [pskUri('alice', pskFile('alice'))])).toMatch(/with TLS/);
+  });
+
+  it('the negotiation deadline holds across STARTTLS: a client whose TLS handshake ends past it is cut off', async () => {
+    // Before: the TLS handshake had a fresh allowance of its own, and re-attaching the reader to
+    // the TLS stream forgot that the deadline had passed meanwhile, so such a client could then
+    // haggle over options forever (holding one of the server's connections).
+    const slow = new NbdServer({ handshakeTimeoutMs: 1000, tls: { psk: new Map([['alice', aliceKey]]) } });
+    slow.addExport('disk', { device: disk.device });
+    const slowPort = ((await slow.listen({ host: '127.0.0.1', port: 0 })) as { port: number }).port;
+    const sock = net.connect(slowPort, '127.0.0.1');
+    sock.on('error', () => {});
+    let client: tls.TLSSocket | undefined;
+    try {
+      await new Promise((resolve) => sock.once('connect', resolve));
+      const wait = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+      const flags = Buffer.alloc(4);
+      flags.writeUInt32BE(3); // FIXED_NEWSTYLE | NO_ZEROES
+      sock.write(flags);
+      await wait(700);
+      const starttls = Buffer.alloc(16);
+      starttls.writeBigUInt64BE(0x49484156454f5054n); // IHAVEOPT
+      starttls.writeUInt32BE(5, 8); // NBD_OPT_STARTTLS, no data
+      sock.write(starttls);
+      await wait(400); // the ClientHello goes out past the 1 s deadline
+      sock.pause();
+      sock.read(); // the greeting and the STARTTLS reply
+      client = tls.connect({ socket: sock, ciphers: 'TLS_AES_128_GCM_SHA256', pskCallback: () => ({ identity: 'alice', psk: aliceKey }), checkServerIdentity: () => undefined });
+      client.on('error', () => {});
+      await until(() => slow.connections().length === 0, 'the server closed the late client', 10_000);
+    } finally {
+      client?.destroy();
+      sock.destroy();
+      await slow.close();
+    }
   });
 });
