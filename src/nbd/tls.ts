@@ -155,6 +155,23 @@ function pskFailure(err: Error, offered: string | undefined, known: boolean): Er
   return new Error(message, { cause: err });
 }
 
+/**
+ * The same for a certificate client. OpenSSL says "peer did not return a certificate" when the
+ * server requires one (--tls-ca) and the client sent none: libnbd and qemu send theirs only if it
+ * comes from a CA the server names, so a certificate from another CA ends the same way.
+ */
+function x509Failure(err: Error, requireClientCert: boolean): Error {
+  const reason = opensslReason(err);
+  if (!('library' in err) && !('reason' in err)) return err;
+  let message = `TLS handshake failed: ${reason}`;
+  if (requireClientCert && /peer did not return a certificate/i.test(reason)) {
+    message = 'TLS handshake refused: the client sent no certificate, and this server requires one issued by its --tls-ca CA (clients send theirs only when it is)';
+  } else if (requireClientCert && /certificate verify failed|unknown ca|certificate (has )?expired|unsupported certificate/i.test(reason)) {
+    message = `TLS handshake refused: the client's certificate was not accepted (${reason}); this server requires one issued by its --tls-ca CA`;
+  }
+  return new Error(message, { cause: err });
+}
+
 /** A validated, reusable TLS setup for a server. */
 export class TlsContext {
   /**
@@ -240,7 +257,7 @@ export class TlsContext {
       const fail = (err: Error): void => {
         cleanup();
         tlsSocket.destroy();
-        reject(usePsk ? pskFailure(err, offered, pskIdentity !== undefined) : err);
+        reject(usePsk ? pskFailure(err, offered, pskIdentity !== undefined) : x509Failure(err, this.requestCert));
       };
       const onClose = (): void => fail(new Error('connection closed during the TLS handshake'));
       const onSecure = (): void => {

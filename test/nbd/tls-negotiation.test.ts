@@ -1,8 +1,8 @@
 // What real TLS clients (libnbd, qemu: GnuTLS) negotiate with us, what the log says when a
-// TLS-PSK client is refused, and the negotiation deadline across STARTTLS.
+// TLS-PSK or certificate client is refused, and the negotiation deadline across STARTTLS.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
 import { join } from 'node:path';
@@ -27,6 +27,7 @@ describe('TLS negotiation with real clients', () => {
   let disk: TestDevice;
   let caDir = '';
   const lines: LogLine[] = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
   const aliceKey = randomBytes(32);
   const pskFile = (name: string): string => join(dir.path, `${name}.psk`);
   const pskUri = (user: string, file: string): string => `nbds://${user}@127.0.0.1:${port}/disk?tls-psk-file=${file}`;
@@ -41,7 +42,7 @@ describe('TLS negotiation with real clients', () => {
     caDir = (await makePki(join(dir.path, 'pki'))).dir;
     disk = await plainFileDevice(dir.path, 8 * MiB);
     server = new NbdServer({
-      logger: pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) }),
+      logger,
       tls: {
         psk: new Map([['alice', aliceKey]]),
         cert: { key: await readFile(join(caDir, 'server-key.pem')), cert: await readFile(join(caDir, 'server-cert.pem')) },
@@ -92,6 +93,37 @@ describe('TLS negotiation with real clients', () => {
     ]);
     // The server still takes the right key.
     expect(await mustRun('nbdinfo', [pskUri('alice', pskFile('alice'))])).toMatch(/with TLS/);
+  });
+
+  it('a certificate client refused for want of a client certificate is logged saying so', async () => {
+    const strict = new NbdServer({
+      logger,
+      tls: {
+        cert: {
+          key: await readFile(join(caDir, 'server-key.pem')),
+          cert: await readFile(join(caDir, 'server-cert.pem')),
+          ca: await readFile(join(caDir, 'ca-cert.pem')),
+          requestCert: true,
+        },
+      },
+    });
+    strict.addExport('disk', { device: disk.device, requireTls: true });
+    const strictPort = ((await strict.listen({ host: '127.0.0.1', port: 0 })) as { port: number }).port;
+    // Trusts the server, has no certificate of its own.
+    const noCert = join(dir.path, 'no-client-cert');
+    await mkdir(noCert);
+    await copyFile(join(caDir, 'ca-cert.pem'), join(noCert, 'ca-cert.pem'));
+    try {
+      const failed = await linesDuring(async () => {
+        expect((await run('nbdinfo', [`nbds://127.0.0.1:${strictPort}/disk?tls-certificates=${noCert}`])).code).not.toBe(0);
+      }, 'nbd negotiation failed, disconnecting client');
+      expect(failed.map((l) => l.reason)).toEqual([
+        'TLS handshake refused: the client sent no certificate, and this server requires one issued by its --tls-ca CA (clients send theirs only when it is)',
+      ]);
+      expect(await mustRun('nbdinfo', [`nbds://127.0.0.1:${strictPort}/disk?tls-certificates=${caDir}`])).toMatch(/with TLS/);
+    } finally {
+      await strict.close();
+    }
   });
 
   it('the negotiation deadline holds across STARTTLS: a client whose TLS handshake ends past it is cut off', async () => {
