@@ -31,6 +31,8 @@ import { clientHelloOffersPsk, type TlsContext } from './tls.js';
 const MAX_OPTION_DATA = 64 * 1024;
 /** A client that haggles forever is cut off. */
 const MAX_OPTIONS = 1024;
+/** TLS record content type of a ClientHello's record. */
+const TLS_HANDSHAKE_RECORD = 22;
 
 export interface HandshakeHost {
   findExport(name: string, peer: PeerSecurity): ExportEntry | undefined;
@@ -201,6 +203,11 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           if (host.tls.needsClientHello) {
             // Peek at the ClientHello record, then hand it back to the socket for TLS to read.
             const recordHeader = await reader.read(5);
+            // Not a TLS handshake record: say so now. Taken as one, its "length" (any two bytes)
+            // kept the connection waiting for bytes that never come, until the deadline.
+            if (recordHeader[0] !== TLS_HANDSHAKE_RECORD) {
+              throw new HandshakeError(`no TLS ClientHello after STARTTLS: the client sent something else (first byte 0x${recordHeader[0]!.toString(16)})`);
+            }
             const hello = Buffer.concat([recordHeader, await reader.read(recordHeader.readUInt16BE(3))]);
             wantsPsk = clientHelloOffersPsk(hello);
             reader.detach();
