@@ -9,6 +9,7 @@
 // about an eighth of its AES-GCM here (gnutls-cli --benchmark-ciphers: 0.38 vs 3.06 GB/s), which
 // capped nbdcopy through a TLS-PSK export at 140-270 MiB/s on the client's CPU alone.
 
+import { constants } from 'node:crypto';
 import tls from 'node:tls';
 import type { Socket } from 'node:net';
 import { KmsdiskError } from '../errors.js';
@@ -76,6 +77,19 @@ export function clientHelloOffersPsk(hello: Buffer): boolean | undefined {
   }
 }
 
+/**
+ * Options common to both contexts. The server's cipher order wins (see the top). No session
+ * tickets: a client resuming a session skips the PSK callback and the certificate check, so it
+ * would come back with no identity -- taken for a certificate client, and let into exports that
+ * require a client certificate. No NBD client resumes sessions (libnbd and qemu connect afresh).
+ */
+const CONTEXT_OPTIONS: tls.SecureContextOptions = {
+  ciphers: CIPHERS,
+  honorCipherOrder: true,
+  secureOptions: constants.SSL_OP_NO_TICKET,
+  minVersion: 'TLSv1.2',
+};
+
 /** Frames at least this long go to TLS alone (see writeLargeFramesAlone). */
 const LARGE_FRAME = 64 * 1024;
 
@@ -139,12 +153,16 @@ const PSK_MISMATCH = /binder does not verify|decrypt error|bad record mac|digest
  * internals: a wrong key is "tls_psk_do_binder:binder does not verify", an unknown identity (the
  * server then falls back to a certificate it does not have) "no suitable signature algorithm".
  */
-function pskFailure(err: Error, offered: string | undefined, known: boolean): Error {
+function pskFailure(err: Error, offered: string | undefined, known: boolean, pskOnly: boolean): Error {
   const reason = opensslReason(err);
   if (!('library' in err) && !('reason' in err)) return err; // a timeout or a close: already clear
   let message: string;
   if (offered === undefined) {
-    message = `TLS handshake failed: ${reason} (the client presented no TLS-PSK identity, and this server takes TLS-PSK clients only: no --tls-cert)`;
+    // With a certificate too, this context was chosen for a pre-shared key in the ClientHello:
+    // a session ticket, which this server does not take (see CONTEXT_OPTIONS).
+    message = pskOnly
+      ? `TLS handshake failed: ${reason} (the client presented no TLS-PSK identity, and this server takes TLS-PSK clients only: no --tls-cert)`
+      : `TLS handshake failed: ${reason} (the client offered a pre-shared key but no TLS-PSK identity: a session to resume? this server resumes none)`;
   } else if (!known) {
     message = `TLS-PSK handshake refused: identity ${JSON.stringify(offered)} is unknown to this server`;
   } else if (PSK_MISMATCH.test(reason)) {
@@ -190,12 +208,10 @@ export class TlsContext {
     }
     this.psk = cfg.psk;
     this.requestCert = Boolean(cfg.cert?.requestCert);
-    this.pskContext = cfg.psk ? tls.createSecureContext({ ciphers: CIPHERS, honorCipherOrder: true, minVersion: 'TLSv1.2' }) : undefined;
+    this.pskContext = cfg.psk ? tls.createSecureContext(CONTEXT_OPTIONS) : undefined;
     this.certContext = cfg.cert
       ? tls.createSecureContext({
-          ciphers: CIPHERS,
-          honorCipherOrder: true,
-          minVersion: 'TLSv1.2',
+          ...CONTEXT_OPTIONS,
           key: cfg.cert.key,
           cert: cfg.cert.cert,
           ...(cfg.cert.ca ? { ca: cfg.cert.ca } : {}),
@@ -257,10 +273,16 @@ export class TlsContext {
       const fail = (err: Error): void => {
         cleanup();
         tlsSocket.destroy();
-        reject(usePsk ? pskFailure(err, offered, pskIdentity !== undefined) : x509Failure(err, this.requestCert));
+        reject(usePsk ? pskFailure(err, offered, pskIdentity !== undefined, this.certContext === undefined) : x509Failure(err, this.requestCert));
       };
       const onClose = (): void => fail(new Error('connection closed during the TLS handshake'));
       const onSecure = (): void => {
+        if (usePsk && pskIdentity === undefined) {
+          // Keyed without our PSK callback approving an identity: a resumed session (see
+          // CONTEXT_OPTIONS). Who the client is cannot be known, so it gets nothing.
+          fail(new Error('TLS-PSK handshake refused: the client resumed an earlier session instead of presenting its identity'));
+          return;
+        }
         cleanup();
         writeLargeFramesAlone(tlsSocket);
         resolve({ socket: tlsSocket, pskIdentity });

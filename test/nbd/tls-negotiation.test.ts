@@ -3,8 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import net from 'node:net';
-import tls from 'node:tls';
+import type { ConnectionOptions } from 'node:tls';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { NbdServer } from '../../src/nbd/server.js';
@@ -12,6 +11,9 @@ import { plainFileDevice, type TestDevice } from './file-device.js';
 import { until } from './gated-device.js';
 import { MiB, mustRun, run, tempDir } from './harness.js';
 import { makePki } from './pki.js';
+import { OPT, RawClient, REP } from './raw-client.js';
+
+const wait = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 interface LogLine {
   msg: string;
@@ -30,6 +32,7 @@ describe('TLS negotiation with real clients', () => {
   const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
   const aliceKey = randomBytes(32);
   const pskFile = (name: string): string => join(dir.path, `${name}.psk`);
+  const aliceTls: ConnectionOptions = { ciphers: 'TLS_AES_128_GCM_SHA256', pskCallback: () => ({ identity: 'alice', psk: aliceKey }) };
   const pskUri = (user: string, file: string): string => `nbds://${user}@127.0.0.1:${port}/disk?tls-psk-file=${file}`;
 
   beforeAll(async () => {
@@ -66,6 +69,30 @@ describe('TLS negotiation with real clients', () => {
     return lines.slice(from).filter((l) => l.msg === msg);
   }
 
+  /**
+   * What `serve --tls-cert --tls-key --tls-ca` makes: PSK and certificate clients, the latter with
+   * a certificate from the CA; 'disk' takes both kinds, 'certs-only' (attach --require-tls) only
+   * certificate clients.
+   */
+  async function startStrictServer(): Promise<{ port: number; close(): Promise<void> }> {
+    const strict = new NbdServer({
+      logger,
+      tls: {
+        psk: new Map([['alice', aliceKey]]),
+        cert: {
+          key: await readFile(join(caDir, 'server-key.pem')),
+          cert: await readFile(join(caDir, 'server-cert.pem')),
+          ca: await readFile(join(caDir, 'ca-cert.pem')),
+          requestCert: true,
+        },
+      },
+    });
+    strict.addExport('disk', { device: disk.device, requireTls: true });
+    strict.addExport('certs-only', { device: disk.device, tlsPskIdentities: [], tlsX509: true });
+    const port = ((await strict.listen({ host: '127.0.0.1', port: 0 })) as { port: number }).port;
+    return { port, close: () => strict.close() };
+  }
+
   it('libnbd and qemu get AES-GCM, not the ChaCha20 their GnuTLS lists first (PSK and x509)', async () => {
     // GnuTLS lists CHACHA20-POLY1305 before AES-128-GCM; OpenSSL took the client's order, and
     // GnuTLS's ChaCha20 is several times slower than its AES-NI GCM.
@@ -96,19 +123,8 @@ describe('TLS negotiation with real clients', () => {
   });
 
   it('a certificate client refused for want of a client certificate is logged saying so', async () => {
-    const strict = new NbdServer({
-      logger,
-      tls: {
-        cert: {
-          key: await readFile(join(caDir, 'server-key.pem')),
-          cert: await readFile(join(caDir, 'server-cert.pem')),
-          ca: await readFile(join(caDir, 'ca-cert.pem')),
-          requestCert: true,
-        },
-      },
-    });
-    strict.addExport('disk', { device: disk.device, requireTls: true });
-    const strictPort = ((await strict.listen({ host: '127.0.0.1', port: 0 })) as { port: number }).port;
+    const strict = await startStrictServer();
+    const strictPort = strict.port;
     // Trusts the server, has no certificate of its own.
     const noCert = join(dir.path, 'no-client-cert');
     await mkdir(noCert);
@@ -133,30 +149,50 @@ describe('TLS negotiation with real clients', () => {
     const slow = new NbdServer({ handshakeTimeoutMs: 1000, tls: { psk: new Map([['alice', aliceKey]]) } });
     slow.addExport('disk', { device: disk.device });
     const slowPort = ((await slow.listen({ host: '127.0.0.1', port: 0 })) as { port: number }).port;
-    const sock = net.connect(slowPort, '127.0.0.1');
-    sock.on('error', () => {});
-    let client: tls.TLSSocket | undefined;
+    const c = await RawClient.connect(slowPort);
     try {
-      await new Promise((resolve) => sock.once('connect', resolve));
-      const wait = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-      const flags = Buffer.alloc(4);
-      flags.writeUInt32BE(3); // FIXED_NEWSTYLE | NO_ZEROES
-      sock.write(flags);
+      await c.greet();
       await wait(700);
-      const starttls = Buffer.alloc(16);
-      starttls.writeBigUInt64BE(0x49484156454f5054n); // IHAVEOPT
-      starttls.writeUInt32BE(5, 8); // NBD_OPT_STARTTLS, no data
-      sock.write(starttls);
-      await wait(400); // the ClientHello goes out past the 1 s deadline
-      sock.pause();
-      sock.read(); // the greeting and the STARTTLS reply
-      client = tls.connect({ socket: sock, ciphers: 'TLS_AES_128_GCM_SHA256', pskCallback: () => ({ identity: 'alice', psk: aliceKey }), checkServerIdentity: () => undefined });
-      client.on('error', () => {});
+      // The ClientHello goes out past the 1 s deadline; the handshake may or may not complete.
+      await c.startTls(aliceTls, () => wait(400)).catch(() => undefined);
       await until(() => slow.connections().length === 0, 'the server closed the late client', 10_000);
     } finally {
-      client?.destroy();
-      sock.destroy();
+      c.destroy();
       await slow.close();
+    }
+  });
+
+  it('a TLS-PSK client resuming its session is refused, not taken for a certificate client', async () => {
+    // A resumed session skips the PSK callback: it came back with no identity, was taken for a
+    // certificate client and let into an export that requires a client certificate (--tls-ca).
+    const strict = await startStrictServer();
+    try {
+      const first = await RawClient.connect(strict.port);
+      let ticket: Buffer | undefined;
+      try {
+        await first.greet();
+        const secure = await first.startTls(aliceTls);
+        secure.on('session', (s: Buffer) => (ticket = s));
+        // The server may send tickets after the handshake; any reply makes sure they arrived.
+        expect((await first.option(OPT.GO, RawClient.infoData('certs-only'))).at(-1)!.type).toBe(REP.ERR_POLICY);
+      } finally {
+        first.destroy();
+      }
+      const second = await RawClient.connect(strict.port);
+      try {
+        await second.greet();
+        // With no ticket (the server issues none that resume) this is a PSK-less full handshake.
+        const resumed = await second.startTls({ ciphers: 'TLS_AES_128_GCM_SHA256', ...(ticket ? { session: ticket } : {}) }).then(
+          () => true,
+          () => false,
+        );
+        if (resumed) expect((await second.option(OPT.GO, RawClient.infoData('certs-only'))).at(-1)!.type).not.toBe(REP.ACK);
+        expect(await second.waitClosed(10_000)).toBe(true);
+      } finally {
+        second.destroy();
+      }
+    } finally {
+      await strict.close();
     }
   });
 });
