@@ -26,6 +26,8 @@ export interface BenchKmsSettings {
 }
 
 export const BENCH_KMS_ENV = 'KMSDISK_BENCH_NBD_KMS';
+/** The server child requires TLS-PSK with the keys in this file (`identity:hex` lines) when set. */
+export const BENCH_TLS_PSK_ENV = 'KMSDISK_BENCH_NBD_TLS_PSK';
 export const BENCH_SECTOR_SIZE = 4096;
 
 /** Creates the benchmark disk of `size` bytes at `path` (replacing an old one). */

@@ -31,6 +31,8 @@ import { clientHelloOffersPsk, type TlsContext } from './tls.js';
 const MAX_OPTION_DATA = 64 * 1024;
 /** A client that haggles forever is cut off. */
 const MAX_OPTIONS = 1024;
+/** TLS record content type of a ClientHello's record. */
+const TLS_HANDSHAKE_RECORD = 22;
 
 export interface HandshakeHost {
   findExport(name: string, peer: PeerSecurity): ExportEntry | undefined;
@@ -98,6 +100,8 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
     baseAllocation: false,
     peer: { tls: false, pskIdentity: undefined },
   };
+  // One deadline for the whole negotiation, the TLS handshake included (see STARTTLS below).
+  const deadline = Date.now() + timeoutMs;
   const timer = setTimeout(() => reader.fail(new HandshakeError('handshake timed out')), timeoutMs);
   const send = (buf: Buffer): void => {
     state.stream.write(buf);
@@ -199,6 +203,11 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           if (host.tls.needsClientHello) {
             // Peek at the ClientHello record, then hand it back to the socket for TLS to read.
             const recordHeader = await reader.read(5);
+            // Not a TLS handshake record: say so now. Taken as one, its "length" (any two bytes)
+            // kept the connection waiting for bytes that never come, until the deadline.
+            if (recordHeader[0] !== TLS_HANDSHAKE_RECORD) {
+              throw new HandshakeError(`no TLS ClientHello after STARTTLS: the client sent something else (first byte 0x${recordHeader[0]!.toString(16)})`);
+            }
             const hello = Buffer.concat([recordHeader, await reader.read(recordHeader.readUInt16BE(3))]);
             wantsPsk = clientHelloOffersPsk(hello);
             reader.detach();
@@ -206,7 +215,9 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           } else {
             reader.detach();
           }
-          const up = await host.tls.upgrade(socket, timeoutMs, wantsPsk);
+          // What is left of the negotiation's time, not a fresh allowance: with a full one, a
+          // client could take up to twice the limit in all.
+          const up = await host.tls.upgrade(socket, Math.max(1, deadline - Date.now()), wantsPsk);
           // Errors surface as 'close'; without a permanent listener a reset between phases
           // (when no reader is attached) would be an uncaught 'error' event.
           up.socket.on('error', () => {});
@@ -218,7 +229,7 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           state.baseAllocation = false;
           state.peer = { tls: true, pskIdentity: up.pskIdentity };
           reader.attach(up.socket);
-          log.info({ pskIdentity: up.pskIdentity, protocol: up.socket.getProtocol() }, 'nbd client upgraded to TLS');
+          log.info({ pskIdentity: up.pskIdentity, protocol: up.socket.getProtocol(), cipher: up.socket.getCipher().standardName }, 'nbd client upgraded to TLS');
           break;
         }
         case OPT.INFO:

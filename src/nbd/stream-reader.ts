@@ -27,7 +27,9 @@ export class StreamReader {
   attach(stream: Duplex): void {
     this.detach();
     this.stream = stream;
-    this.failure = null;
+    // A failure stays: the negotiation's timeout may fire while no stream is attached (during the
+    // TLS handshake), and clearing it here gave a client that upgraded to TLS after the deadline
+    // all the time it wanted (the timer does not fire twice).
     stream.on('data', this.onData);
     stream.on('end', this.onEnd);
     stream.on('close', this.onEnd);

@@ -2,7 +2,14 @@
 //
 // GnuTLS peers (libnbd, qemu, nbdkit) negotiate TLS 1.3. Node (OpenSSL 3) does TLS 1.3 PSK when a
 // SHA-256 TLS 1.3 suite is offered; AES-GCM first so AES-NI does the work.
+//
+// The server's order must win (honorCipherOrder): OpenSSL otherwise takes the client's, and
+// GnuTLS's default priority lists CHACHA20-POLY1305 before AES-128-GCM, the only SHA-256 suites a
+// TLS 1.3 PSK can use, so every libnbd and qemu client got ChaCha20. GnuTLS's ChaCha20 runs at
+// about an eighth of its AES-GCM here (gnutls-cli --benchmark-ciphers: 0.38 vs 3.06 GB/s), which
+// capped nbdcopy through a TLS-PSK export at 140-270 MiB/s on the client's CPU alone.
 
+import { constants } from 'node:crypto';
 import tls from 'node:tls';
 import type { Socket } from 'node:net';
 import { KmsdiskError } from '../errors.js';
@@ -70,6 +77,119 @@ export function clientHelloOffersPsk(hello: Buffer): boolean | undefined {
   }
 }
 
+/**
+ * Options common to both contexts. The server's cipher order wins (see the top). No session
+ * tickets: a client resuming a session skips the PSK callback and the certificate check, so it
+ * would come back with no identity -- taken for a certificate client, and let into exports that
+ * require a client certificate. No NBD client resumes sessions (libnbd and qemu connect afresh).
+ */
+const CONTEXT_OPTIONS: tls.SecureContextOptions = {
+  ciphers: CIPHERS,
+  honorCipherOrder: true,
+  secureOptions: constants.SSL_OP_NO_TICKET,
+  minVersion: 'TLSv1.2',
+};
+
+/** Frames at least this long go to TLS alone (see writeLargeFramesAlone). */
+const LARGE_FRAME = 64 * 1024;
+
+/**
+ * Makes the socket's batched writes hand large frames (READ replies) to TLS one at a time.
+ *
+ * Why: while a write is in progress, a Writable queues the next ones and passes them to _writev
+ * together, and Node's TLSWrap::DoWrite copies a multi-buffer write into one freshly allocated
+ * ArrayBuffer before SSL_write. Under sequential reads that copied every byte served once more,
+ * and the allocations (external memory, hundreds of MiB/s) made V8 run a full mark-compact every
+ * ~100 ms. A single buffer is encrypted where it is. Small frames are still joined into one write
+ * (one TLS record and syscall for many 4 KiB replies); the join is zeroed once written, as it may
+ * hold plaintext of small READ replies.
+ */
+function writeLargeFramesAlone(socket: tls.TLSSocket): void {
+  socket._writev = (chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void => {
+    const writes: Array<{ buf: Buffer; joined: boolean }> = [];
+    let small: Buffer[] = [];
+    const flushSmall = (): void => {
+      if (small.length === 1) writes.push({ buf: small[0]!, joined: false });
+      else if (small.length > 1) writes.push({ buf: Buffer.concat(small), joined: true });
+      small = [];
+    };
+    for (const { chunk } of chunks) {
+      if (chunk.length < LARGE_FRAME) {
+        small.push(chunk);
+        continue;
+      }
+      flushSmall();
+      writes.push({ buf: chunk, joined: false });
+    }
+    flushSmall();
+    let next = 0;
+    const writeNext = (err?: Error | null): void => {
+      const done = writes[next - 1];
+      if (done?.joined) done.buf.fill(0);
+      if (err || next === writes.length) {
+        callback(err);
+        return;
+      }
+      // One TLS write at a time, as Writable itself does (TLSWrap takes one write in progress).
+      // 'buffer' is the encoding Writable passes with Buffer chunks (net.Socket writes them as they
+      // are; a string encoding would make it write the bytes as a string); @types lacks it.
+      socket._write(writes[next++]!.buf, 'buffer' as BufferEncoding, writeNext);
+    };
+    writeNext();
+  };
+}
+
+/** OpenSSL's reason for a failed handshake ("binder does not verify"), else the error's message. */
+function opensslReason(err: Error): string {
+  const reason = (err as Error & { reason?: unknown }).reason;
+  return typeof reason === 'string' && reason !== '' ? reason : err.message.trim();
+}
+
+/** What OpenSSL says when both sides name the same PSK identity with different keys. */
+const PSK_MISMATCH = /binder does not verify|decrypt error|bad record mac|digest check failed/i;
+
+/**
+ * Says why a TLS-PSK handshake failed in the operator's terms. OpenSSL's own text is about its
+ * internals: a wrong key is "tls_psk_do_binder:binder does not verify", an unknown identity (the
+ * server then falls back to a certificate it does not have) "no suitable signature algorithm".
+ */
+function pskFailure(err: Error, offered: string | undefined, known: boolean, pskOnly: boolean): Error {
+  const reason = opensslReason(err);
+  if (!('library' in err) && !('reason' in err)) return err; // a timeout or a close: already clear
+  let message: string;
+  if (offered === undefined) {
+    // With a certificate too, this context was chosen for a pre-shared key in the ClientHello:
+    // a session ticket, which this server does not take (see CONTEXT_OPTIONS).
+    message = pskOnly
+      ? `TLS handshake failed: ${reason} (the client presented no TLS-PSK identity, and this server takes TLS-PSK clients only: no --tls-cert)`
+      : `TLS handshake failed: ${reason} (the client offered a pre-shared key but no TLS-PSK identity: a session to resume? this server resumes none)`;
+  } else if (!known) {
+    message = `TLS-PSK handshake refused: identity ${JSON.stringify(offered)} is unknown to this server`;
+  } else if (PSK_MISMATCH.test(reason)) {
+    message = `TLS-PSK handshake refused: the client's key for identity ${JSON.stringify(offered)} does not match this server's`;
+  } else {
+    message = `TLS-PSK handshake as identity ${JSON.stringify(offered)} failed: ${reason}`;
+  }
+  return new Error(message, { cause: err });
+}
+
+/**
+ * The same for a certificate client. OpenSSL says "peer did not return a certificate" when the
+ * server requires one (--tls-ca) and the client sent none: libnbd and qemu send theirs only if it
+ * comes from a CA the server names, so a certificate from another CA ends the same way.
+ */
+function x509Failure(err: Error, requireClientCert: boolean): Error {
+  const reason = opensslReason(err);
+  if (!('library' in err) && !('reason' in err)) return err;
+  let message = `TLS handshake failed: ${reason}`;
+  if (requireClientCert && /peer did not return a certificate/i.test(reason)) {
+    message = 'TLS handshake refused: the client sent no certificate, and this server requires one issued by its --tls-ca CA (clients send theirs only when it is)';
+  } else if (requireClientCert && /certificate verify failed|unknown ca|certificate (has )?expired|unsupported certificate/i.test(reason)) {
+    message = `TLS handshake refused: the client's certificate was not accepted (${reason}); this server requires one issued by its --tls-ca CA`;
+  }
+  return new Error(message, { cause: err });
+}
+
 /** A validated, reusable TLS setup for a server. */
 export class TlsContext {
   /**
@@ -88,11 +208,10 @@ export class TlsContext {
     }
     this.psk = cfg.psk;
     this.requestCert = Boolean(cfg.cert?.requestCert);
-    this.pskContext = cfg.psk ? tls.createSecureContext({ ciphers: CIPHERS, minVersion: 'TLSv1.2' }) : undefined;
+    this.pskContext = cfg.psk ? tls.createSecureContext(CONTEXT_OPTIONS) : undefined;
     this.certContext = cfg.cert
       ? tls.createSecureContext({
-          ciphers: CIPHERS,
-          minVersion: 'TLSv1.2',
+          ...CONTEXT_OPTIONS,
           key: cfg.cert.key,
           cert: cfg.cert.cert,
           ...(cfg.cert.ca ? { ca: cfg.cert.ca } : {}),
@@ -124,6 +243,8 @@ export class TlsContext {
    */
   upgrade(socket: Socket, timeoutMs: number, wantsPsk?: boolean): Promise<TlsUpgrade> {
     let pskIdentity: string | undefined;
+    /** The PSK identity the client presented, known to us or not (for the failure message). */
+    let offered: string | undefined;
     const usePsk = this.pskContext !== undefined && (this.certContext === undefined || wantsPsk === true);
     const tlsSocket = new tls.TLSSocket(socket, {
       isServer: true,
@@ -133,6 +254,7 @@ export class TlsContext {
       ...(usePsk
         ? {
             pskCallback: (_s: tls.TLSSocket, identity: string): Buffer | null => {
+              offered = identity;
               const key = this.lookupPsk(identity);
               if (key) pskIdentity = identity;
               return key;
@@ -151,11 +273,18 @@ export class TlsContext {
       const fail = (err: Error): void => {
         cleanup();
         tlsSocket.destroy();
-        reject(err);
+        reject(usePsk ? pskFailure(err, offered, pskIdentity !== undefined, this.certContext === undefined) : x509Failure(err, this.requestCert));
       };
       const onClose = (): void => fail(new Error('connection closed during the TLS handshake'));
       const onSecure = (): void => {
+        if (usePsk && pskIdentity === undefined) {
+          // Keyed without our PSK callback approving an identity: a resumed session (see
+          // CONTEXT_OPTIONS). Who the client is cannot be known, so it gets nothing.
+          fail(new Error('TLS-PSK handshake refused: the client resumed an earlier session instead of presenting its identity'));
+          return;
+        }
         cleanup();
+        writeLargeFramesAlone(tlsSocket);
         resolve({ socket: tlsSocket, pskIdentity });
       };
       tlsSocket.once('secure', onSecure);

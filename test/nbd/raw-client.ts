@@ -1,6 +1,7 @@
 // A deliberately low-level NBD client for protocol tests: it can send anything, including
 // malformed handshakes and requests, and parses whatever replies come back.
 import net from 'node:net';
+import tls from 'node:tls';
 import { StreamReader } from '../../src/nbd/stream-reader.js';
 import {
   CMD,
@@ -40,9 +41,12 @@ export class RawClient {
   private readonly closedP: Promise<void>;
   private isClosed = false;
   private readonly readLengths = new Map<bigint, number>();
+  /** Where requests go: the socket, or the TLS stream over it after startTls(). */
+  private out: net.Socket;
   private nextCookie = 1n;
 
   private constructor(readonly socket: net.Socket) {
+    this.out = socket;
     this.reader.attach(socket);
     this.closedP = new Promise((resolve) =>
       socket.once('close', () => {
@@ -80,7 +84,33 @@ export class RawClient {
   }
 
   write(buf: Buffer): void {
-    this.socket.write(buf);
+    this.out.write(buf);
+  }
+
+  /**
+   * STARTTLS (expects the ACK), then the TLS handshake as a Node client with `opts` over the same
+   * socket; resolves with the TLS stream, which requests and replies use from then on. Rejects if
+   * the server refuses or ends the handshake. `beforeHello` runs between the ACK and the ClientHello.
+   */
+  async startTls(opts: tls.ConnectionOptions, beforeHello?: () => Promise<void>): Promise<tls.TLSSocket> {
+    const [ack] = await this.option(OPT.STARTTLS);
+    if (ack?.type !== REP.ACK) throw new Error(`STARTTLS refused (reply type 0x${ack?.type.toString(16)})`);
+    this.reader.detach();
+    await beforeHello?.();
+    const secure = tls.connect({ socket: this.socket, checkServerIdentity: () => undefined, ...opts });
+    secure.on('error', () => {});
+    const ended = (): Error => new Error('the server ended the TLS handshake');
+    await Promise.race([
+      new Promise<void>((resolve, reject) => {
+        secure.once('secureConnect', () => resolve());
+        secure.once('close', () => reject(ended()));
+      }),
+      // The server may have closed the socket before the handshake began (no 'close' on `secure`).
+      this.closedP.then(() => Promise.reject(ended())),
+    ]);
+    this.out = secure;
+    this.reader.attach(secure);
+    return secure;
   }
 
   /** Reads the greeting and sends client flags (default: fixed newstyle + no zeroes). */

@@ -113,6 +113,20 @@ describe('NBD over TLS (PSK and x509)', () => {
     }
   });
 
+  it('closes at once a client that sends something else than a TLS ClientHello after STARTTLS', async () => {
+    // The server takes PSK and certificate clients, so it reads the ClientHello first to choose;
+    // plaintext was taken for a TLS record and kept the connection waiting until the deadline (30 s).
+    const c = await RawClient.connect(port);
+    try {
+      await c.greet();
+      expect((await c.option(OPT.STARTTLS))[0]!.type).toBe(REP.ACK);
+      c.write(Buffer.from('GET / HTTP/1.1\r\nHost: nbd\r\n\r\n'));
+      expect(await c.waitClosed(10_000)).toBe(true);
+    } finally {
+      c.destroy();
+    }
+  });
+
   it('refuses a wrong key (libnbd and qemu)', async () => {
     const r = await run('nbdinfo', [pskUri('alice', 'secure', wrongPskFile)]);
     expect(r.code).not.toBe(0);
