@@ -6,11 +6,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cli, cliAsync, cliOk, cliRefused, daemon, freePort, startDaemonStack, stop, waitFor, type DaemonStack } from '../cli/helpers.js';
+import { cli, cliAsync, cliOk, cliRefused, daemon, freePort, startDaemonStack, stop, waitFor, withCatalogWriteLocked, type DaemonStack } from '../cli/helpers.js';
 
 let stack: DaemonStack;
 let state: string;
@@ -19,26 +19,6 @@ async function killAgent(): Promise<void> {
   const exited = new Promise((r) => stack.agent.once('exit', r));
   stack.agent.kill('SIGKILL');
   await exited;
-}
-
-/**
- * Runs fn while a sqlite3 connection of another process holds a write transaction open on the
- * catalog (as a sqlite3 shell can): every catalog write of the agent fails (SQLITE_BUSY after its
- * 5 s busy timeout, KMSDISK_ERR_IO); reads go on.
- */
-async function withCatalogWriteLocked(fn: () => Promise<void>): Promise<void> {
-  const script = 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute("BEGIN IMMEDIATE")\nprint("locked", flush=True)\nsys.stdin.read()';
-  const holder = spawn('python3', ['-c', script, join(state, 'catalog.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const released = new Promise((r) => holder.once('exit', r));
-  try {
-    let out = '';
-    holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    await waitFor('the write lock holder', () => out.includes('locked'), 10_000);
-    await fn();
-  } finally {
-    holder.kill('SIGKILL');
-    await released;
-  }
 }
 
 /**
@@ -166,7 +146,7 @@ describe('the start after a kill -9', () => {
     db.close();
     // The start wrote the resumed job's state first, and a failure there stopped the whole
     // start: no disk was served.
-    await withCatalogWriteLocked(async () => {
+    await withCatalogWriteLocked(join(state, 'catalog.db'), async () => {
       await stack.startAgent();
       expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
       await waitFor('the resumed copy to end', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
@@ -182,7 +162,7 @@ describe('the start after a kill -9', () => {
     await killAgent();
     const path = addHalfMadeImage('half');
     // Removing its row at start failed, and that failure stopped the whole start.
-    await withCatalogWriteLocked(() => stack.startAgent());
+    await withCatalogWriteLocked(join(state, 'catalog.db'), () => stack.startAgent());
     expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
     await killAgent();
     await stack.startAgent();
