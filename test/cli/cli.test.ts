@@ -254,7 +254,16 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     while (auto().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
     await new Promise((r) => setTimeout(r, 1500));
     expect(auto().length).toBe(2); // retention pruned the older ones
+    // Without flags it is shown, with its last run and lastError (it was a usage error: the CLI
+    // had no way to show a policy, nor the lastError the README points to).
+    const shown = ok(['snapshot', 'policy', 'sys']);
+    expect(shown).toMatchObject({ disk: 'sys', intervalSeconds: 1, retain: 2, lastError: null });
+    expect(shown.lastRunAt).not.toBeNull();
+    const text = cli(['snapshot', 'policy', 'sys'], env);
+    expect(text.status, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/^lastError +-$/m);
     ok(['snapshot', 'policy', 'sys', '--clear']);
+    refused(['snapshot', 'policy', 'sys'], 3, 'KMSDISK_ERR_NOT_FOUND');
     refused(['snapshot', 'policy', 'sys', '--interval', '5'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
   });
 
