@@ -773,7 +773,12 @@ void Lane::Reply(std::vector<uint8_t> frame) {
   j->frame = std::move(frame);
   {
     std::lock_guard<std::mutex> g(mu_);
-    if (dead_) {
+    // Dropped when no thread will ever send it: the connection is gone (Kill), or the lane's last
+    // thread has exited and JS has not seen the Exited event yet. Queued then, the frame and the
+    // in-flight count it takes would stay until the lane is destroyed, and the frame not even
+    // then (~Lane does not walk the queue). Today threads exit only after Kill, so dead_ covers
+    // both; threads_ == 0 keeps that true if a thread ever ends another way.
+    if (dead_ || (launch_ == LaunchState::Running && threads_ == 0)) {
       delete j;
       return;
     }

@@ -86,6 +86,12 @@ export interface AgentConfig {
   setNonDumpable?: boolean;
 }
 
+/**
+ * How long a start waits for another process to let go of the catalog's write lock before it is
+ * refused (a sqlite3 shell finishing a statement; a backup's short transaction).
+ */
+const CATALOG_LOCK_WAIT_MS = 10_000;
+
 export interface RevocationRecord {
   type: 'revoked' | 'restored';
   keyId: string;
@@ -195,6 +201,14 @@ export function createAgent(config: AgentConfig): Agent {
     token = loadOrCreateApiToken(dirs.apiToken);
     refuseLostCatalog(dirs);
     catalog = Catalog.open(dirs.catalog);
+    // Before anything is written: a start that cannot write its catalog is refused, naming who
+    // holds it, rather than stalling 5 s on each write (the start cleans up, resumes jobs).
+    await catalog.claimWriteLock(CATALOG_LOCK_WAIT_MS, (holder) =>
+      logger.warn(
+        { catalog: dirs.catalog, holderPid: holder?.pid, holderCommand: holder?.command, waitMs: CATALOG_LOCK_WAIT_MS },
+        'another process holds the catalog write lock; waiting for it',
+      ),
+    );
     quarantineOrphans(dirs, catalog, logger);
 
     const kmsClient = (credentials: KmsCredentials) =>

@@ -10,7 +10,14 @@
 // MiB), and a checkpoint that survives a power cut is worth the fsync.
 
 import Database from 'better-sqlite3';
+import { dirname } from 'node:path';
 import { KmsdiskError } from '../errors.js';
+import { posixWriteLockHolder, type LockHolder } from '../util/lock-holder.js';
+
+/** SQLite's write lock in WAL mode: byte 120 of the -shm file (WAL_WRITE_LOCK). */
+const WAL_WRITE_LOCK_BYTE = 120;
+/** The busy timeout of every catalog statement (ms). */
+const BUSY_TIMEOUT_MS = 5000;
 
 export interface DiskRow {
   name: string;
@@ -298,7 +305,7 @@ export class Catalog {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
       db.pragma('foreign_keys = ON');
-      db.pragma('busy_timeout = 5000');
+      db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     } catch (err) {
       throw new KmsdiskError('KMSDISK_ERR_IO', `cannot open the catalog ${path}: ${(err as Error).message}`, { cause: err });
     }
@@ -325,6 +332,56 @@ export class Catalog {
 
   close(): void {
     if (this.db.open) this.db.close();
+  }
+
+  /**
+   * Agent start: makes sure no other process holds the catalog's write lock (a sqlite3 shell or
+   * a backup tool left in a write transaction, another kmsdisk agent on the same folder that the
+   * pid lock could not see). Such a start used to go ahead: each catalog write then stalled the
+   * event loop for the 5 s busy timeout and failed, the admin API could time out starting, and
+   * an agent that did start failed every create, attach and detach. Waits up to `waitMs`
+   * (`onWait` is told who holds it, once) and then refuses with KMSDISK_ERR_CONFLICT naming the
+   * catalog, the state folder and the holder.
+   */
+  async claimWriteLock(waitMs: number, onWait: (holder: LockHolder | null) => void): Promise<void> {
+    // Polled without a busy timeout: SQLite's own wait would block the event loop, so neither the
+    // log line saying why the start waits nor a Ctrl-C would get through until it ended.
+    const tryLock = (): boolean => {
+      this.db.pragma('busy_timeout = 0');
+      try {
+        this.db.exec('BEGIN IMMEDIATE');
+        this.db.exec('COMMIT');
+        return true;
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'SQLITE_BUSY') throw catalogError(err, this.path, undefined);
+        return false;
+      } finally {
+        this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+      }
+    };
+    if (tryLock()) return;
+    onWait(this.writeLockHolder());
+    const deadline = Date.now() + waitMs;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      if (tryLock()) return;
+    }
+    const holder = this.writeLockHolder();
+    const who = holder
+      ? /\bkmsdisk(\.js)? serve\b/.test(holder.command)
+        ? `another kmsdisk agent (pid ${holder.pid}: ${holder.command})`
+        : `pid ${holder.pid}${holder.command ? ` (${holder.command})` : ''}`
+      : 'another process';
+    throw new KmsdiskError(
+      'KMSDISK_ERR_CONFLICT',
+      `the catalog ${this.path} is locked for writing by ${who}, still after ${Math.round(waitMs / 1000)} s: the agent could record no change while it holds it. Stop it or end its transaction, then start again (state folder ${dirname(this.path)}: --state, KMSDISK_STATE)`,
+      { details: { catalog: this.path, ...(holder ? { holderPid: holder.pid, holderCommand: holder.command } : {}) } },
+    );
+  }
+
+  /** Who holds the catalog's write lock now, if /proc/locks can tell. */
+  writeLockHolder(): LockHolder | null {
+    return posixWriteLockHolder(`${this.path}-shm`, WAL_WRITE_LOCK_BYTE);
   }
 
   /** Runs fn in one transaction (all or nothing). */

@@ -70,6 +70,15 @@ export class DrillsService {
     if (clients > 0) {
       throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `disk ${req.disk} has ${clients} connected NBD client(s); run drills while no one else uses the disk (the drill rewrites blocks it read)`);
     }
+    // The check above only covers clients connected now. One that connected while the drill ran
+    // had its acknowledged writes to the first MiB overwritten by the drill's rewrite of the bytes
+    // it read before (data loss). From here until the drill ends, the export admits only the
+    // drill's own client (the next to open it; if another client beats it, the drill's is refused
+    // and the drill ends before it writes anything).
+    const release = this.ctx.nbd.reserveExport(
+      att.export,
+      `a revocation drill is running on export ${att.export} (it rewrites blocks it read): connect again once it has ended`,
+    );
     this.running = true;
     // The agent's own record of every read reply let out on the export: the drill's evidence of
     // what left after the wipe, independent of when the in-process client got to the replies.
@@ -95,6 +104,7 @@ export class DrillsService {
       });
     } finally {
       audit.close();
+      release();
       this.running = false;
     }
   }

@@ -90,9 +90,40 @@ export class ImagesService {
   /** Removes a half-made encrypted image: its file first (frees the space), then its row. */
   private async removeHalfMade(i: { name: string; path: string }): Promise<void> {
     await unlinkIfThere(i.path);
-    if (this.ctx.catalog.getImage(i.name)?.state === 'creating') this.ctx.catalog.deleteImage(i.name);
-    this.meta.delete(i.name);
+    // Only the row of this very file: once a copy that failed is run again under the same name
+    // (see copy()), the old job -- re-run at the next start when its end could not be recorded --
+    // must not remove the new copy's row.
+    const row = this.ctx.catalog.getImage(i.name);
+    if (row?.state === 'creating' && row.path === i.path) {
+      this.ctx.catalog.deleteImage(i.name);
+      this.meta.delete(i.name);
+    }
     this.ctx.bumpVersion();
+  }
+
+  /**
+   * `image copy` into a name whose row is still 'creating'. While a copy job of this agent writes
+   * it, that is a conflict naming the job. With none, it is what a copy that failed or was
+   * cancelled leaves when its cleanup removed the file but could not delete the row (the catalog
+   * could not be written then: another process held its write lock, a full file system): the
+   * re-run answered "image X already exists" for an image that has no file and is listed as
+   * copying forever. It is removed here and the copy goes ahead; if it still cannot be removed,
+   * the error says so, naming the image.
+   */
+  private async replaceLeftover(row: ImageRow): Promise<void> {
+    if (row.state !== 'creating') throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `image ${row.name} already exists`);
+    const writer = this.jobs.runningJobWith('dest', row.name);
+    if (writer) {
+      throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${row.name} is being written by copy job ${writer} (kmsdisk job wait ${writer}; kmsdisk job cancel ${writer} stops it)`);
+    }
+    this.ctx.logger.warn({ image: row.name, path: row.path }, 'removing an encrypted image left half-made by a copy that failed or was cancelled, to copy it again');
+    await this.removeHalfMade(row).catch((err: unknown) => {
+      throw new KmsdiskError(
+        errorCodeOf(err) ?? 'KMSDISK_ERR_IO',
+        `image ${row.name} is left half-made by an earlier copy that failed or was cancelled, and it cannot be removed yet (${(err as Error).message}); try again, or kmsdisk image delete ${row.name}`,
+        { cause: err },
+      );
+    });
   }
 
   private async refresh(i: ImageRow): Promise<void> {
@@ -202,7 +233,8 @@ export class ImagesService {
       if (!src) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${source}`);
       if (src.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${source} is still being created`);
       if (src.encrypted) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `image ${source} is already encrypted; copy its plain source image instead`);
-      if (this.ctx.catalog.getImage(dest)) throw new KmsdiskError('KMSDISK_ERR_ALREADY_EXISTS', `image ${dest} already exists`);
+      const taken = this.ctx.catalog.getImage(dest);
+      if (taken) await this.replaceLeftover(taken);
       const sectorSize = req.sectorSize ?? 4096;
       if (sectorSize !== 512 && sectorSize !== 4096) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'sectorSize must be 512 or 4096');
       const kmsKeyId = req.kmsKeyId ?? DEFAULT_CMK;
@@ -244,7 +276,17 @@ export class ImagesService {
     if (!src) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `source image ${p.source} is gone`);
     const from = Number((rc.job.checkpoint as { bytesDone?: number } | null)?.bytesDone ?? 0);
     const every = this.opts.checkpointBytes ?? DEFAULT_CHECKPOINT_BYTES;
-    const volume = await Volume.open(p.destPath);
+    const volume = await Volume.open(p.destPath).catch((err: unknown) => {
+      if (errorCodeOf(err) !== 'KMSDISK_ERR_NOT_FOUND') throw err;
+      // Only an agent start runs a job whose image file is gone: an earlier run of it failed or
+      // was cancelled and removed the file, but the catalog could not record that end. It failed
+      // with a bare "no volume file <path>", as if something had deleted the image.
+      throw new KmsdiskError(
+        'KMSDISK_ERR_NOT_FOUND',
+        `nothing to resume: this copy ended (failed or cancelled) before the agent restarted and removed the encrypted image ${p.dest} it was writing, but the catalog could not record that then; copy again: kmsdisk image copy ${p.source} ${p.dest} --encrypt --kms-key-id ${p.kmsKeyId}`,
+        { cause: err },
+      );
+    });
     const guardName = `image:${p.dest}`;
     try {
       // Through the key guard: revoking the CMK stops the copy like any other use of the key.
@@ -266,6 +308,8 @@ export class ImagesService {
       });
       await volume.flush();
       rc.progress(total, total);
+    } catch (err) {
+      throw this.copyStopped(err, p, volume);
     } finally {
       this.ctx.guard.close(volume);
       await volume.close();
@@ -274,6 +318,23 @@ export class ImagesService {
     await this.refresh(this.ctx.catalog.getImage(p.dest)!);
     this.ctx.bumpVersion();
     return { image: p.dest, kmsKeyId: this.meta.get(p.dest)?.kmsKeyId ?? p.kmsKeyId, encrypted: true, resumedFromBytes: from };
+  }
+
+  /**
+   * A copy whose CMK access went away mid-way failed with the data path's "the disk key is not
+   * available (revoked, wiped or not attached)", which names neither the image nor the CMK, nor
+   * says what to do.
+   */
+  private copyStopped(err: unknown, p: CopyParams, volume: Volume): unknown {
+    const code = errorCodeOf(err);
+    if (code !== 'KMSDISK_ERR_KEY_REVOKED' && code !== 'KMSDISK_ERR_KEY_WIPED') return err;
+    const access = this.ctx.guard.diskState(volume);
+    const keyId = access?.keyId ?? volume.header.kms.keyId;
+    return new KmsdiskError(
+      'KMSDISK_ERR_KEY_REVOKED',
+      `copying image ${p.source} into encrypted image ${p.dest} stopped: access to its CMK ${keyId} was taken away (${access?.cause ?? 'revoked'}); the partial copy is removed: copy again once the CMK is enabled and authorized`,
+      { cause: err, details: { keyId, ...(access?.cause ? { cause: access.cause } : {}) } },
+    );
   }
 
   private async cleanupCopy(job: JobRow): Promise<void> {

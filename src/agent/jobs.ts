@@ -43,6 +43,7 @@ export interface JobView {
 const FINAL: ReadonlySet<JobState> = new Set(['succeeded', 'failed', 'cancelled']);
 
 interface Active {
+  params: Record<string, unknown>;
   abort: AbortController;
   done: Promise<void>;
   bytesDone: number;
@@ -113,6 +114,16 @@ export class JobsService {
     return this.list().filter((j) => !FINAL.has(j.state) && Object.values(j.params).includes(value));
   }
 
+  /**
+   * The id of a job this agent is running now (cleanup included) whose params have `key` set to
+   * `value`. Unlike activeJobsUsing, which reads the catalog, this cannot mistake a job whose end
+   * the catalog failed to record (it still says running there) for one that is running.
+   */
+  runningJobWith(key: string, value: unknown): string | undefined {
+    for (const [id, a] of this.active) if (a.params[key] === value) return id;
+    return undefined;
+  }
+
   async cancel(id: string): Promise<JobView> {
     const j = this.ctx.catalog.getJob(id);
     if (!j) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no job ${id}`);
@@ -175,7 +186,7 @@ export class JobsService {
       return;
     }
     const abort = new AbortController();
-    const a: Active = { abort, done: Promise.resolve(), bytesDone: job.bytesDone, bytesTotal: job.bytesTotal };
+    const a: Active = { params: job.params, abort, done: Promise.resolve(), bytesDone: job.bytesDone, bytesTotal: job.bytesTotal };
     this.active.set(job.id, a);
     try {
       this.ctx.catalog.updateJob(job.id, { state: 'running' });

@@ -13,6 +13,15 @@ export interface GlobalOptions {
   json?: boolean;
 }
 
+/**
+ * The agent is not there right now -- nothing listens (stopped, restarting) or it is shutting
+ * down -- as opposed to a timeout, a wrong address or token, or a refusal.
+ */
+export function agentGone(err: unknown): boolean {
+  if (!(err instanceof KmsdiskError)) return false;
+  return err.code === 'KMSDISK_ERR_SHUTTING_DOWN' || (err.code === 'KMSDISK_ERR_AGENT_UNREACHABLE' && typeof err.details?.connection === 'string');
+}
+
 export class ApiClient {
   readonly baseUrl: string;
   private readonly token: string | undefined;
@@ -66,7 +75,9 @@ export class ApiClient {
       // or a message ("bad port": fetch refuses ports such as 6000 or 6667 outright).
       const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
       const why = typeof cause?.code === 'string' ? cause.code : typeof cause?.message === 'string' ? cause.message : (err as Error).message;
-      throw new KmsdiskError('KMSDISK_ERR_AGENT_UNREACHABLE', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${why}`);
+      throw new KmsdiskError('KMSDISK_ERR_AGENT_UNREACHABLE', `cannot reach the kmsdisk agent at ${this.baseUrl} (is \`kmsdisk serve\` or \`npm start\` running?): ${why}`, {
+        details: { url: this.baseUrl, connection: why },
+      });
     }
     let data: unknown = undefined;
     if (text) {

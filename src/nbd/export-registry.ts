@@ -34,6 +34,11 @@ export interface ExportEntry {
   readonly tlsX509: boolean;
   /** False once removeExport() started: no new connections may pick it. */
   accepting: boolean;
+  /**
+   * Set by NbdServer.reserveExport(): the next client that opens the export (GO, EXPORT_NAME)
+   * gets it, every later one is refused with `reason` until the reservation is released.
+   */
+  reservation: { reason: string; claimed: boolean } | undefined;
 }
 
 /** What negotiation knows about the connection's security when it judges access. */
@@ -67,7 +72,20 @@ export function makeEntry(name: string, opts: ExportOptions): ExportEntry {
     tlsPskIdentities: opts.tlsPskIdentities ? new Set(opts.tlsPskIdentities) : undefined,
     tlsX509: opts.tlsX509 ?? opts.tlsPskIdentities === undefined,
     accepting: true,
+    reservation: undefined,
   };
+}
+
+/**
+ * A client opening the export: null if it may (claiming a reservation that nobody has claimed
+ * yet), else why not.
+ */
+export function admit(entry: ExportEntry): string | null {
+  const r = entry.reservation;
+  if (!r) return null;
+  if (r.claimed) return r.reason;
+  r.claimed = true;
+  return null;
 }
 
 /** Transmission flags for an export; SEND_DF only makes sense with structured replies. */

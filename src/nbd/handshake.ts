@@ -23,7 +23,7 @@ import {
   optionName,
   REP,
 } from './protocol.js';
-import { accessOf, blockSizes, transmissionFlags, type ExportEntry, type PeerSecurity } from './export-registry.js';
+import { accessOf, admit, blockSizes, transmissionFlags, type ExportEntry, type PeerSecurity } from './export-registry.js';
 import { StreamReader } from './stream-reader.js';
 import { clientHelloOffersPsk, type TlsContext } from './tls.js';
 
@@ -157,6 +157,8 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           if (!entry) throw new HandshakeError(`EXPORT_NAME: no such export ${JSON.stringify(name)}`);
           const access = accessOf(entry, state.peer);
           if (access !== 'ok') throw new HandshakeError(`EXPORT_NAME: access to ${JSON.stringify(name)} refused (${access})`);
+          const reserved = admit(entry);
+          if (reserved !== null) throw new HandshakeError(`EXPORT_NAME: ${reserved}`);
           const out = Buffer.alloc(noZeroes ? 10 : 134);
           out.writeBigUInt64BE(BigInt(entry.device.size), 0);
           out.writeUInt16BE(transmissionFlags(entry, state.structured), 8);
@@ -253,6 +255,11 @@ export async function negotiate(socket: Socket, host: HandshakeHost, log: Logger
           }
           if (access === 'denied') {
             replyError(option, REP.ERR_POLICY, deniedMessage(state.peer));
+            break;
+          }
+          const reserved = option === OPT.GO ? admit(entry) : null;
+          if (reserved !== null) {
+            replyError(option, REP.ERR_POLICY, reserved);
             break;
           }
           sendInfo(option, entry, requests);

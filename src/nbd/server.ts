@@ -126,6 +126,22 @@ export class NbdServer extends EventEmitter {
     this.log.info({ export: name, size: opts.device.size, readOnly: Boolean(opts.readOnly) || opts.device.readOnly }, 'nbd export added');
   }
 
+  /**
+   * Reserves an export for the next client that opens it (a revocation drill's own client):
+   * until the returned function is called, every other client that tries is refused at GO
+   * (ERR_POLICY) or EXPORT_NAME with `reason`. Connections already open are not affected.
+   */
+  reserveExport(name: string, reason: string): () => void {
+    const entry = this.exports.get(name);
+    if (!entry) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no export ${name}`);
+    if (entry.reservation) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `export ${name} is already reserved`);
+    const reservation = { reason, claimed: false };
+    entry.reservation = reservation;
+    return () => {
+      if (entry.reservation === reservation) entry.reservation = undefined;
+    };
+  }
+
   /** Which kinds of TLS client the server takes (all false without TLS). */
   tlsKinds(): { psk: boolean; x509: boolean; clientCertificates: boolean } {
     return this.tls?.kinds ?? { psk: false, x509: false, clientCertificates: false };

@@ -6,11 +6,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cli, cliAsync, cliOk, cliRefused, daemon, freePort, startDaemonStack, stop, waitFor, type DaemonStack } from '../cli/helpers.js';
+import { cli, cliAsync, cliOk, cliRefused, daemon, freePort, httpOk, startDaemonStack, stop, waitFor, withCatalogWriteLocked, type DaemonStack } from '../cli/helpers.js';
 
 let stack: DaemonStack;
 let state: string;
@@ -19,26 +19,6 @@ async function killAgent(): Promise<void> {
   const exited = new Promise((r) => stack.agent.once('exit', r));
   stack.agent.kill('SIGKILL');
   await exited;
-}
-
-/**
- * Runs fn while a sqlite3 connection of another process holds a write transaction open on the
- * catalog (as a sqlite3 shell can): every catalog write of the agent fails (SQLITE_BUSY after its
- * 5 s busy timeout, KMSDISK_ERR_IO); reads go on.
- */
-async function withCatalogWriteLocked(fn: () => Promise<void>): Promise<void> {
-  const script = 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute("BEGIN IMMEDIATE")\nprint("locked", flush=True)\nsys.stdin.read()';
-  const holder = spawn('python3', ['-c', script, join(state, 'catalog.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const released = new Promise((r) => holder.once('exit', r));
-  try {
-    let out = '';
-    holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    await waitFor('the write lock holder', () => out.includes('locked'), 10_000);
-    await fn();
-  } finally {
-    holder.kill('SIGKILL');
-    await released;
-  }
 }
 
 /**
@@ -152,42 +132,39 @@ describe('the start after a kill -9', () => {
     expect(existsSync(path)).toBe(false);
   });
 
-  it('starts with an image copy to resume while another process holds the catalog write lock; the copy ends', async () => {
+  it('refuses to start while another process holds the catalog write lock, naming it; once it lets go, the interrupted copy resumes and a half-made image goes', async () => {
     const raw = join(stack.dir, 'small.raw');
     writeFileSync(raw, randomBytes(1024 * 1024));
     cliOk(['image', 'import', raw, 'small'], stack.env);
     cliOk(['image', 'copy', 'small', 'small-enc', '--encrypt'], stack.env);
     const job = cliOk(['job', 'list'], stack.env).jobs.find((j: { params: { dest?: string } }) => j.params.dest === 'small-enc');
     await killAgent();
-    // What a kill -9 half way through that copy leaves: the image creating, its job running.
+    // What a kill -9 half way through that copy leaves: the image creating, its job running; and
+    // an encrypted image whose job was never submitted.
     const db = new Database(join(state, 'catalog.db'));
     db.prepare("UPDATE images SET state = 'creating' WHERE name = 'small-enc'").run();
     db.prepare('UPDATE jobs SET state = ?, checkpoint = ?, bytes_done = 0 WHERE id = ?').run('running', JSON.stringify({ bytesDone: 0 }), job.id);
     db.close();
-    // The start wrote the resumed job's state first, and a failure there stopped the whole
-    // start: no disk was served.
-    await withCatalogWriteLocked(async () => {
-      await stack.startAgent();
-      expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
-      await waitFor('the resumed copy to end', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
+    const half = addHalfMadeImage('half');
+    // Such a start went ahead: every catalog write stalled 5 s and failed (the resumed job's
+    // state, the half-made image's row, the job's checkpoints and end), as did every create,
+    // attach and detach of the agent afterwards.
+    await withCatalogWriteLocked(join(state, 'catalog.db'), async (holderPid) => {
+      const serve = daemon(['serve'], stack.env);
+      const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
+      await waitFor('serve to end or answer', async () => serve.exitCode !== null || (await httpOk(`${stack.apiUrl}/healthz`)), 60_000);
+      if (serve.exitCode === null) await stop(serve);
+      expect(await exited, serve.output()).toBe(4);
+      expect(serve.output()).toContain('another process holds the catalog write lock; waiting for it');
+      expect(serve.output()).toContain(`KMSDISK_ERR_CONFLICT: the catalog ${join(state, 'catalog.db')} is locked for writing by pid ${holderPid} (`);
+      expect(serve.output()).toContain(`(state folder ${state}: --state, KMSDISK_STATE)`);
+      expect(existsSync(join(state, 'agent.lock'))).toBe(false);
     });
-    // Its end could not be recorded then: the next start runs it again and records it.
-    await killAgent();
     await stack.startAgent();
-    await waitFor('the copy to end, recorded', () => ['succeeded', 'failed'].includes(cliOk(['job', 'show', job.id], stack.env).state), 60_000);
-    rmSync(raw);
-  }, 120_000);
-
-  it('starts while the catalog cannot be written though an encrypted image is left half-made; the next start removes it', async () => {
-    await killAgent();
-    const path = addHalfMadeImage('half');
-    // Removing its row at start failed, and that failure stopped the whole start.
-    await withCatalogWriteLocked(() => stack.startAgent());
-    expect(cliOk(['disk', 'show', 'kept'], stack.env).state).toBe('available');
-    await killAgent();
-    await stack.startAgent();
+    await waitFor('the resumed copy to end', () => cliOk(['job', 'show', job.id], stack.env).state === 'succeeded', 60_000);
     expect(cliOk(['image', 'list'], stack.env).images.map((i: { name: string }) => i.name)).not.toContain('half');
-    expect(existsSync(path)).toBe(false);
+    expect(existsSync(half)).toBe(false);
+    rmSync(raw);
   }, 120_000);
 
   it('undoes a disk resize killed between growing the file and committing the header; a tail with data stays refused', async () => {

@@ -3,7 +3,7 @@
 // /v1/events/revocations).
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStack, type Stack } from './helpers.js';
+import { startStack, until, type Stack } from './helpers.js';
 import { NbdClient } from '../../src/drill/nbd-client.js';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -115,6 +115,28 @@ describe('drills through the API', () => {
     } finally {
       await other.disconnect();
     }
+  });
+
+  it('admits no other client while it runs (one connecting then had its writes overwritten by the rewrite), and does again after', async () => {
+    if ((await s.api('GET', '/v1/attachments/drilled')).status === 404) {
+      expect((await s.api('POST', '/v1/attachments', { disk: 'drilled' })).status).toBe(201);
+    }
+    const drill = s.api('POST', '/v1/drills', { disk: 'drilled', action: 'disable-key', restore: true });
+    // The drill's own client has opened the export (it reads for 200 ms before the KMS call).
+    await until(async () => s.agent.services.drills.busy && (await s.api('GET', '/v1/attachments/drilled')).body.clients.length === 1, 'the drill client', 20_000, 5);
+    const during = await NbdClient.connect(s.agent.nbdAddress, { exportName: 'drilled', structuredReplies: true }).then(
+      async (c) => {
+        await c.disconnect();
+        return null;
+      },
+      (e: unknown) => e as Error,
+    );
+    expect(during?.message).toMatch(/refused \(reply 0x80000002: a revocation drill is running on export drilled/);
+    const r = await drill;
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    expect(r.body).toMatchObject({ ok: true, verifyFailures: 0 });
+    const after = await NbdClient.connect(s.agent.nbdAddress, { exportName: 'drilled', structuredReplies: true });
+    await after.disconnect();
   });
 
   it('shows the key guard leases, and resume is a no-op on an active CMK', async () => {

@@ -202,8 +202,16 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     expect(err.message).toContain('no such file');
   });
 
-  it('drills through the CLI on a customer CMK: JSON, SVG timeline and text, data unchanged', () => {
+  it('drills through the CLI on a customer CMK: JSON, SVG timeline and text, data unchanged', async () => {
     ok(['attach', 'data']);
+    // An --svg that cannot be written is refused before the drill: it was found only after the
+    // drill had revoked and restored the CMK, and the error replaced the report.
+    const revocations = async () => ((await (await fetch(`${stack.apiUrl}/metrics`)).text()).match(/^kmsdisk_key_revocations_total\{/gm) ?? []).length;
+    const before = await revocations();
+    const badSvg = refused(['drill', '--disk', 'data', '--action', 'revoke-grant', '--restore', '--svg', join(dir, 'no-such-dir', 'x.svg')], 3, 'KMSDISK_ERR_NOT_FOUND');
+    expect(badSvg.message.startsWith(`--svg ${join(dir, 'no-such-dir', 'x.svg')}: no such file or directory (`), badSvg.message).toBe(true);
+    expect(badSvg.message.endsWith('; nothing was drilled')).toBe(true);
+    expect(await revocations()).toBe(before);
     const svg = join(dir, 'drill.svg');
     const r = ok(['drill', '--disk', 'data', '--action', 'revoke-grant', '--restore', '--svg', svg]);
     expect(r.ok).toBe(true);
@@ -246,7 +254,16 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
     while (auto().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
     await new Promise((r) => setTimeout(r, 1500));
     expect(auto().length).toBe(2); // retention pruned the older ones
+    // Without flags it is shown, with its last run and lastError (it was a usage error: the CLI
+    // had no way to show a policy, nor the lastError the README points to).
+    const shown = ok(['snapshot', 'policy', 'sys']);
+    expect(shown).toMatchObject({ disk: 'sys', intervalSeconds: 1, retain: 2, lastError: null });
+    expect(shown.lastRunAt).not.toBeNull();
+    const text = cli(['snapshot', 'policy', 'sys'], env);
+    expect(text.status, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/^lastError +-$/m);
     ok(['snapshot', 'policy', 'sys', '--clear']);
+    refused(['snapshot', 'policy', 'sys'], 3, 'KMSDISK_ERR_NOT_FOUND');
     refused(['snapshot', 'policy', 'sys', '--interval', '5'], 2, 'KMSDISK_ERR_INVALID_ARGUMENT');
   });
 

@@ -205,3 +205,24 @@ export async function startDaemonStack(prefix: string, opts: DaemonStackOptions 
   await stack.startAgent();
   return stack;
 }
+
+/**
+ * Runs fn while a sqlite3 connection of another process holds a write transaction open on the
+ * catalog at `catalogPath` (as a sqlite3 shell can): every catalog write of the agent fails
+ * (SQLITE_BUSY after its 5 s busy timeout, KMSDISK_ERR_IO); reads go on. Returns fn's result and
+ * the holder's pid (fn gets it too).
+ */
+export async function withCatalogWriteLocked<T>(catalogPath: string, fn: (holderPid: number) => Promise<T>): Promise<T> {
+  const script = 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute("BEGIN IMMEDIATE")\nprint("locked", flush=True)\nsys.stdin.read()';
+  const holder = spawn('python3', ['-c', script, catalogPath], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const released = new Promise((r) => holder.once('exit', r));
+  try {
+    let out = '';
+    holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await waitFor('the write lock holder', () => out.includes('locked'), 10_000);
+    return await fn(holder.pid!);
+  } finally {
+    holder.kill('SIGKILL');
+    await released;
+  }
+}

@@ -2,6 +2,7 @@
 // ends cancelled is reported as one JSON document with --json, as every other failure is.
 
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, until, type Stack } from '../api/helpers.js';
@@ -39,5 +40,30 @@ describe('kmsdisk image copy / job wait --json', () => {
     const waited = await cliAsync(['job', 'wait', job.id, '--json', ...auth]);
     expect(waited.status, waited.stderr).toBe(4);
     expect(waited.json, waited.stdout).toEqual({ error: { code: 'KMSDISK_ERR_CANCELLED', message: `job ${job.id} was cancelled` } });
+  });
+
+  it('a copy the CLI waits for outlives an agent restart: the job resumes and the CLI reports it done (it exited 6)', async () => {
+    const copying = cliAsync(['image', 'copy', 'base', 'base-enc2', '--encrypt', '--json', ...auth]);
+    const job = await until(async () => {
+      const jobs = (await s.api('GET', '/v1/jobs')).body.jobs as Array<{ id: string; state: string; bytesDone: number; params: { dest?: string } }>;
+      return jobs.find((j) => j.params.dest === 'base-enc2' && j.state === 'running' && j.bytesDone > 0);
+    }, 'the copy job running');
+    const api = { host: s.agent.apiAddress.host, port: s.agent.apiAddress.port };
+    await s.agent.stop();
+    // Down until the CLI has tried it at least once: a stand-in on the port cuts its request.
+    let tried = false;
+    const standIn = createServer((sock) => {
+      tried = true;
+      sock.destroy();
+    });
+    await new Promise<void>((r) => standIn.listen(api.port, api.host, r));
+    await until(async () => tried, 'the CLI to poll the stopped agent');
+    await new Promise((r) => standIn.close(r));
+    // The same API address (the CLI keeps the one it was given), the same state and token.
+    await s.restartAgent({ api });
+    const r = await copying;
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.json).toMatchObject({ id: job.id, state: 'succeeded' });
+    expect(r.stderr).toContain(`still waiting for job ${job.id}, which resumes when the agent is back`);
   });
 });

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { ApiClient } from '../api-client.js';
 import { clientOptions, intOption, type ClientOpts } from '../common.js';
-import { printJson } from '../output.js';
+import { printJson, tableError } from '../output.js';
 import { KmsdiskError } from '../../errors.js';
 import { DRILL_ACTIONS, drillSvg, formatDrillText, type DrillReport } from '../../drill/drill.js';
 
@@ -20,6 +20,7 @@ export function registerDrill(program: Command): void {
       if (!(DRILL_ACTIONS as readonly string[]).includes(action)) {
         throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `--action must be one of ${DRILL_ACTIONS.join(', ')}`);
       }
+      if (opts.svg) checkWritable(String(opts.svg));
       const report = await new ApiClient(opts).post<DrillReport>('/v1/drills', {
         disk: opts.disk,
         action,
@@ -32,4 +33,20 @@ export function registerDrill(program: Command): void {
       else process.stdout.write(formatDrillText(report) + (opts.svg ? `\ntimeline written to ${opts.svg}\n` : '\n'));
       if (!report.ok) process.exitCode = 7;
     });
+}
+
+/**
+ * --svg is checked before the drill: a path that cannot be written was found only after the
+ * drill had taken CMK access away (from every disk on the CMK) and given it back, and the error
+ * then replaced the report, text and JSON alike.
+ */
+function checkWritable(path: string): void {
+  const existed = existsSync(path);
+  try {
+    closeSync(openSync(path, 'a')); // 'a': an existing timeline is kept until the new one is written
+  } catch (err) {
+    const e = tableError(err);
+    throw new KmsdiskError(e.code, `--svg ${e.message}; nothing was drilled`, { cause: err });
+  }
+  if (!existed) unlinkSync(path);
 }

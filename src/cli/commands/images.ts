@@ -19,6 +19,10 @@ interface ImageView {
 function imageState(i: ImageView, job: JobView | undefined): string {
   if (i.state !== 'creating') return i.state ?? 'available';
   if (!job) return 'copying';
+  // A copy that failed or was cancelled but whose image row could not be removed then: it is no
+  // copy in progress (listing it as "copying" sent users waiting for nothing); copying again
+  // replaces it.
+  if (job.state === 'failed' || job.state === 'cancelled') return `copy ${job.state}, half-made`;
   return job.state === 'queued' ? 'copying (queued)' : `copying ${Math.floor(job.progress * 100)}%`;
 }
 
@@ -42,13 +46,15 @@ export function registerImages(program: Command): void {
       const api = new ApiClient(opts);
       const r = await api.get<{ images: ImageView[] }>('/v1/images');
       if (opts.json) return printJson(r);
-      // An image being written by a copy job shows as "copying NN%" (the job's own progress).
+      // An image being written by a copy job shows as "copying NN%" (the job's own progress); one
+      // whose latest copy job ended without it, as that job's end.
       const copying = new Map<string, JobView>();
       if (r.images.some((i) => i.state === 'creating')) {
         const jobs = await api.get<{ jobs: JobView[] }>('/v1/jobs');
+        const inProgress = (j: JobView | undefined) => j?.state === 'running' || j?.state === 'queued';
         for (const j of jobs.jobs) {
           const dest = (j.params as { dest?: unknown } | undefined)?.dest;
-          if (typeof dest === 'string' && (j.state === 'running' || j.state === 'queued')) copying.set(dest, j);
+          if (typeof dest === 'string' && j.state !== 'succeeded' && !inProgress(copying.get(dest))) copying.set(dest, j);
         }
       }
       printTable(r.images, [

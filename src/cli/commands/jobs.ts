@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
-import { ApiClient, enc } from '../api-client.js';
+import { agentGone, ApiClient, enc } from '../api-client.js';
 import { clientOptions, type ClientOpts } from '../common.js';
 import { printFields, printJson, printTable } from '../output.js';
 import { KmsdiskError } from '../../errors.js';
@@ -18,6 +18,8 @@ export interface JobView {
 }
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
+/** How long a wait rides out an agent that is not answering (a restart; the job resumes then). */
+const AGENT_GONE_GRACE_MS = 30_000;
 
 /** Polls a job until it ends; shows a progress bar on a terminal unless --json. */
 export async function waitForJob(api: ApiClient, id: string, opts: { json?: boolean; label?: string }): Promise<JobView> {
@@ -29,9 +31,31 @@ export async function waitForJob(api: ApiClient, id: string, opts: { json?: bool
         )
       : undefined;
   let started = false;
+  let goneSince: number | null = null;
   try {
     for (;;) {
-      const job = await api.get<JobView>(`/v1/jobs/${enc(id)}`);
+      let job: JobView;
+      try {
+        job = await api.get<JobView>(`/v1/jobs/${enc(id)}`);
+        goneSince = null;
+      } catch (err) {
+        // An agent restart (systemd, an upgrade) made the wait exit 6 "cannot reach the agent"
+        // although the job resumes at the next start (a copy from its checkpoint): a script took
+        // the copy for failed. Wait for the agent a while, saying so once.
+        if (!agentGone(err)) throw err;
+        const why = (err as Error).message;
+        if (goneSince === null) {
+          goneSince = Date.now();
+          process.stderr.write(`kmsdisk: the agent is not answering (${why}); still waiting for job ${id}, which resumes when the agent is back\n`);
+        } else if (Date.now() - goneSince > AGENT_GONE_GRACE_MS) {
+          throw new KmsdiskError(
+            'KMSDISK_ERR_AGENT_UNREACHABLE',
+            `no answer from the agent for ${AGENT_GONE_GRACE_MS / 1000} s while waiting for job ${id} (${why}); the job resumes when the agent starts again: kmsdisk job wait ${id}`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
       if (bar) {
         const total = Math.max(1, Math.round((job.bytesTotal ?? 100 * 2 ** 20) / 2 ** 20));
         const done = Math.round((job.bytesDone ?? job.progress * total * 2 ** 20) / 2 ** 20);

@@ -52,7 +52,7 @@ export function registerSnapshots(program: Command): void {
     });
 
   clientOptions(snap.command('policy <disk>'))
-    .description('set (or with --clear remove) the automatic snapshot policy of a disk')
+    .description('show the automatic snapshot policy of a disk (its last run and lastError), set it with --interval and --retain, or remove it with --clear')
     .option('--interval <seconds>', 'seconds between snapshots (1-31536000)', intOption(1, 31_536_000))
     .option('--retain <count>', 'how many automatic snapshots to keep (1-1000)', intOption(1, 1000))
     .option('--clear', 'remove the policy')
@@ -64,7 +64,15 @@ export function registerSnapshots(program: Command): void {
         else process.stdout.write(`removed the snapshot policy of ${disk}\n`);
         return;
       }
-      if (opts.interval === undefined || opts.retain === undefined) throw usageError('--interval and --retain are required (or --clear)');
+      if (opts.interval === undefined && opts.retain === undefined) {
+        // Without flags: show it. There was no way to see a policy from the CLI, and with it the
+        // lastError that the README points users to when automatic snapshots fail.
+        const r = await api.get<Record<string, unknown>>(`/v1/disks/${enc(disk)}/snapshot-policy`);
+        if (opts.json) printJson(r);
+        else printFields(r);
+        return;
+      }
+      if (opts.interval === undefined || opts.retain === undefined) throw usageError('--interval and --retain go together (or --clear; neither shows the policy)');
       const r = await api.put<Record<string, unknown>>(`/v1/disks/${enc(disk)}/snapshot-policy`, {
         intervalSeconds: opts.interval as number,
         retain: opts.retain as number,

@@ -131,11 +131,24 @@ async function startLocked(opts: KmsEmulatorOptions, logger: Logger, now: () => 
     async close() {
       if (closed) return;
       closed = true;
-      clearInterval(sweeper);
-      server.hub.close();
-      await server.app.close();
-      await writer.drain();
-      unlock();
+      try {
+        clearInterval(sweeper);
+        server.hub.close();
+        await server.app.close();
+        if (writer.busy) logger.info('kms: closing: waiting for the state write in progress');
+        // A write that fails now (read-only or full state folder) has been rolled back and its
+        // request answered 503, or its client is gone: there is nothing left to tell anyone but
+        // the log. It rejected close() -- an unhandled rejection for a caller that closes on a
+        // signal, `kmsdisk kms` exited 1 with a bare EROFS -- and left the folder's lock held.
+        await writer.drain().catch((err: unknown) =>
+          logger.error(
+            { code: (err as NodeJS.ErrnoException).code, err: (err as Error).message, stateDir: dir },
+            'kms: closing: the last state write failed; the changes it carried were not saved (the state file keeps the last saved state)',
+          ),
+        );
+      } finally {
+        unlock();
+      }
     },
   };
 }

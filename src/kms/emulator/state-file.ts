@@ -149,8 +149,13 @@ export class StateWriter {
     this.inFlight = false;
   }
 
+  /** A write is in flight or queued. */
+  get busy(): boolean {
+    return this.inFlight || this.waiting.length > 0;
+  }
+
   /** Wait for any in-flight or queued write (used on close). */
   async drain(): Promise<void> {
-    if (this.inFlight || this.waiting.length > 0) await this.persist();
+    if (this.busy) await this.persist();
   }
 }
