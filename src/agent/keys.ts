@@ -266,7 +266,7 @@ export class KeysService {
 
   async disable(keyId: string): Promise<{ keyId: string; state: string; revocationAcks?: MutationResult['revocationAcks'] }> {
     const r = await this.admin().disableKey(keyId).catch((err: unknown) => {
-      throw serviceKeyGuard(err, keyId);
+      throw serviceKeyGuard(err, keyId, 'disabled');
     });
     this.ctx.bumpVersion();
     return { ...(await this.stateOf(keyId)), ...(r.revocationAcks ? { revocationAcks: r.revocationAcks } : {}) };
@@ -304,21 +304,26 @@ export class KeysService {
   }
 
   async enable(keyId: string): Promise<{ keyId: string; state: string }> {
-    await this.admin().enableKey(keyId);
+    await this.admin().enableKey(keyId).catch((err: unknown) => {
+      throw serviceKeyGuard(err, keyId, 'enabled');
+    });
     this.ctx.bumpVersion();
     return this.stateOf(keyId);
   }
 }
 
 /**
- * DisableKey on the service key: a conflict (exit 4), whichever way the key was named. By the
- * KMS's answer (the emulator refuses management of the service key with UnsupportedOperation),
- * not only by an alias/acs/ spelling: its key id or ARN was a KMS_REQUEST usage error (exit 2).
+ * DisableKey or EnableKey on the service key: a conflict (exit 4), whichever way the key was
+ * named. By the KMS's answer (the emulator refuses management of the service key with
+ * UnsupportedOperation), not only by an alias/acs/ spelling: its key id or ARN was a KMS_REQUEST
+ * usage error (exit 2) with the KMS's raw text. The service key is always enabled: enabling it
+ * is refused the same way as disabling it, not reported as done.
  */
-function serviceKeyGuard(err: unknown, keyId: string): unknown {
+function serviceKeyGuard(err: unknown, keyId: string, verb: 'disabled' | 'enabled'): unknown {
   const serviceRefusal = err instanceof KmsdiskError && err.ecsCode === 'UnsupportedOperation';
   if (errorCodeOf(err) === 'KMSDISK_ERR_KMS_REQUEST' && (serviceRefusal || keyId.startsWith('alias/acs/'))) {
-    return new KmsdiskError('KMSDISK_ERR_CONFLICT', `${keyId} is a service key: it cannot be disabled`, { cause: err });
+    const why = verb === 'disabled' ? 'it cannot be disabled' : 'it is always enabled and cannot be managed';
+    return new KmsdiskError('KMSDISK_ERR_CONFLICT', `${keyId} is a service key: ${why}`, { cause: err });
   }
   return err;
 }

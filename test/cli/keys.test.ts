@@ -68,10 +68,11 @@ describe('kmsdisk key / attach against real daemons', () => {
     expect(err.message).toMatch(/service key alias\/acs\/ecs needs no authorization, so there is none to revoke/);
   });
 
-  it('key disable of the service key is a conflict (exit 4) whether named by alias, key id or ARN', async () => {
+  it('key disable and key enable of the service key are conflicts (exit 4) whether named by alias, key id or ARN', async () => {
     const svc = ((await api('GET', '/v1/keys')).keys as Array<{ keyId: string; service: boolean }>).find((k) => k.service)!.keyId;
     for (const name of ['alias/acs/ecs', svc, `acs:kms:cn-hangzhou:1:key/${svc}`]) {
       expect(refused(['key', 'disable', name], 4, 'KMSDISK_ERR_CONFLICT').message).toBe(`${name} is a service key: it cannot be disabled`);
+      expect(refused(['key', 'enable', name], 4, 'KMSDISK_ERR_CONFLICT').message).toBe(`${name} is a service key: it is always enabled and cannot be managed`);
     }
   });
 
