@@ -309,6 +309,11 @@ export class KeyGuard extends EventEmitter {
     return { keyId: entry.keyId, state, ...(lease?.cause ? { cause: lease.cause } : {}) };
   }
 
+  /** How serving comes back once access returns: by itself, or on `resume(keyId)` only. */
+  get resumePolicy(): ResumeMode {
+    return this.resumeMode;
+  }
+
   /** Every CMK the guard holds a lease for. */
   keys(): KeyStatus[] {
     return [...this.leases.keys()].map((k) => this.keyState(k)!);
