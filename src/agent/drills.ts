@@ -83,6 +83,19 @@ export class DrillsService {
     // The agent's own record of every read reply let out on the export: the drill's evidence of
     // what left after the wipe, independent of when the in-process client got to the replies.
     const audit = new ExportSendAudit(this.ctx.nbd, att.export);
+    // With --resume manual the agent serves a CMK whose access came back only on an operator's
+    // resume: a --restore drill gave access back at the KMS and then waited for reads that never
+    // came, reporting FAILED (exit 7, as for a leak). Giving access back is the drill's operator
+    // step, so it resumes what it took away: the CMKs active before it (every one of the agent's
+    // for disable-accesskey), not those an operator is holding back for other reasons.
+    const activeBefore = new Set(this.ctx.guard.keys().filter((k) => k.state === 'active').map((k) => k.keyId));
+    const resumeTakenAway = async (): Promise<void> => {
+      for (const k of this.ctx.guard.keys()) {
+        if (!activeBefore.has(k.keyId) || k.state === 'active') continue;
+        // Still refused: the drill reports no read served again; the next resume can retry.
+        await this.ctx.guard.resume(k.keyId).catch((err: unknown) => this.ctx.logger.warn({ keyId: k.keyId, err: (err as Error).message }, 'drill: resume after restore refused'));
+      }
+    };
     try {
       return await runDrill({
         nbdUri: `nbd://${formatHostPort(this.deps.nbdAddress())}/${encodeURIComponent(att.export)}`,
@@ -91,6 +104,7 @@ export class DrillsService {
         keyId: header.kms.keyId,
         action: req.action,
         restore: Boolean(req.restore),
+        ...(this.ctx.guard.resumePolicy === 'manual' ? { afterRestore: resumeTakenAway } : {}),
         ...(req.timeoutMs !== undefined ? { timeoutMs: req.timeoutMs } : {}),
         ...(req.inFlight !== undefined ? { inFlight: req.inFlight } : {}),
         wipeTime: async ({ keyId, sinceMs, timeoutMs }) => {

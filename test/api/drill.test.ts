@@ -147,3 +147,40 @@ describe('drills through the API', () => {
     expect((await s.api('POST', '/v1/keys/11111111-2222-3333-4444-555555555555/resume')).status).toBe(404);
   });
 });
+
+describe('drills on an agent with --resume manual', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({ agent: { keyGuard: { leaseIntervalMs: 1000, offlineGraceMs: 0, revocation: 'immediate', resume: 'manual', events: true } } });
+  });
+  afterAll(async () => {
+    await s?.close();
+  });
+
+  it('--restore resumes what the drill took away (it reported FAILED, exit 7), and only that', async () => {
+    const attachedDisk = async (name: string): Promise<string> => {
+      const cmk = (await s.api('POST', '/v1/keys', {})).body.keyId as string;
+      expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+      expect((await s.api('POST', '/v1/disks', { name, size: '8M', kmsKeyId: cmk })).status).toBe(201);
+      expect((await s.api('POST', '/v1/attachments', { disk: name })).status).toBe(201);
+      return cmk;
+    };
+    await attachedDisk('drilled');
+    // A CMK an operator is holding back: access is back at the KMS, no resume yet.
+    const held = await attachedDisk('held');
+    expect((await s.api('POST', `/v1/keys/${held}/disable`)).status).toBe(200);
+    expect((await s.api('POST', `/v1/keys/${held}/enable`)).status).toBe(200);
+    expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('key-revoked');
+
+    for (const action of ['disable-key', 'disable-accesskey']) {
+      const r = await s.api('POST', '/v1/drills', { disk: 'drilled', action, restore: true });
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(r.body).toMatchObject({ action, restored: true, ok: true, readsServedAfterWipe: 0, verifyFailures: 0 });
+      expect(r.body.timeline.firstReadServedAgain).not.toBeNull();
+      expect((await s.api('GET', '/v1/disks/drilled')).body.state).toBe('in-use');
+      expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('key-revoked');
+    }
+    expect((await s.api('POST', `/v1/keys/${held}/resume`)).status).toBe(200);
+    expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('in-use');
+  });
+});
