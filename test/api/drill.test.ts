@@ -157,7 +157,7 @@ describe('drills on an agent with --resume manual', () => {
     await s?.close();
   });
 
-  it('--restore resumes what the drill took away (it reported FAILED, exit 7), and only that', async () => {
+  it('--restore resumes what the drill took away (it reported FAILED, exit 7), and only that; a held-back disk says it waits for a resume', async () => {
     const attachedDisk = async (name: string): Promise<string> => {
       const cmk = (await s.api('POST', '/v1/keys', {})).body.keyId as string;
       expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
@@ -171,6 +171,13 @@ describe('drills on an agent with --resume manual', () => {
     expect((await s.api('POST', `/v1/keys/${held}/disable`)).status).toBe(200);
     expect((await s.api('POST', `/v1/keys/${held}/enable`)).status).toBe(200);
     expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('key-revoked');
+    // Once the agent saw access come back, the disk says what it waits for (it only said Rejected.Disabled).
+    const waiting = await until(async () => {
+      const d = (await s.api('GET', '/v1/disks/held')).body;
+      return d.stateMessage ? d : null;
+    }, 'the held disk to wait for a resume', 10_000);
+    expect(waiting).toMatchObject({ state: 'key-revoked', stateReason: 'Rejected.Disabled' });
+    expect(waiting.stateMessage).toContain(`POST /v1/keys/${held}/resume`);
 
     for (const action of ['disable-key', 'disable-accesskey']) {
       const r = await s.api('POST', '/v1/drills', { disk: 'drilled', action, restore: true });
