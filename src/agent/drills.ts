@@ -51,6 +51,15 @@ export class DrillsService {
   async run(req: DrillRequest): Promise<DrillReport> {
     if (!this.ctx.adminKms) throw new KmsdiskError('KMSDISK_ERR_KMS_ACCESS_KEY', 'drills need the KMS admin credentials (the CMK owner performs the revocation)');
     if (this.running) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', 'a drill is already running');
+    // With --revocation on-attach, attached disks keep serving when access is taken away (as ECS
+    // does): the drill ran its whole workload, saw no refusal and reported FAILED (exit 7, the
+    // class of a leak) with thousands of "reads with data after the KMS call returned".
+    if (this.ctx.guard.revocationPolicy === 'on-attach') {
+      throw new KmsdiskError(
+        'KMSDISK_ERR_CONFLICT',
+        'this agent runs with --revocation on-attach: attached disks keep serving when access to their CMK is taken away (only the next attach is refused), so a drill has no refusal to measure; run the agent with --revocation immediate (the default) for drills',
+      );
+    }
     const header = this.deps.disks.header(req.disk);
     const att = this.deps.attachments.show(req.disk);
     // A disk that is not serving now would only time out after the drill's workload started.
