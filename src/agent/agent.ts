@@ -310,6 +310,7 @@ export function createAgent(config: AgentConfig): Agent {
         for (const d of disks.list()) if (d.kmsKeyId) m.set(d.kmsKeyId, [...(m.get(d.kmsKeyId) ?? []), d.name]);
         return m;
       },
+      resumeRestored: (keyId) => attachments.resumeRestored(keyId),
     });
     const drills = new DrillsService(ctx, {
       agent: { accessKeyId: config.kms.agent.accessKeyId, ...(principalNames[0] ? { principal: principalNames[0] } : {}) },

@@ -15,7 +15,7 @@ import { cmkRefusal } from './kms-refusals.js';
 import { checkName } from './names.js';
 import { checkPskIdentity, pskUserInfo, type PskStore } from './psk.js';
 import { removeExportSeries } from '../metrics/registry.js';
-import { keyLoadError, type KeyLoadError } from './open-disks.js';
+import { keyLoadError, type KeyLoadError, type OpenDisk } from './open-disks.js';
 
 /** Volume.open failures that are about the file (not the request or a conflict in this process). */
 const VOLUME_FILE_ERRORS = new Set<string>(['KMSDISK_ERR_VOLUME_CORRUPT', 'KMSDISK_ERR_VOLUME_SIZE', 'KMSDISK_ERR_NOT_FOUND', 'KMSDISK_ERR_IO', 'KMSDISK_ERR_INVALID_ARGUMENT']);
@@ -60,6 +60,12 @@ export interface AttachmentView {
   /** in-use, or key-revoked while the key is not usable (the export then refuses I/O). */
   state: string;
   clients: AttachedClient[];
+}
+
+/** The header names the CMK by id or ARN (both end with the id); an alias could be any key. */
+function mayUseCmk(entry: OpenDisk, keyId: string): boolean {
+  const cmk = entry.volume.header.kms.keyId;
+  return cmk.endsWith(keyId) || cmk.startsWith('alias/');
 }
 
 export class AttachmentsService {
@@ -201,25 +207,49 @@ export class AttachmentsService {
 
   private readonly onAccessMayReturn = (ev: AccessMayReturnEvent): void => void this.retryKeys(ev.keyId);
 
-  /** Retries the unwrap of every export restored without its key (those on `keyId`, if given). */
-  private async retryKeys(keyId: string | null): Promise<void> {
+  /**
+   * Retries the unwrap of every export restored without its key (those on `keyId`, if given).
+   * With --resume manual only the operator's resume does: the background poll and the KMS events
+   * used to load such a key too, so the disks of a CMK revoked while the agent was down served
+   * again on EnableKey/CreateGrant with no resume, unlike a disk whose key was wiped while the
+   * agent ran. Returns the disks on `keyId` still without their key.
+   */
+  private async retryKeys(keyId: string | null, operator = false): Promise<OpenDisk[]> {
+    const stillKeyless: OpenDisk[] = [];
+    if (!operator && this.ctx.guard.resumePolicy === 'manual') return stillKeyless;
     for (const entry of this.ctx.open.all()) {
-      if (!entry.keyError) continue;
-      // The header names the CMK by id or ARN (both end with the id); an alias could be any key.
-      const cmk = entry.volume.header.kms.keyId;
-      if (keyId !== null && !cmk.endsWith(keyId) && !cmk.startsWith('alias/')) continue;
+      if (!entry.keyError || (keyId !== null && !mayUseCmk(entry, keyId))) continue;
       await this.ctx.locks.run(`disk:${entry.disk}`, async () => {
         if (!entry.keyError || this.ctx.open.get(entry.disk) !== entry) return;
         try {
           await this.ctx.guard.open(entry.volume, entry.disk);
           entry.keyError = null;
           this.ctx.bumpVersion();
-          this.ctx.logger.info({ disk: entry.disk }, 'disk key loaded on retry; serving again');
+          this.ctx.logger.info({ disk: entry.disk, operator }, 'disk key loaded on retry; serving again');
         } catch (err) {
           entry.keyError = keyLoadError(err);
+          stillKeyless.push(entry);
         }
       });
     }
+    return stillKeyless;
+  }
+
+  /**
+   * --resume manual, `POST /v1/keys/:keyId/resume`: loads the key of the exports on CMK `keyId`
+   * (a key id) that were restored without it. False when there is none; throws, naming the disks
+   * and the KMS's reason, when the KMS still refuses.
+   */
+  async resumeRestored(keyId: string): Promise<boolean> {
+    if (!this.ctx.open.all().some((e) => e.keyError && mayUseCmk(e, keyId))) return false;
+    const still = await this.retryKeys(keyId, true);
+    if (still.length > 0) {
+      const reason = still[0]!.keyError?.reason ?? 'unknown';
+      throw new KmsdiskError('KMSDISK_ERR_KEY_REVOKED', `access to CMK ${keyId} is still denied (${reason}); disk(s) ${still.map((e) => e.disk).join(', ')} keep refusing I/O`, {
+        details: { keyId, cause: reason, disks: still.map((e) => e.disk) },
+      });
+    }
+    return true;
   }
 
   /**

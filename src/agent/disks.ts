@@ -252,7 +252,13 @@ export class DisksService {
     if (open.keyError) return { state: 'key-revoked', reason: open.keyError.reason };
     const ks = this.ctx.guard.diskState(open.volume);
     if (!ks) return { state: 'key-revoked', reason: 'KeyNotLoaded' };
-    if (ks.state === 'revoked' || ks.state === 'pending') return { state: 'key-revoked', reason: ks.cause ?? ks.state };
+    if (ks.state === 'pending') {
+      // Access is back and only the operator's resume is missing: with the reason alone (the old
+      // cause, say Rejected.Disabled, while the CMK shows Enabled) nothing told the user why.
+      const message = `access to CMK ${ks.keyId} is back; the agent runs with --resume manual: POST /v1/keys/${ks.keyId}/resume serves its disks again`;
+      return { state: 'key-revoked', reason: ks.cause ?? ks.state, message };
+    }
+    if (ks.state === 'revoked') return { state: 'key-revoked', reason: ks.cause ?? ks.state };
     return { state: 'in-use', reason: null };
   }
 

@@ -51,6 +51,15 @@ export class DrillsService {
   async run(req: DrillRequest): Promise<DrillReport> {
     if (!this.ctx.adminKms) throw new KmsdiskError('KMSDISK_ERR_KMS_ACCESS_KEY', 'drills need the KMS admin credentials (the CMK owner performs the revocation)');
     if (this.running) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', 'a drill is already running');
+    // With --revocation on-attach, attached disks keep serving when access is taken away (as ECS
+    // does): the drill ran its whole workload, saw no refusal and reported FAILED (exit 7, the
+    // class of a leak) with thousands of "reads with data after the KMS call returned".
+    if (this.ctx.guard.revocationPolicy === 'on-attach') {
+      throw new KmsdiskError(
+        'KMSDISK_ERR_CONFLICT',
+        'this agent runs with --revocation on-attach: attached disks keep serving when access to their CMK is taken away (only the next attach is refused), so a drill has no refusal to measure; run the agent with --revocation immediate (the default) for drills',
+      );
+    }
     const header = this.deps.disks.header(req.disk);
     const att = this.deps.attachments.show(req.disk);
     // A disk that is not serving now would only time out after the drill's workload started.
@@ -83,6 +92,19 @@ export class DrillsService {
     // The agent's own record of every read reply let out on the export: the drill's evidence of
     // what left after the wipe, independent of when the in-process client got to the replies.
     const audit = new ExportSendAudit(this.ctx.nbd, att.export);
+    // With --resume manual the agent serves a CMK whose access came back only on an operator's
+    // resume: a --restore drill gave access back at the KMS and then waited for reads that never
+    // came, reporting FAILED (exit 7, as for a leak). Giving access back is the drill's operator
+    // step, so it resumes what it took away: the CMKs active before it (every one of the agent's
+    // for disable-accesskey), not those an operator is holding back for other reasons.
+    const activeBefore = new Set(this.ctx.guard.keys().filter((k) => k.state === 'active').map((k) => k.keyId));
+    const resumeTakenAway = async (): Promise<void> => {
+      for (const k of this.ctx.guard.keys()) {
+        if (!activeBefore.has(k.keyId) || k.state === 'active') continue;
+        // Still refused: the drill reports no read served again; the next resume can retry.
+        await this.ctx.guard.resume(k.keyId).catch((err: unknown) => this.ctx.logger.warn({ keyId: k.keyId, err: (err as Error).message }, 'drill: resume after restore refused'));
+      }
+    };
     try {
       return await runDrill({
         nbdUri: `nbd://${formatHostPort(this.deps.nbdAddress())}/${encodeURIComponent(att.export)}`,
@@ -91,6 +113,7 @@ export class DrillsService {
         keyId: header.kms.keyId,
         action: req.action,
         restore: Boolean(req.restore),
+        ...(this.ctx.guard.resumePolicy === 'manual' ? { afterRestore: resumeTakenAway } : {}),
         ...(req.timeoutMs !== undefined ? { timeoutMs: req.timeoutMs } : {}),
         ...(req.inFlight !== undefined ? { inFlight: req.inFlight } : {}),
         wipeTime: async ({ keyId, sinceMs, timeoutMs }) => {

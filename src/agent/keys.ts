@@ -47,6 +47,11 @@ export interface KeysServiceOptions {
   principalNames: string[];
   /** Lists the disks per CMK (from the header cache). */
   disksByKey: () => Map<string, string[]>;
+  /**
+   * --resume manual: loads the key of the disks on a CMK (key id) restored at start-up without it,
+   * which the key guard holds no lease for; false when there is none.
+   */
+  resumeRestored: (keyId: string) => Promise<boolean>;
 }
 
 const GRANT_NAME_PREFIX = 'kmsdisk-agent:';
@@ -290,10 +295,18 @@ export class KeysService {
       // Accept an alias or ARN: resolve it to the key id the guard knows.
       const meta = await (this.ctx.adminKms ?? this.ctx.kms).describeKey(keyId).catch(() => undefined);
       const byId = meta ? leases.find((k) => k.keyId === meta.keyId) : undefined;
-      if (!byId) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no attached disk uses CMK ${keyId}`);
+      if (!byId) {
+        // Disks restored at start-up without their key (CMK revoked while the agent was down)
+        // have no lease: this used to answer "no attached disk uses CMK" while they were attached
+        // and refusing I/O, and, with --resume manual, left them nothing that would serve them.
+        if (await this.opts.resumeRestored(meta?.keyId ?? keyId)) return { keyId: meta?.keyId ?? keyId, state: 'active' };
+        throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no attached disk uses CMK ${keyId}`);
+      }
       keyId = byId.keyId;
     }
     await this.ctx.guard.resume(keyId);
+    // A CMK can have both: disks whose key was wiped while the agent ran and disks restored without it.
+    await this.opts.resumeRestored(keyId);
     this.ctx.bumpVersion();
     return { keyId, state: this.ctx.guard.keyState(keyId)?.state ?? 'active' };
   }

@@ -64,6 +64,11 @@ export interface DrillOptions {
   warmupMs?: number;
   /** Observation time after the refusal (late data replies would show up here). Default 100 ms. */
   settleMs?: number;
+  /**
+   * Runs right after the KMS call that gives access back, inside the restore call's times: the
+   * agent's operator resume, when it runs with --resume manual (it would not serve again without).
+   */
+  afterRestore?: () => Promise<void>;
   /** When the agent wiped the CMK's slots (epoch ms), or null if it did not say within timeoutMs. */
   wipeTime?: (q: { keyId: string; sinceMs: number; timeoutMs: number }) => Promise<number | null>;
   audit?: DataSendAudit;
@@ -267,6 +272,7 @@ export async function runDrill(o: DrillOptions): Promise<DrillReport> {
         const again = loop.waitFor((r) => r.kind === 'read' && r.errno === 0, timeoutMs);
         restoreCallIssued = nowMs();
         await plan.restore();
+        if (o.afterRestore) await o.afterRestore();
         restoreCallReturned = nowMs();
         servedAgain = await again;
       }

@@ -309,6 +309,16 @@ export class KeyGuard extends EventEmitter {
     return { keyId: entry.keyId, state, ...(lease?.cause ? { cause: lease.cause } : {}) };
   }
 
+  /** What a denial does: wipe and refuse I/O now (immediate), or refuse the next attach only. */
+  get revocationPolicy(): RevocationMode {
+    return this.revocation;
+  }
+
+  /** How serving comes back once access returns: by itself, or on `resume(keyId)` only. */
+  get resumePolicy(): ResumeMode {
+    return this.resumeMode;
+  }
+
   /** Every CMK the guard holds a lease for. */
   keys(): KeyStatus[] {
     return [...this.leases.keys()].map((k) => this.keyState(k)!);

@@ -147,3 +147,71 @@ describe('drills through the API', () => {
     expect((await s.api('POST', '/v1/keys/11111111-2222-3333-4444-555555555555/resume')).status).toBe(404);
   });
 });
+
+/** A disk on a CMK of its own, authorized and attached; returns the CMK. */
+async function attachedDisk(s: Stack, name: string): Promise<string> {
+  const cmk = (await s.api('POST', '/v1/keys', {})).body.keyId as string;
+  expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+  expect((await s.api('POST', '/v1/disks', { name, size: '8M', kmsKeyId: cmk })).status).toBe(201);
+  expect((await s.api('POST', '/v1/attachments', { disk: name })).status).toBe(201);
+  return cmk;
+}
+
+/** A stack for the enclosing describe whose agent runs with these key-guard modes. */
+function stackWithModes(modes: { revocation: 'immediate' | 'on-attach'; resume: 'auto' | 'manual' }): () => Stack {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({ agent: { keyGuard: { leaseIntervalMs: 1000, offlineGraceMs: 0, events: true, ...modes } } });
+  });
+  afterAll(async () => {
+    await s?.close();
+  });
+  return () => s;
+}
+
+describe('drills on an agent with --resume manual', () => {
+  const stack = stackWithModes({ revocation: 'immediate', resume: 'manual' });
+
+  it('--restore resumes what the drill took away (it reported FAILED, exit 7), and only that; a held-back disk says it waits for a resume', async () => {
+    const s = stack();
+    await attachedDisk(s, 'drilled');
+    // A CMK an operator is holding back: access is back at the KMS, no resume yet.
+    const held = await attachedDisk(s, 'held');
+    expect((await s.api('POST', `/v1/keys/${held}/disable`)).status).toBe(200);
+    expect((await s.api('POST', `/v1/keys/${held}/enable`)).status).toBe(200);
+    expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('key-revoked');
+    // Once the agent saw access come back, the disk says what it waits for (it only said Rejected.Disabled).
+    const waiting = await until(async () => {
+      const d = (await s.api('GET', '/v1/disks/held')).body;
+      return d.stateMessage ? d : null;
+    }, 'the held disk to wait for a resume', 10_000);
+    expect(waiting).toMatchObject({ state: 'key-revoked', stateReason: 'Rejected.Disabled' });
+    expect(waiting.stateMessage).toContain(`POST /v1/keys/${held}/resume`);
+
+    for (const action of ['disable-key', 'disable-accesskey']) {
+      const r = await s.api('POST', '/v1/drills', { disk: 'drilled', action, restore: true });
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(r.body).toMatchObject({ action, restored: true, ok: true, readsServedAfterWipe: 0, verifyFailures: 0 });
+      expect(r.body.timeline.firstReadServedAgain).not.toBeNull();
+      expect((await s.api('GET', '/v1/disks/drilled')).body.state).toBe('in-use');
+      expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('key-revoked');
+    }
+    expect((await s.api('POST', `/v1/keys/${held}/resume`)).status).toBe(200);
+    expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('in-use');
+  });
+});
+
+describe('drills on an agent with --revocation on-attach', () => {
+  const stack = stackWithModes({ revocation: 'on-attach', resume: 'auto' });
+
+  it('is refused up front: attached disks keep serving there, so it ran and reported FAILED (exit 7)', async () => {
+    const s = stack();
+    const cmk = await attachedDisk(s, 'kept');
+    const r = await s.api('POST', '/v1/drills', { disk: 'kept', action: 'disable-key', restore: true });
+    expect(r.status, JSON.stringify(r.body)).toBe(409);
+    expect(r.body.code).toBe('KMSDISK_ERR_CONFLICT');
+    expect(r.body.message).toContain('--revocation on-attach');
+    // Refused before the KMS call: the CMK was never disabled.
+    expect((await s.api('GET', '/v1/keys')).body.keys.find((k: { keyId: string }) => k.keyId === cmk)).toMatchObject({ state: 'Enabled' });
+  });
+});

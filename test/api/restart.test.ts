@@ -145,4 +145,38 @@ describe('agent restart', () => {
     await run('nbdcopy', [`nbd://127.0.0.1:${s.agent.nbdAddress.port}/late`, out], { env: TOOLS_PATH });
     expect(readFileSync(out).length).toBe(4 * 2 ** 20);
   });
+
+  it('with --resume manual, such a disk waits for POST /v1/keys/ID/resume, which names what is still denied', async () => {
+    const cmk = (await s.api('POST', '/v1/keys', {})).body.keyId as string;
+    expect((await s.api('POST', `/v1/keys/${cmk}/authorize`)).status).toBe(200);
+    expect((await s.api('POST', '/v1/disks', { name: 'held', size: '4M', kmsKeyId: cmk })).status).toBe(201);
+    const uri = (await s.api('POST', '/v1/attachments', { disk: 'held' })).body.uri as string;
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 64k', uri], { env: TOOLS_PATH });
+    await s.agent.stop();
+    const { createKeyService } = await import('../../src/kms/alibaba.js');
+    const admin = createKeyService({ endpoint: `127.0.0.1:${s.kms.port}`, protocol: 'http', credentials: s.kms.credentials.admin });
+    await admin.disableKey(cmk);
+    // Retries of keys that did not load at start every 5 x 20 ms: the old code loaded it at once.
+    await s.restartAgent({ keyGuard: { ...s.config.keyGuard, leaseIntervalMs: 20, resume: 'manual' } });
+    expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('key-revoked');
+    // Still disabled: the refusal says so (it was a 404 "no attached disk uses CMK").
+    const early = await s.api('POST', `/v1/keys/${cmk}/resume`);
+    expect(early.status).toBe(409);
+    expect(early.body).toMatchObject({ code: 'KMSDISK_ERR_KEY_REVOKED', details: { cause: 'Rejected.Disabled', disks: ['held'] } });
+    await admin.enableKey(cmk);
+    // Access is back, but nothing brings the disk back without the operator: not the KMS event,
+    // not the background retry (it ran every 100 ms; this watches for 15 of its rounds).
+    const deadline = Date.now() + 1500;
+    while (Date.now() < deadline) {
+      expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('key-revoked');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const resumed = await s.api('POST', `/v1/keys/${cmk}/resume`);
+    expect(resumed.status).toBe(200);
+    expect(resumed.body).toMatchObject({ keyId: cmk, state: 'active' });
+    expect((await s.api('GET', '/v1/disks/held')).body.state).toBe('in-use');
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 0 64k', `nbd://127.0.0.1:${s.agent.nbdAddress.port}/held`], { env: TOOLS_PATH });
+    expect(read.stdout).toMatch(/read 65536\/65536 bytes/);
+    expect(read.stdout).not.toMatch(/verification failed/i);
+  });
 });
