@@ -255,7 +255,7 @@ export class DisksService {
     if (ks.state === 'pending') {
       // Access is back and only the operator's resume is missing: with the reason alone (the old
       // cause, say Rejected.Disabled, while the CMK shows Enabled) nothing told the user why.
-      const message = `access to CMK ${ks.keyId} is back; the agent runs with --resume manual: POST /v1/keys/${ks.keyId}/resume serves its disks again`;
+      const message = `access to CMK ${ks.keyId} is back; the agent runs with --resume manual: kmsdisk key resume ${ks.keyId} (POST /v1/keys/${ks.keyId}/resume) serves its disks again`;
       return { state: 'key-revoked', reason: ks.cause ?? ks.state, message };
     }
     if (ks.state === 'revoked') return { state: 'key-revoked', reason: ks.cause ?? ks.state };

@@ -16,7 +16,7 @@ interface KeyView {
 }
 
 export function registerKeys(program: Command): void {
-  const key = program.command('key').description('KMS customer master keys: list, create, authorize, revoke, disable, enable, BYOK import');
+  const key = program.command('key').description('KMS customer master keys: list, create, authorize, revoke, disable, enable, resume, BYOK import');
 
   clientOptions(key.command('list'))
     .description('list the CMKs the agent can see, with their state and whether the agent is authorized')
@@ -77,6 +77,8 @@ export function registerKeys(program: Command): void {
     ['revoke-authorization', 'authorize', 'delete', "revoke the agent's authorization (its disks on this CMK stop serving); refused for the service key alias/acs/ecs, which needs none"],
     ['disable', 'disable', 'post', 'disable the CMK (admin; its disks stop serving)'],
     ['enable', 'enable', 'post', 'enable the CMK (admin)'],
+    // Without it, `serve --resume manual` left users to call the API with curl.
+    ['resume', 'resume', 'post', 'with `serve --resume manual`: serve the CMK\'s disks again once the KMS allows it (refused, naming the cause, while it does not)'],
   ] as const) {
     clientOptions(key.command(`${verb} <keyId>`))
       .description(what)
