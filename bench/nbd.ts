@@ -303,6 +303,7 @@ const EARLIER_RUNS = [
   '',
   '| run (UTC) | server | 1-min load | seq write / nbdkit | seq read / nbdkit | rand write / nbdkit | rand read / nbdkit | seq write / LUKS | seq read / LUKS | peak RSS |',
   '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  '| 28th 22:04 | TLS section added, Node TLS path changes (session 10; lane 1 MiB paths unchanged; per round 1.70, 0.77, 0.85, 1.00, 0.59; a helper\'s tests running) | 3.9-3.1 | 0.77x (1387 MiB/s) | 0.99x (1934 MiB/s) | 0.87x (34.8k) | 1.03x (50.8k) | 5.99x | 8.13x | 104.5 MiB |',
   '| 28th 20:49 | same code as 19:43 on a quiet machine (session 10 start; per round 0.75, 0.68, 0.87, 0.70, 0.76) | 0.2-2.5 | 0.74x (2017 MiB/s) | 0.83x (1992 MiB/s) | 0.87x (36.1k) | 1.25x (59.0k) | 9.09x | 7.90x | 109.7 MiB |',
   '| 28th 19:43 | lanes close their descriptors when their last thread ends, threads start behind a gate, connection limit (session 9; 1 MiB paths unchanged; per round 0.83, 0.78, 0.72, 0.76, 0.77) | 0.9-3.1 | 0.77x (1886 MiB/s) | 0.89x (1929 MiB/s) | 1.05x (38.7k) | 1.11x (54.2k) | 8.78x | 8.05x | 112.2 MiB |',
   '| 28th 14:26 | same code (session 7, third run) | 2.1-2.5 | 0.75x (1760 MiB/s) | 0.85x (1728 MiB/s) | 1.11x (35.7k) | 1.08x (52.6k) | 8.25x | 7.57x | 107.2 MiB |',
