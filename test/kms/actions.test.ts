@@ -2,22 +2,14 @@
 // API table (kms-api.md §3.2), through the unmodified SDK over HTTP.
 
 import { connect } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { KmsEmulator } from '../../src/kms/emulator/index.js';
-import { KMS, codeOf, raw, removeDir, sdkClient, startEmulator, statusOf, tempDir } from './helpers.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { codeOf, emulatorForFile, KMS, raw, sdkClient, statusOf } from './helpers.js';
 
-let dir: string;
-let emu: KmsEmulator;
+const kms = emulatorForFile();
 let admin: ReturnType<typeof sdkClient>;
 
 beforeAll(async () => {
-  dir = tempDir();
-  emu = await startEmulator(dir);
-  admin = sdkClient(emu, emu.credentials.admin);
-});
-afterAll(async () => {
-  await emu.close();
-  removeDir(dir);
+  admin = sdkClient(kms.emu, kms.emu.credentials.admin);
 });
 
 async function newKey(description = ''): Promise<string> {
@@ -154,7 +146,7 @@ describe('crypto actions', () => {
     // Not HTTP at all: answered like every other refusal (the SDK reads Code from the body).
     const answer = await new Promise<string>((resolve, reject) => {
       let got = '';
-      const sock = connect(emu.port, '127.0.0.1', () => sock.write('NOT HTTP\r\n\r\n'));
+      const sock = connect(kms.emu.port, '127.0.0.1', () => sock.write('NOT HTTP\r\n\r\n'));
       sock.on('data', (d: Buffer) => (got += d.toString()));
       sock.on('close', () => resolve(got));
       sock.on('error', reject);

@@ -4,25 +4,15 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { KmsEmulator } from '../../src/kms/emulator/index.js';
+import { describe, expect, it } from 'vitest';
 import { AlibabaKeyService } from '../../src/kms/alibaba.js';
 import type { KmsCallEvent } from '../../src/kms/key-service.js';
 import { readKmsCredentials, defaultCredentialsPath } from '../../src/kms/credentials.js';
 import { KmsdiskError } from '../../src/errors.js';
 import { stripUrls, toKmsdiskError } from '../../src/kms/error-map.js';
-import { codeOf, keyService, removeDir, startEmulator, tempDir } from './helpers.js';
+import { codeOf, emulatorForFile, keyService, removeDir, startEmulator, tempDir } from './helpers.js';
 
-let dir: string;
-let emu: KmsEmulator;
-beforeAll(async () => {
-  dir = tempDir();
-  emu = await startEmulator(dir);
-});
-afterAll(async () => {
-  await emu.close();
-  removeDir(dir);
-});
+const kms = emulatorForFile();
 
 function listen(handler: http.RequestListener): Promise<{ server: http.Server; port: number }> {
   const server = http.createServer(handler);
@@ -39,7 +29,7 @@ async function faultyProxy(failures: number, status: number, code: string) {
       res.end(JSON.stringify({ RequestId: `FAULT-${seen}`, HostId: 'x', Code: code, Message: 'injected', Recommend: '' }));
       return;
     }
-    const up = http.request({ host: '127.0.0.1', port: emu.port, path: req.url, method: req.method, headers: req.headers }, (r) => {
+    const up = http.request({ host: '127.0.0.1', port: kms.emu.port, path: req.url, method: req.method, headers: req.headers }, (r) => {
       res.writeHead(r.statusCode ?? 502, r.headers);
       r.pipe(res);
     });
@@ -58,7 +48,7 @@ describe('retries', () => {
     ] as const) {
       const proxy = await faultyProxy(2, status, code);
       try {
-        const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: emu.credentials.admin, retries: 3, retryBaseMs: 5 });
+        const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: kms.emu.credentials.admin, retries: 3, retryBaseMs: 5 });
         expect((await svc.describeKey('alias/acs/ecs')).keyState).toBe('Enabled');
         expect(proxy.seen()).toBe(3);
       } finally {
@@ -70,7 +60,7 @@ describe('retries', () => {
   it('gives up after the configured retries with the mapped code and the last RequestId', async () => {
     const proxy = await faultyProxy(10, 400, 'Throttling');
     try {
-      const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: emu.credentials.admin, retries: 2, retryBaseMs: 5 });
+      const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: kms.emu.credentials.admin, retries: 2, retryBaseMs: 5 });
       const err = (await svc.describeKey('alias/acs/ecs').catch((e: unknown) => e)) as KmsdiskError;
       expect(err).toBeInstanceOf(KmsdiskError);
       expect(err.code).toBe('KMSDISK_ERR_KMS_THROTTLED');
@@ -85,7 +75,7 @@ describe('retries', () => {
   it('does not retry refusals (4xx other than throttling)', async () => {
     const proxy = await faultyProxy(10, 409, 'Rejected.Disabled');
     try {
-      const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: emu.credentials.admin, retries: 3, retryBaseMs: 5 });
+      const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: kms.emu.credentials.admin, retries: 3, retryBaseMs: 5 });
       expect(await codeOf(svc.describeKey('alias/acs/ecs'))).toBe('KMSDISK_ERR_KEY_DISABLED');
       expect(proxy.seen()).toBe(1);
     } finally {
@@ -112,12 +102,12 @@ describe('transport errors', () => {
     const p = await listen(() => undefined);
     const port = p.port;
     await new Promise<void>((r) => p.server.close(() => r()));
-    const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${port}`, protocol: 'http', credentials: emu.credentials.agent, retries: 1, retryBaseMs: 5 });
+    const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${port}`, protocol: 'http', credentials: kms.emu.credentials.agent, retries: 1, retryBaseMs: 5 });
     const err = (await svc.openDataKey('AAAA', { a: 'b' }).catch((e: unknown) => e)) as KmsdiskError;
     expect(err.code).toBe('KMSDISK_ERR_KMS_UNAVAILABLE');
     const everything = JSON.stringify({ ...err.toJSON(), message: err.message, stack: err.stack, cause: err.cause });
     expect(everything).not.toContain('Signature');
-    expect(everything).not.toContain(emu.credentials.agent.accessKeyId);
+    expect(everything).not.toContain(kms.emu.credentials.agent.accessKeyId);
     expect(everything).not.toContain('SignatureNonce');
     expect(err.cause).toBeUndefined();
     expect(err.details).toMatchObject({ action: 'ExportDataKey', transportCode: 'ECONNREFUSED', endpoint: `http://127.0.0.1:${port}` });
@@ -128,7 +118,7 @@ describe('transport errors', () => {
   it('a silent KMS times out -> KMSDISK_ERR_KMS_UNAVAILABLE without the URL', async () => {
     const p = await listen(() => undefined); // accepts, never answers
     try {
-      const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${p.port}`, protocol: 'http', credentials: emu.credentials.agent, retries: 0, timeoutMs: 200 });
+      const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${p.port}`, protocol: 'http', credentials: kms.emu.credentials.agent, retries: 0, timeoutMs: 200 });
       const err = (await svc.describeKey('k').catch((e: unknown) => e)) as KmsdiskError;
       expect(err.code).toBe('KMSDISK_ERR_KMS_UNAVAILABLE');
       expect(err.message).toBe(`KMS endpoint http://127.0.0.1:${p.port} did not answer DescribeKey within 200 ms (read timeout)`);
@@ -159,11 +149,11 @@ describe('transport errors', () => {
 describe('call observer (metrics feed)', () => {
   it('reports every SDK request once it ends: action, seconds, and the KMS or transport error code', async () => {
     const seen: KmsCallEvent[] = [];
-    const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${emu.port}`, protocol: 'http', credentials: emu.credentials.agent, retries: 0, onCall: (ev) => seen.push(ev) });
+    const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${kms.emu.port}`, protocol: 'http', credentials: kms.emu.credentials.agent, retries: 0, onCall: (ev) => seen.push(ev) });
     await svc.describeKey('alias/acs/ecs');
     const dk = await svc.createDataKey('alias/acs/ecs', { v: '1' });
     dk.dek.fill(0);
-    const admin = keyService(emu, emu.credentials.admin);
+    const admin = keyService(kms.emu, kms.emu.credentials.admin);
     const cmk = (await admin.createKey()).keyId;
     // The agent holds no grant on a fresh customer CMK: the KMS denies the data key.
     expect(await codeOf(svc.createDataKey(cmk, { v: '2' }))).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
@@ -181,13 +171,13 @@ describe('call observer (metrics feed)', () => {
     const port = p.port;
     await new Promise<void>((r) => p.server.close(() => r()));
     const seen: KmsCallEvent[] = [];
-    const down = new AlibabaKeyService({ endpoint: `127.0.0.1:${port}`, protocol: 'http', credentials: emu.credentials.agent, retries: 2, retryBaseMs: 5, onCall: (ev) => seen.push(ev) });
+    const down = new AlibabaKeyService({ endpoint: `127.0.0.1:${port}`, protocol: 'http', credentials: kms.emu.credentials.agent, retries: 2, retryBaseMs: 5, onCall: (ev) => seen.push(ev) });
     expect(await codeOf(down.describeKey('alias/acs/ecs'))).toBe('KMSDISK_ERR_KMS_UNAVAILABLE');
     expect(seen.map((e) => [e.action, e.errorCode])).toEqual(Array.from({ length: 3 }, () => ['DescribeKey', 'ECONNREFUSED']));
     const throwing = new AlibabaKeyService({
-      endpoint: `127.0.0.1:${emu.port}`,
+      endpoint: `127.0.0.1:${kms.emu.port}`,
       protocol: 'http',
-      credentials: emu.credentials.admin,
+      credentials: kms.emu.credentials.admin,
       retries: 0,
       onCall: () => {
         throw new Error('observer bug');
@@ -200,7 +190,7 @@ describe('call observer (metrics feed)', () => {
 
 describe('client surface', () => {
   it('listKeys follows every page', async () => {
-    const admin = keyService(emu, emu.credentials.admin);
+    const admin = keyService(kms.emu, kms.emu.credentials.admin);
     const before = (await admin.listKeys()).length;
     await Promise.all(Array.from({ length: 120 }, () => admin.createKey({ description: 'page' })));
     const keys = await admin.listKeys();
@@ -209,21 +199,21 @@ describe('client surface', () => {
   });
 
   it('createDataKey honours numberOfBytes and refuses an endpoint with a scheme', async () => {
-    const svc = keyService(emu, emu.credentials.agent);
+    const svc = keyService(kms.emu, kms.emu.credentials.agent);
     const dk = await svc.createDataKey('alias/acs/ecs', { x: '1' }, 32);
     expect(dk.dek.length).toBe(32);
-    expect(() => new AlibabaKeyService({ endpoint: 'http://127.0.0.1:1', credentials: emu.credentials.agent })).toThrow(/without a scheme/);
+    expect(() => new AlibabaKeyService({ endpoint: 'http://127.0.0.1:1', credentials: kms.emu.credentials.agent })).toThrow(/without a scheme/);
   });
 
   it('reads the emulator credentials file', () => {
-    const creds = readKmsCredentials(join(dir, 'credentials.json'));
-    expect(creds).toEqual(emu.credentials);
+    const creds = readKmsCredentials(join(kms.dir, 'credentials.json'));
+    expect(creds).toEqual(kms.emu.credentials);
     expect(defaultCredentialsPath('/s')).toBe('/s/kms/credentials.json');
-    expect(() => readKmsCredentials(join(dir, 'missing.json'))).toThrow(KmsdiskError);
+    expect(() => readKmsCredentials(join(kms.dir, 'missing.json'))).toThrow(KmsdiskError);
   });
 
   it('STS credentials (SecurityToken) are signed and accepted', async () => {
-    const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${emu.port}`, protocol: 'http', credentials: { ...emu.credentials.admin, securityToken: 'FakeSecurityToken/abc+def=' }, retries: 0 });
+    const svc = new AlibabaKeyService({ endpoint: `127.0.0.1:${kms.emu.port}`, protocol: 'http', credentials: { ...kms.emu.credentials.admin, securityToken: 'FakeSecurityToken/abc+def=' }, retries: 0 });
     expect((await svc.describeKey('alias/acs/ecs')).keyState).toBe('Enabled');
   });
 });

@@ -2,24 +2,16 @@
 // GenerateAndExportDataKey / ExportDataKey round trips through AlibabaKeyService.
 
 import { constants, generateKeyPairSync, privateDecrypt } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { KmsEmulator } from '../../src/kms/emulator/index.js';
-import { KMS, codeOf, keyService, raw, removeDir, sdkClient, startEmulator, statusOf, tempDir } from './helpers.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { codeOf, emulatorForFile, keyService, KMS, raw, sdkClient, statusOf } from './helpers.js';
 
-let dir: string;
-let emu: KmsEmulator;
+const kms = emulatorForFile();
 let admin: ReturnType<typeof sdkClient>;
 let agent: ReturnType<typeof sdkClient>;
 
 beforeAll(async () => {
-  dir = tempDir();
-  emu = await startEmulator(dir);
-  admin = sdkClient(emu, emu.credentials.admin);
-  agent = sdkClient(emu, emu.credentials.agent);
-});
-afterAll(async () => {
-  await emu.close();
-  removeDir(dir);
+  admin = sdkClient(kms.emu, kms.emu.credentials.admin);
+  agent = sdkClient(kms.emu, kms.emu.credentials.agent);
 });
 
 const ctx = { 'kmsdisk:volume': '5b0c7a4e-0000-4000-8000-000000000001' };
@@ -37,13 +29,13 @@ async function adminDecrypt(blob: string): Promise<Buffer> {
 describe('grants', () => {
   it('no grant -> Forbidden.NoPermission 403; grant -> ok; revoke -> 403', async () => {
     const k = await newKey();
-    const svc = keyService(emu, emu.credentials.agent);
+    const svc = keyService(kms.emu, kms.emu.credentials.agent);
     expect(await codeOf(svc.createDataKey(k, ctx))).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
     expect(await statusOf(agent.generateDataKey(new KMS.GenerateDataKeyRequest({ keyId: k })))).toBe(403);
     expect(await codeOf(agent.describeKey(new KMS.DescribeKeyRequest({ keyId: k })))).toBe('Forbidden.NoPermission');
 
-    const adminSvc = keyService(emu, emu.credentials.admin);
-    const g = await adminSvc.createGrant({ keyId: k, granteePrincipal: emu.credentials.agent.accessKeyId, operations: ['GenerateAndExportDataKey', 'ExportDataKey'], name: 'disk-authorize' });
+    const adminSvc = keyService(kms.emu, kms.emu.credentials.admin);
+    const g = await adminSvc.createGrant({ keyId: k, granteePrincipal: kms.emu.credentials.agent.accessKeyId, operations: ['GenerateAndExportDataKey', 'ExportDataKey'], name: 'disk-authorize' });
     expect(g.grantId).toMatch(/^[0-9a-f-]{36}$/);
     expect(g.grantToken.length).toBeGreaterThan(20);
 
@@ -59,7 +51,7 @@ describe('grants', () => {
 
     const grants = await adminSvc.listGrants(k);
     expect(grants).toEqual([
-      { grantId: g.grantId, keyId: k, granteePrincipal: 'agent', granteeAccessKeyId: emu.credentials.agent.accessKeyId, operations: ['GenerateAndExportDataKey', 'ExportDataKey'], name: 'disk-authorize', creationDate: expect.any(String) },
+      { grantId: g.grantId, keyId: k, granteePrincipal: 'agent', granteeAccessKeyId: kms.emu.credentials.agent.accessKeyId, operations: ['GenerateAndExportDataKey', 'ExportDataKey'], name: 'disk-authorize', creationDate: expect.any(String) },
     ]);
     const rawList = await raw(admin, 'ListGrants', { KeyId: k });
     expect(Array.isArray((rawList.Grants as { Grant: unknown[] }).Grant)).toBe(true);
@@ -71,8 +63,8 @@ describe('grants', () => {
 
   it('RetireGrant by token (grantee) and by KeyId + GrantId', async () => {
     const k = await newKey();
-    const adminSvc = keyService(emu, emu.credentials.admin);
-    const agentSvc = keyService(emu, emu.credentials.agent);
+    const adminSvc = keyService(kms.emu, kms.emu.credentials.admin);
+    const agentSvc = keyService(kms.emu, kms.emu.credentials.agent);
     const g1 = await adminSvc.createGrant({ keyId: k, granteePrincipal: 'agent', operations: ['ExportDataKey', 'GenerateAndExportDataKey'] });
     const dk = await agentSvc.createDataKey(k, ctx);
     await agentSvc.retireGrant({ grantToken: g1.grantToken });
@@ -86,7 +78,7 @@ describe('grants', () => {
 
   it('management is admin-only; bad grant parameters are refused', async () => {
     const k = await newKey();
-    const agentSvc = keyService(emu, emu.credentials.agent);
+    const agentSvc = keyService(kms.emu, kms.emu.credentials.agent);
     expect(await codeOf(agentSvc.createKey())).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
     expect(await codeOf(agentSvc.disableKey(k))).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
     expect(await codeOf(agentSvc.createGrant({ keyId: k, granteePrincipal: 'agent', operations: ['Decrypt'] }))).toBe('KMSDISK_ERR_KMS_NO_PERMISSION');
@@ -99,13 +91,13 @@ describe('grants', () => {
     // With a DescribeKey grant the agent sees the key in ListKeys and can describe it.
     const before = await agentSvc.listKeys();
     expect(before.some((x) => x.keyId === k)).toBe(false);
-    await keyService(emu, emu.credentials.admin).createGrant({ keyId: k, granteePrincipal: 'agent', operations: ['DescribeKey'] });
+    await keyService(kms.emu, kms.emu.credentials.admin).createGrant({ keyId: k, granteePrincipal: 'agent', operations: ['DescribeKey'] });
     expect((await agentSvc.describeKey(k)).keyId).toBe(k);
     expect((await agentSvc.listKeys()).some((x) => x.keyId === k)).toBe(true);
   });
 
   it('the service key alias/acs/ecs is usable by every principal without a grant', async () => {
-    const svc = keyService(emu, emu.credentials.agent);
+    const svc = keyService(kms.emu, kms.emu.credentials.agent);
     const dk = await svc.createDataKey('alias/acs/ecs', ctx);
     expect((await svc.openDataKey(dk.ciphertextBlob, ctx)).dek.equals(dk.dek)).toBe(true);
     expect((await adminDecrypt(dk.ciphertextBlob)).equals(dk.dek)).toBe(true);
@@ -186,7 +178,7 @@ describe('ExportDataKey / GenerateAndExportDataKey on the wire', () => {
 
   it('client: wrong context -> KMSDISK_ERR_KMS_INVALID_CIPHERTEXT, disabled key -> KMSDISK_ERR_KEY_DISABLED with ecsCode and requestId', async () => {
     const k = await newKey();
-    const svc = keyService(emu, emu.credentials.admin);
+    const svc = keyService(kms.emu, kms.emu.credentials.admin);
     const dk = await svc.createDataKey(k, ctx);
     const e1 = await svc.openDataKey(dk.ciphertextBlob, { other: 'ctx' }).then(
       () => ({ code: 'resolved', ecsCode: '' }),

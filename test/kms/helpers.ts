@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
+import { afterAll, beforeAll } from 'vitest';
 import { startKmsEmulator, type KmsEmulator, type KmsEmulatorOptions } from '../../src/kms/emulator/index.js';
 import { AlibabaKeyService } from '../../src/kms/alibaba.js';
 import type { KmsCredentials } from '../../src/kms/key-service.js';
@@ -23,6 +24,32 @@ export function removeDir(dir: string): void {
 
 export async function startEmulator(dir: string, extra: Partial<KmsEmulatorOptions> = {}): Promise<KmsEmulator> {
   return startKmsEmulator({ stateDir: dir, listen: { host: '127.0.0.1', port: 0 }, logger: silent, ...extra });
+}
+
+/**
+ * One emulator for a whole test file, in its own temp folder: started before the file's tests
+ * (before the file's own beforeAll hooks, which may use it), closed and removed after them.
+ */
+export function emulatorForFile(): { readonly emu: KmsEmulator; readonly dir: string } {
+  let dir = '';
+  let emu: KmsEmulator | undefined;
+  beforeAll(async () => {
+    dir = tempDir();
+    emu = await startEmulator(dir);
+  });
+  afterAll(async () => {
+    await emu?.close();
+    if (dir) removeDir(dir);
+  });
+  return {
+    get emu(): KmsEmulator {
+      if (!emu) throw new Error('the emulator is not started yet (use it inside tests or hooks)');
+      return emu;
+    },
+    get dir(): string {
+      return dir;
+    },
+  };
 }
 
 export function endpointOf(emu: KmsEmulator): string {

@@ -5,22 +5,12 @@
 
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KmsdiskError } from '../../src/errors.js';
 import { AlibabaKeyService } from '../../src/kms/alibaba.js';
-import type { KmsEmulator } from '../../src/kms/emulator/index.js';
-import { keyService, removeDir, startEmulator, tempDir } from './helpers.js';
+import { emulatorForFile, keyService } from './helpers.js';
 
-let dir: string;
-let emu: KmsEmulator;
-beforeAll(async () => {
-  dir = tempDir();
-  emu = await startEmulator(dir);
-});
-afterAll(async () => {
-  await emu.close();
-  removeDir(dir);
-});
+const kms = emulatorForFile();
 
 /** TCP proxy to the emulator that swallows the first `drops` replies (resets the client). */
 async function replyDroppingProxy(drops: number): Promise<{ port: number; requests: () => number; close: () => Promise<void> }> {
@@ -28,7 +18,7 @@ async function replyDroppingProxy(drops: number): Promise<{ port: number; reques
   let requests = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
-    const up = net.connect(emu.port, '127.0.0.1');
+    const up = net.connect(kms.emu.port, '127.0.0.1');
     sockets.add(client).add(up);
     client.on('data', (d) => {
       if (d.toString('latin1').startsWith('POST ')) requests += 1;
@@ -65,14 +55,14 @@ async function replyDroppingProxy(drops: number): Promise<{ port: number; reques
 async function withLostReply(fn: (svc: AlibabaKeyService, requests: () => number) => Promise<void>): Promise<void> {
   const proxy = await replyDroppingProxy(1);
   try {
-    await fn(new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: emu.credentials.admin, retries: 3, retryBaseMs: 5 }), proxy.requests);
+    await fn(new AlibabaKeyService({ endpoint: `127.0.0.1:${proxy.port}`, protocol: 'http', credentials: kms.emu.credentials.admin, retries: 3, retryBaseMs: 5 }), proxy.requests);
   } finally {
     await proxy.close();
   }
 }
 
 describe('a lost reply to a non-idempotent call', () => {
-  const direct = (): AlibabaKeyService => keyService(emu, emu.credentials.admin);
+  const direct = (): AlibabaKeyService => keyService(kms.emu, kms.emu.credentials.admin);
 
   it('CreateKey: exactly one CMK exists and the caller gets it', async () => {
     const before = new Set((await direct().listKeys()).map((k) => k.keyId));
@@ -90,7 +80,7 @@ describe('a lost reply to a non-idempotent call', () => {
       const g = await svc.createGrant({ keyId, granteePrincipal: 'agent', operations: ['ExportDataKey', 'DescribeKey'], name: 'lost-reply' });
       expect((await direct().listGrants(keyId)).map((x) => x.grantId)).toEqual([g.grantId]);
       await direct().revokeGrant(keyId, g.grantId);
-      await expect(keyService(emu, emu.credentials.agent).describeKey(keyId)).rejects.toMatchObject({ code: 'KMSDISK_ERR_KMS_NO_PERMISSION' });
+      await expect(keyService(kms.emu, kms.emu.credentials.agent).describeKey(keyId)).rejects.toMatchObject({ code: 'KMSDISK_ERR_KMS_NO_PERMISSION' });
     });
   });
 
