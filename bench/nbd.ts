@@ -266,14 +266,11 @@ async function measureTls(dir: string, source: string): Promise<TlsFigures> {
 }
 
 function tlsSection(t: TlsFigures, plain?: ServerFigures): string[] {
-  const perGiB = (f: { cpuSeconds: number }): string => fmt((f.cpuSeconds * GiB) / SIZE, 2);
-  const cell = (s: ServerName, w: NbdBenchWorkload): string => {
-    const f = t.servers[s]!.workloads[w]!;
-    return `${fmt(f.mibPerSec)} MiB/s (${perGiB(f)} s CPU/GiB)`;
-  };
+  const figure = (f: { mibPerSec: number; cpuSeconds: number }): string => `${fmt(f.mibPerSec)} MiB/s (${fmt((f.cpuSeconds * GiB) / SIZE, 2)} s CPU/GiB)`;
+  const cell = (s: ServerName, w: NbdBenchWorkload): string => figure(t.servers[s]!.workloads[w]!);
   const plainCell = (w: NbdBenchWorkload): string => {
     const f = plain?.workloads[w];
-    return f ? `${fmt(f.mibPerSec)} MiB/s (${perGiB(f)} s CPU/GiB)` : '-';
+    return f ? figure(f) : '-';
   };
   return [
     '### NBD over TLS (TLS-PSK, nbdcopy)',
