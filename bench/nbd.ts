@@ -18,6 +18,7 @@ import { NBD_BENCH_WORKLOADS, randomFile, runNbdBench, type NbdBenchWorkload } f
 import pino from 'pino';
 import { startKmsEmulator, type KmsEmulator } from '../src/kms/emulator/index.js';
 import { PskStore } from '../src/agent/psk.js';
+import { activeKernel } from '../src/crypto/index.js';
 import { BENCH_KMS_ENV, BENCH_SECTOR_SIZE, BENCH_TLS_PSK_ENV, type BenchKmsSettings } from './nbd-device.js';
 
 const GiB = 1024 ** 3;
@@ -501,6 +502,9 @@ async function main(): Promise<void> {
     const cpuRow = `| server CPU seconds (all workloads) | ${fmt(ours.cpuSeconds)} | ${fmt(servers['nbdkit-file'].cpuSeconds)} | ${fmt(servers['qemu-nbd-luks'].cpuSeconds)} | | |`;
     const table = [header, '|---|---:|---:|---:|---:|---:|', ...rows, cpuRow].join('\n');
     const mark = (b: boolean): string => (b ? 'met' : 'MISSED');
+    // The server child inherits this process's environment (KMSDISK_XTS_KERNEL, KMSDISK_CPU_MASK)
+    // and CPU, so it picks the same kernel as the addon here.
+    const xtsKernel = activeKernel();
     const section = [
       '## NBD (npm run bench:nbd)',
       '',
@@ -509,7 +513,8 @@ async function main(): Promise<void> {
       'and nbdcopy (write: a random file into the export; read: the whole export to `null:`). The three servers run',
       `at once as child processes; every workload runs against each back to back, ${ROUNDS} rounds in rotating order, after a \`sync\`, median kept.`,
       `Server CPU seconds (from /proc/<pid>/stat) are those of the kept runs. kmsdisk device: ${deviceLabel}.`,
-      `Our server is \`dist/bench/nbd-server-child.js\` (NbdServer + Volume in one process, UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '4'}).`,
+      `Our server is \`dist/bench/nbd-server-child.js\` (NbdServer + Volume in one process, UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '4'},`,
+      `AES-XTS kernel \`${xtsKernel}\`).`,
       'nbdkit: `nbdkit file` on a raw file (no encryption). qemu-nbd: a `qemu-img create -f luks` image',
       '(aes-256, xts, plain64) served with `--image-opts driver=luks`. The machine has 2 cores shared by clients and',
       `server and other work (1-min load average ${load0.toFixed(2)} at start, ${load1.toFixed(2)} at end), so figures move between runs.`,
@@ -537,6 +542,7 @@ async function main(): Promise<void> {
       rounds: ROUNDS,
       device: deviceLabel,
       uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4),
+      xtsKernel,
       loadAverage: { start: load0, end: load1 },
       servers,
       ratios,

@@ -142,8 +142,9 @@ Kernel ParseKernel(Napi::Env env, const Napi::Value& v) {
   std::string s = v.As<Napi::String>().Utf8Value();
   if (s == "aesni") return Kernel::AesNi;
   if (s == "vaes") return Kernel::Vaes;
+  if (s == "vaes512") return Kernel::Vaes512;
   if (s == "portable") return Kernel::Portable;
-  Throw(env, ErrKind::Type, kInvalid, "unknown kernel '" + s + "' (expected aesni, vaes or portable)");
+  Throw(env, ErrKind::Type, kInvalid, "unknown kernel '" + s + "' (expected aesni, vaes, vaes512 or portable)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,6 +690,8 @@ Napi::Value CpuFeaturesJs(const Napi::CallbackInfo& info) {
   o.Set("vpclmulqdq", f.vpclmulqdq);
   o.Set("avx2", f.avx2);
   o.Set("avx512f", f.avx512f);
+  o.Set("avx512bw", f.avx512bw);
+  o.Set("avx512vl", f.avx512vl);
   return o;
 }
 

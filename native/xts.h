@@ -1,9 +1,10 @@
 // AES-256-XTS kernels shared interface.
 //
-// Three interchangeable kernels process whole 16-byte blocks (no ciphertext stealing):
+// Four interchangeable kernels process whole 16-byte blocks (no ciphertext stealing):
 //   portable  plain C++, table-free AES (S-box computed arithmetically, no secret-indexed loads)
 //   aesni     128-bit AES-NI, 8 blocks in flight            (xts_aesni.cc, -maes -mpclmul -msse4.1)
 //   vaes      256-bit VAES/VPCLMULQDQ on ymm, 16 in flight   (xts_vaes.cc, -mvaes -mvpclmulqdq -mavx2)
+//   vaes512   512-bit VAES/VPCLMULQDQ on zmm, 32 in flight   (xts_vaes512.cc, -mavx512f/bw/vl -mvaes ...)
 // Only the translation unit of a kernel is compiled with its ISA flags; the dispatcher picks one
 // at run time from CPUID, so the addon loads on any x86-64.
 #pragma once
@@ -31,7 +32,7 @@ struct alignas(16) XtsKeySchedule {
 // Zeroes stack copies of key material when a kernel returns (not optimized away).
 inline void scrub(void* p, size_t n) { explicit_bzero(p, n); }
 
-enum class Kernel : int { Portable = 0, AesNi = 1, Vaes = 2 };
+enum class Kernel : int { Portable = 0, AesNi = 1, Vaes = 2, Vaes512 = 3 };
 
 // Batch of data units: unit i has the plain64 tweak (firstTweak + i * step) mod 2^64 as a
 // 64-bit little-endian integer zero-padded to 16 bytes. unitBytes is a multiple of 16.
@@ -56,8 +57,12 @@ void aes256_expand_enc_aesni(const uint8_t key[32], AesRoundKeys* out);
 void xts_units_vaes(const XtsKeySchedule*, const uint8_t*, uint8_t*, size_t, size_t, uint64_t, uint64_t, bool);
 void xts_raw_vaes(const XtsKeySchedule*, const uint8_t*, const uint8_t*, uint8_t*, size_t, bool);
 
+void xts_units_vaes512(const XtsKeySchedule*, const uint8_t*, uint8_t*, size_t, size_t, uint64_t, uint64_t, bool);
+void xts_raw_vaes512(const XtsKeySchedule*, const uint8_t*, const uint8_t*, uint8_t*, size_t, bool);
+
 struct CpuFeatures {
   bool aesni, pclmul, sse41, vaes, vpclmulqdq, avx2, avx512f;
+  bool avx512bw, avx512vl;  // with avx512f: what the vaes512 kernel needs besides VAES
   bool sha;  // SHA extensions (sha1_shani.cc; not part of the JS cpuFeatures())
 };
 const CpuFeatures& cpu_features();

@@ -7,38 +7,18 @@
 #include <cstring>
 
 #include "xts.h"
+#include "xts_kernel_common.h"
 
 namespace kmsdisk {
 namespace {
 
 constexpr int kLanes = 8;
 
-inline __m128i load_rk(const AesRoundKeys& k, int r) {
-  return _mm_load_si128(reinterpret_cast<const __m128i*>(k.rk[r]));
-}
-
-// T * x in GF(2^128), little-endian bit order (IEEE 1619).
-inline __m128i mul_x(__m128i t) {
-  const __m128i carryMask = _mm_set_epi32(0x87, 1, 1, 1);
-  __m128i carries = _mm_and_si128(_mm_srai_epi32(t, 31), carryMask);
-  carries = _mm_shuffle_epi32(carries, _MM_SHUFFLE(2, 1, 0, 3));
-  return _mm_xor_si128(_mm_slli_epi32(t, 1), carries);
-}
-
 // T * x^8: shift one byte up, fold the byte shifted out back in with the polynomial 0x87.
 inline __m128i mul_x8(__m128i t) {
   const __m128i poly = _mm_set_epi64x(0, 0x87);
   __m128i out = _mm_srli_si128(t, 15);
   return _mm_xor_si128(_mm_slli_si128(t, 1), _mm_clmulepi64_si128(out, poly, 0x00));
-}
-
-template <bool kEncrypt>
-inline void crypt_blocks(const __m128i rk[15], __m128i* b, int n) {
-  for (int i = 0; i < n; i++) b[i] = _mm_xor_si128(b[i], rk[0]);
-  for (int r = 1; r < kAesRounds; r++)
-    for (int i = 0; i < n; i++) b[i] = kEncrypt ? _mm_aesenc_si128(b[i], rk[r]) : _mm_aesdec_si128(b[i], rk[r]);
-  for (int i = 0; i < n; i++)
-    b[i] = kEncrypt ? _mm_aesenclast_si128(b[i], rk[kAesRounds]) : _mm_aesdeclast_si128(b[i], rk[kAesRounds]);
 }
 
 // One data unit whose tweak is already encrypted (t0 = E_K2(tweak)).
@@ -66,15 +46,7 @@ void unit(const __m128i rk[15], __m128i t0, const uint8_t* src, uint8_t* dst, si
     }
   }
   // Tail of fewer than 8 blocks (only for raw-tweak calls: sectors are multiples of 128 bytes).
-  for (int i = 0; off < len; off += 16, i++) {
-    __m128i b = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + off)), tw[i]);
-    crypt_blocks<kEncrypt>(rk, &b, 1);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + off), _mm_xor_si128(b, tw[i]));
-  }
-}
-
-void load_schedule(const AesRoundKeys& k, __m128i out[15]) {
-  for (int r = 0; r <= kAesRounds; r++) out[r] = load_rk(k, r);
+  crypt_tail<kEncrypt>(rk, tw, src, dst, off, len);
 }
 
 template <bool kEncrypt>
@@ -83,16 +55,8 @@ void units_impl(const XtsKeySchedule* ks, const uint8_t* src, uint8_t* dst, size
   __m128i rk[15], rk2[15];
   load_schedule(kEncrypt ? ks->enc1 : ks->dec1, rk);
   load_schedule(ks->enc2, rk2);
-  for (size_t u = 0; u < units; u += kLanes) {
-    // Encrypt up to 8 tweaks in parallel so small sectors do not pay a serial AES per unit.
-    int n = units - u < static_cast<size_t>(kLanes) ? static_cast<int>(units - u) : kLanes;
-    __m128i t[kLanes];
-    for (int i = 0; i < n; i++)
-      t[i] = _mm_set_epi64x(0, static_cast<long long>(firstTweak + static_cast<uint64_t>(u + i) * step));
-    crypt_blocks<true>(rk2, t, n);
-    for (int i = 0; i < n; i++)
-      unit<kEncrypt>(rk, t[i], src + (u + i) * unitBytes, dst + (u + i) * unitBytes, unitBytes);
-  }
+  for_each_unit(rk2, src, dst, unitBytes, units, firstTweak, step,
+                [&](__m128i t, const uint8_t* s, uint8_t* d, size_t n) { unit<kEncrypt>(rk, t, s, d, n); });
   scrub(rk, sizeof(rk));
   scrub(rk2, sizeof(rk2));
 }

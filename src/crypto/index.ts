@@ -3,10 +3,11 @@
 // Layout: dm-crypt aes-xts-plain64. A 64-byte key is K1 (data) || K2 (tweak). Data unit i of a
 // batch uses tweak firstTweak + i * tweakStep as a 64-bit little-endian integer zero-padded to
 // 16 bytes; volumes count tweaks in 512-byte units (tweakStep = sectorSize / 512 by default).
-// Kernels: 'vaes' (VAES+AVX2, 16 blocks in flight), 'aesni' (8 blocks), 'portable' (table-free
-// C++, slow, for CPUs without AES-NI). The best supported one is chosen at load time;
-// KMSDISK_XTS_KERNEL=aesni|vaes|portable (read by the addon when it loads; an unsupported one
-// makes the load throw KMSDISK_ERR_NO_AESNI) or setKernel() forces one.
+// Kernels: 'vaes512' (VAES on AVX-512 zmm registers, 32 blocks in flight), 'vaes' (VAES+AVX2,
+// 16 blocks), 'aesni' (8 blocks), 'portable' (table-free C++, slow, for CPUs without AES-NI).
+// The best supported one is chosen at load time; KMSDISK_XTS_KERNEL=aesni|vaes|vaes512|portable
+// (read by the addon when it loads; an unsupported one makes the load throw KMSDISK_ERR_NO_AESNI)
+// or setKernel() forces one.
 import { KmsdiskError } from '../errors.js';
 import {
   native,
@@ -34,7 +35,7 @@ import {
 export type { CpuFeatures, KernelName } from './native.js';
 
 export const XTS_KEY_BYTES = 64;
-export const KERNEL_NAMES: readonly KernelName[] = ['aesni', 'vaes', 'portable'];
+export const KERNEL_NAMES: readonly KernelName[] = ['aesni', 'vaes', 'vaes512', 'portable'];
 
 let purgeScheduled = false;
 const wipeListeners = new Set<() => void>();
@@ -412,7 +413,7 @@ export function activeKernel(): KernelName {
 /** Forces a kernel; throws KMSDISK_ERR_NO_AESNI if this CPU cannot run it. */
 export function setKernel(name: KernelName): void {
   if (typeof name !== 'string') throw typeError('kernel name must be a string');
-  if (!(KERNEL_NAMES as readonly string[]).includes(name)) throw typeError(`unknown kernel '${name}' (expected aesni, vaes or portable)`);
+  if (!(KERNEL_NAMES as readonly string[]).includes(name)) throw typeError(`unknown kernel '${name}' (expected ${KERNEL_NAMES.join(', ')})`);
   native.setKernel(name);
 }
 

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 /** Opaque key-slot handle (a napi External owned by the addon). */
 export type NativeSlot = { readonly __kmsdiskNativeSlot: unique symbol };
 
-export type KernelName = 'aesni' | 'vaes' | 'portable';
+export type KernelName = 'aesni' | 'vaes' | 'vaes512' | 'portable';
 
 export interface CpuFeatures {
   aesni: boolean;
@@ -17,6 +17,8 @@ export interface CpuFeatures {
   vpclmulqdq: boolean;
   avx2: boolean;
   avx512f: boolean;
+  avx512bw: boolean;
+  avx512vl: boolean;
 }
 
 export interface NativeSlotInfo {

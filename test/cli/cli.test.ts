@@ -35,11 +35,11 @@ describe('kmsdisk CLI against a real emulator and agent', () => {
   it('version names the active crypto kernel and CPU features', () => {
     const v = ok(['version']);
     expect(v.version).toMatch(/^\d+\.\d+\.\d+/);
-    expect(['aesni', 'vaes', 'portable']).toContain(v.cryptoKernel);
+    expect(['aesni', 'vaes', 'vaes512', 'portable']).toContain(v.cryptoKernel);
     expect(typeof v.cpuFeatures.aesni).toBe('boolean');
     const text = cli(['version'], env);
     expect(text.status).toBe(0);
-    expect(text.stdout).toMatch(/crypto kernel\s+(aesni|vaes|portable)/);
+    expect(text.stdout).toMatch(/crypto kernel\s+(aesni|vaes512|vaes|portable)/);
   });
 
   it('usage errors exit 2 with a code; unknown names exit 3', () => {
