@@ -21,13 +21,21 @@ export interface RunResult {
   stderr: string;
 }
 
+export interface RunOptions {
+  timeoutMs?: number;
+  input?: string;
+  cwd?: string;
+  /** Added to CLIENT_ENV (e.g. GNUTLS_SYSTEM_PRIORITY_FILE). */
+  env?: Record<string, string>;
+}
+
 /** Runs a client to completion (bounded by timeoutMs); never throws on a non-zero exit. */
-export function run(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; cwd?: string } = {}): Promise<RunResult> {
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve) => {
     const child = execFile(
       cmd,
       args,
-      { env: CLIENT_ENV, timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, cwd: opts.cwd },
+      { env: { ...CLIENT_ENV, ...opts.env }, timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, cwd: opts.cwd },
       (err, stdout, stderr) => {
         const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });
@@ -38,7 +46,7 @@ export function run(cmd: string, args: string[], opts: { timeoutMs?: number; inp
 }
 
 /** Like run() but fails the test with the client's stderr on a non-zero exit. */
-export async function mustRun(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; cwd?: string } = {}): Promise<string> {
+export async function mustRun(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {
   const r = await run(cmd, args, opts);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}`);
   return r.stdout;

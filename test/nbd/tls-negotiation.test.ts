@@ -17,6 +17,7 @@ const wait = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(
 
 interface LogLine {
   msg: string;
+  protocol?: string;
   cipher?: string;
   pskIdentity?: string;
   reason?: string;
@@ -107,6 +108,99 @@ describe('TLS negotiation with real clients', () => {
     }, 'nbd client upgraded to TLS', 4);
     expect(upgraded.map((l) => l.cipher)).toEqual(Array(4).fill(expect.stringMatching(/^TLS_AES_(128|256)_GCM_SHA(256|384)$/)));
     expect(upgraded.map((l) => l.pskIdentity)).toEqual(['alice', undefined, 'alice', undefined]);
+  });
+
+  /**
+   * GnuTLS system priority overrides (GNUTLS_SYSTEM_PRIORITY_FILE) that apply to every priority
+   * string, libnbd's and qemu's included: no TLS 1.3, and optionally no AES at all.
+   */
+  const TLS12_ONLY = '[overrides]\ndisabled-version = tls1.3\n';
+  const NO_AES = ['AES-128-GCM', 'AES-256-GCM', 'AES-128-CCM', 'AES-256-CCM', 'AES-128-CBC', 'AES-256-CBC'].map((c) => `tls-disabled-cipher = ${c}\n`).join('');
+
+  async function priorityEnv(name: string, overrides: string): Promise<Record<string, string>> {
+    const file = join(dir.path, `${name}.gnutls.conf`);
+    await writeFile(file, overrides);
+    return { GNUTLS_SYSTEM_PRIORITY_FILE: file };
+  }
+
+  type Client = 'libnbd psk' | 'libnbd x509' | 'qemu psk' | 'qemu x509';
+
+  /**
+   * Writes 64 KiB of `byte` at `offset` of 'disk' through `client` and reads it back over the same
+   * TLS connection.
+   */
+  async function roundTrip(client: Client, serverPort: number, env: Record<string, string>, byte: number, offset: number): Promise<void> {
+    if (client.startsWith('libnbd')) {
+      const uri = client === 'libnbd psk' ? `nbds://alice@127.0.0.1:${serverPort}/disk?tls-psk-file=${pskFile('alice')}` : `nbds://127.0.0.1:${serverPort}/disk?tls-certificates=${caDir}`;
+      // nbdsh -u refuses a URI naming a local file (tls-psk-file) unless allowed first.
+      const script = [
+        'h.set_uri_allow_local_file(True)',
+        `h.connect_uri(${JSON.stringify(uri)})`,
+        `buf = bytes([${byte}]) * 65536`,
+        `h.pwrite(buf, ${offset})`,
+        `assert h.pread(65536, ${offset}) == buf`,
+      ];
+      await mustRun('nbdsh', ['-c', script.join('\n')], { env });
+      return;
+    }
+    const creds = client === 'qemu psk' ? `tls-creds-psk,id=tls0,endpoint=client,dir=${join(dir.path, 'qemu')},username=alice` : `tls-creds-x509,id=tls0,endpoint=client,dir=${caDir}`;
+    const img = `driver=nbd,host=127.0.0.1,port=${serverPort},export=disk,tls-creds=tls0`;
+    const out = await mustRun('qemu-io', ['-c', `write -P ${byte} ${offset} 64k`, '-c', `read -P ${byte} ${offset} 64k`, '--object', creds, '--image-opts', img], { env });
+    expect(out).not.toMatch(/fail|error/i);
+    expect(out).toMatch(/^read 65536\/65536 bytes/m);
+  }
+
+  /** Runs `clients` one after another (client i at MiB i + 1), returning what the server logged. */
+  async function tls12RoundTrips(clients: Client[], serverPort: number, env: Record<string, string>, byte: number): Promise<LogLine[]> {
+    const upgraded = await linesDuring(async () => {
+      for (const [i, client] of clients.entries()) await roundTrip(client, serverPort, env, byte + i, (i + 1) * MiB);
+    }, 'nbd client upgraded to TLS', clients.length);
+    const data = await disk.contents!();
+    for (const i of clients.keys()) expect(data.subarray((i + 1) * MiB, (i + 1) * MiB + 65536).every((b) => b === byte + i)).toBe(true);
+    return upgraded;
+  }
+
+  const DHE_PSK_AES_GCM = expect.stringMatching(/^TLS_DHE_PSK_WITH_AES_(128_GCM_SHA256|256_GCM_SHA384)$/);
+  const ECDHE_ECDSA_AES_GCM = expect.stringMatching(/^TLS_ECDHE_ECDSA_WITH_AES_(128_GCM_SHA256|256_GCM_SHA384)$/);
+
+  it('TLS 1.2 libnbd and qemu get AES-GCM (PSK: DHE-PSK, x509: ECDHE), and their writes read back', async () => {
+    // Before: a TLS 1.2 PSK ClientHello (no pre_shared_key extension) was taken for a certificate
+    // client's and found "no shared cipher"; with PSK alone configured, it got ECDHE-PSK-CHACHA20
+    // (the server's first TLS 1.2 PSK suite), several times slower than AES-GCM in GnuTLS.
+    const env = await priorityEnv('tls12', TLS12_ONLY);
+    const upgraded = await tls12RoundTrips(['libnbd psk', 'libnbd x509', 'qemu psk', 'qemu x509'], port, env, 0x51);
+    expect(upgraded.map((l) => [l.protocol, l.cipher, l.pskIdentity])).toEqual([
+      ['TLSv1.2', DHE_PSK_AES_GCM, 'alice'],
+      ['TLSv1.2', ECDHE_ECDSA_AES_GCM, undefined],
+      ['TLSv1.2', DHE_PSK_AES_GCM, 'alice'],
+      ['TLSv1.2', ECDHE_ECDSA_AES_GCM, undefined],
+    ]);
+  });
+
+  it('TLS 1.2 PSK clients of a PSK-only server get DHE-PSK AES-GCM, not ECDHE-PSK-CHACHA20', async () => {
+    const pskOnly = new NbdServer({ logger, tls: { psk: new Map([['alice', aliceKey]]) } });
+    pskOnly.addExport('disk', { device: disk.device, requireTls: true });
+    try {
+      const pskOnlyPort = ((await pskOnly.listen({ host: '127.0.0.1', port: 0 })) as { port: number }).port;
+      const env = await priorityEnv('tls12', TLS12_ONLY);
+      const upgraded = await tls12RoundTrips(['libnbd psk', 'qemu psk'], pskOnlyPort, env, 0x61);
+      expect(upgraded.map((l) => [l.protocol, l.cipher])).toEqual(Array(2).fill(['TLSv1.2', DHE_PSK_AES_GCM]));
+    } finally {
+      await pskOnly.close();
+    }
+  });
+
+  it('TLS 1.2 clients without AES still connect, with ChaCha20 (PSK and x509)', async () => {
+    // Before: the PSK clients were refused as above, the certificate clients found no shared
+    // cipher (no ECDHE-ECDSA/RSA ChaCha20 suite was offered).
+    const env = await priorityEnv('tls12-no-aes', TLS12_ONLY + NO_AES);
+    const upgraded = await tls12RoundTrips(['libnbd psk', 'libnbd x509', 'qemu psk', 'qemu x509'], port, env, 0x71);
+    expect(upgraded.map((l) => [l.protocol, l.cipher])).toEqual([
+      ['TLSv1.2', 'TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256'],
+      ['TLSv1.2', 'TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256'],
+      ['TLSv1.2', 'TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256'],
+      ['TLSv1.2', 'TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256'],
+    ]);
   });
 
   it('a refused TLS-PSK client is logged with the identity and why, not OpenSSL internals', async () => {
