@@ -4,6 +4,8 @@
 // The catalog maps a name to a volume file; everything else about a disk (size, sector size, CMK,
 // wrapped key, lineage) is read from the volume header, which always wins. Headers are read once
 // (at start and after each change) and kept in memory, so listing disks never touches the files.
+// The catalog keeps the size and sector size last read from the header: a disk whose volume
+// cannot be read (say after a restart) is still listed with them, never with an invented 0.
 
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -26,8 +28,9 @@ export interface DiskView {
   name: string;
   id: string;
   uuid: string | null;
-  size: number;
-  sectorSize: number;
+  /** From the header; from the catalog when the header cannot be read; null only when neither knows. */
+  size: number | null;
+  sectorSize: number | null;
   kmsKeyId: string | null;
   state: DiskState;
   createdAt: string;
@@ -153,6 +156,7 @@ export class DisksService {
     const open = this.ctx.open.get(row.name);
     if (open) {
       this.headers.set(row.name, { header: open.volume.header, stamp: null });
+      this.recordGeometry(row, open.volume.header);
     } else {
       // Stamp first: a change racing the read shows as a different stamp next time.
       const stamp = await stampOf(row.path);
@@ -168,6 +172,7 @@ export class DisksService {
         }
         if (info.file.size !== expected) {
           readable = headerOf(info);
+          this.recordGeometry(row, readable);
           throw new KmsdiskError(
             'KMSDISK_ERR_VOLUME_SIZE',
             info.file.size < expected
@@ -178,11 +183,26 @@ export class DisksService {
         const before = this.headers.get(row.name);
         if (before && 'error' in before) this.ctx.logger.info({ disk: row.name, path: row.path }, 'disk volume readable again');
         this.headers.set(row.name, { header: headerOf(info), stamp });
+        this.recordGeometry(row, info);
       } catch (err) {
         this.setError(row, err, stamp, readable);
       }
     }
     this.ctx.bumpVersion();
+  }
+
+  /**
+   * Keeps the catalog's copy of the disk's size and sector size equal to its header's (the first
+   * start after the v3 migration fills them here; a resize changes them). A catalog that cannot
+   * be written now only costs that copy: the header read goes on, the next read tries again.
+   */
+  private recordGeometry(row: DiskRow, header: { size: number; sectorSize: number }): void {
+    if (row.size === header.size && row.sectorSize === header.sectorSize) return;
+    try {
+      this.ctx.catalog.setDiskGeometry(row.name, { size: header.size, sectorSize: header.sectorSize });
+    } catch (err) {
+      this.ctx.logger.warn({ disk: row.name, code: errorCodeOf(err), err: (err as Error).message }, 'could not record the disk size in the catalog; retrying at the next header read');
+    }
   }
 
   /**
@@ -271,8 +291,9 @@ export class DisksService {
       name: row.name,
       id: row.id,
       uuid: header?.uuid ?? null,
-      size: header?.size ?? 0,
-      sectorSize: header?.sectorSize ?? 0,
+      // A header that cannot be read (and never was by this agent): the catalog's copy.
+      size: header?.size ?? row.size,
+      sectorSize: header?.sectorSize ?? row.sectorSize,
       kmsKeyId: header?.kms.keyId ?? null,
       state,
       createdAt: row.createdAt,
@@ -324,7 +345,7 @@ export class DisksService {
         }
         await fsp.rename(building, path);
         await fsyncDir(this.ctx.dirs.volumes);
-        this.ctx.catalog.insertDisk({ name, id, path, createdAt: new Date().toISOString() });
+        this.ctx.catalog.insertDisk({ name, id, path, createdAt: new Date().toISOString(), size: header.size, sectorSize: header.sectorSize });
       } catch (err) {
         await fsp.unlink(building).catch(() => undefined);
         await fsp.unlink(path).catch(() => undefined);
