@@ -21,6 +21,7 @@ import { parseSize } from '../util/size.js';
 import { removeDiskSeries } from '../metrics/registry.js';
 import { VolumeSizeLimit } from './size-limit.js';
 import { deleteRowsThenFile } from './delete-file.js';
+import { checkFileThere } from './missing-file.js';
 
 export type DiskState = 'available' | 'in-use' | 'key-revoked' | 'error';
 
@@ -369,6 +370,7 @@ export class DisksService {
   ): Promise<VolumeHeader> {
     const snap = this.ctx.catalog.getSnapshot(snapshot);
     if (!snap) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${snapshot}`);
+    await checkFileThere('snapshot', snapshot, snap.path);
     const src = await inspectVolumeFile(snap.path);
     checkSameSectorSize(sectorSize, src.sectorSize, `snapshot ${snapshot}`);
     await this.checkSameCmk(kmsKeyId, src.kms.keyId, `snapshot ${snapshot}`);
@@ -389,6 +391,7 @@ export class DisksService {
     const image = this.ctx.catalog.getImage(imageName);
     if (!image) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${imageName}`);
     if (image.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${imageName} is still being created`);
+    await checkFileThere('image', imageName, image.path);
     if (image.encrypted) {
       // An encrypted image is a volume: the disk is a copy of it under the image's CMK.
       const src = await inspectVolumeFile(image.path);

@@ -13,6 +13,7 @@ import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
 import { checkName } from './names.js';
 import { deleteRowsThenFile } from './delete-file.js';
+import { checkFileThere } from './missing-file.js';
 
 export interface SnapshotView {
   name: string;
@@ -81,9 +82,11 @@ export class SnapshotsService {
     return current ? catalog.listSnapshots({ diskId: current.id }) : [];
   }
 
-  show(name: string): SnapshotView {
+  /** One snapshot; one whose file was deleted outside kmsdisk is not found (naming it), as any use of it is. */
+  async show(name: string): Promise<SnapshotView> {
     const s = this.ctx.catalog.getSnapshot(name);
     if (!s) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
+    await checkFileThere('snapshot', name, s.path);
     return this.viewOf(s);
   }
 
