@@ -270,14 +270,18 @@ export class DisksService {
     if (h && 'error' in h) return { state: 'error', reason: h.error.code, message: h.error.message };
     const open = this.ctx.open.get(name);
     if (!open) return { state: 'available', reason: null };
-    if (open.keyError) return { state: 'key-revoked', reason: open.keyError.reason };
+    if (open.keyError) {
+      // Restored at start without its key: once the KMS would give it again (--resume manual
+      // checks in the background), it says so like a key wiped while the agent ran (below).
+      const back = open.accessBack === true ? { message: manualResumeMessage(open.volume.header.kms.keyId) } : {};
+      return { state: 'key-revoked', reason: open.keyError.reason, ...back };
+    }
     const ks = this.ctx.guard.diskState(open.volume);
     if (!ks) return { state: 'key-revoked', reason: 'KeyNotLoaded' };
     if (ks.state === 'pending') {
       // Access is back and only the operator's resume is missing: with the reason alone (the old
       // cause, say Rejected.Disabled, while the CMK shows Enabled) nothing told the user why.
-      const message = `access to CMK ${ks.keyId} is back; the agent runs with --resume manual: kmsdisk key resume ${ks.keyId} (POST /v1/keys/${ks.keyId}/resume) serves its disks again`;
-      return { state: 'key-revoked', reason: ks.cause ?? ks.state, message };
+      return { state: 'key-revoked', reason: ks.cause ?? ks.state, message: manualResumeMessage(ks.keyId) };
     }
     if (ks.state === 'revoked') return { state: 'key-revoked', reason: ks.cause ?? ks.state };
     return { state: 'in-use', reason: null };
@@ -541,6 +545,11 @@ function checkSameSectorSize(requested: number | undefined, actual: number, what
     'KMSDISK_ERR_INVALID_ARGUMENT',
     `${what} has ${actual}-byte sectors; a disk created from it keeps them (sectorSize ${requested} differs)`,
   );
+}
+
+/** The stateMessage of a disk whose CMK access is back under --resume manual: what serves it again. */
+function manualResumeMessage(keyId: string): string {
+  return `access to CMK ${keyId} is back; the agent runs with --resume manual: kmsdisk key resume ${keyId} (POST /v1/keys/${keyId}/resume) serves its disks again`;
 }
 
 function notFound(name: string): KmsdiskError {
