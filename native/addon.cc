@@ -2,6 +2,7 @@
 // wrapper (src/crypto/index.ts): the wrapper gives friendly errors, this layer guarantees that
 // no argument can make native code read or write outside a buffer.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
@@ -662,6 +663,13 @@ Napi::Value PunchHole(const Napi::CallbackInfo& info) {
   return w->Start();
 }
 
+// A failed system call as KMSDISK_ERR_IO with its errno (what: the call, e.g. "flock").
+[[noreturn]] void ThrowErrno(Napi::Env env, const std::string& what, int e) {
+  Napi::Error err = MakeError(env, ErrKind::Plain, kIo, what + " failed: " + std::strerror(e));
+  err.Value().Set("errno", Napi::Number::New(env, e));
+  throw err;
+}
+
 template <int kWhence>
 Napi::Value Seek(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -670,14 +678,25 @@ Napi::Value Seek(const Napi::CallbackInfo& info) {
   off_t r = lseek(fd, static_cast<off_t>(offset), kWhence);
   if (r < 0) {
     if (errno == ENXIO) return Napi::Number::New(env, -1);
-    int e = errno;
-    Napi::Error err = MakeError(env, ErrKind::Plain, kIo,
-                                std::string(kWhence == SEEK_DATA ? "lseek(SEEK_DATA)" : "lseek(SEEK_HOLE)") +
-                                    " failed: " + std::strerror(e));
-    err.Value().Set("errno", Napi::Number::New(env, e));
-    throw err;
+    ThrowErrno(env, kWhence == SEEK_DATA ? "lseek(SEEK_DATA)" : "lseek(SEEK_HOLE)", errno);
   }
   return Napi::Number::New(env, static_cast<double>(r));
+}
+
+// flock(LOCK_EX | LOCK_NB): true when taken, false when another open file description holds it.
+// Node has no flock. The kernel drops the lock when the last descriptor of its description closes,
+// whichever way the process ends and in whatever pid namespace it runs, so a folder lock built on
+// it never goes stale and is never mistaken for a live one (src/util/folder-lock.ts).
+Napi::Value TryLockFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(env, info[0]);
+  int r;
+  do {
+    r = flock(fd, LOCK_EX | LOCK_NB);
+  } while (r != 0 && errno == EINTR);
+  if (r == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  ThrowErrno(env, "flock", errno);
 }
 
 Napi::Value CpuFeaturesJs(const Napi::CallbackInfo& info) {
@@ -764,6 +783,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"punchHole", PunchHole},
       {"seekData", Seek<SEEK_DATA>},
       {"seekHole", Seek<SEEK_HOLE>},
+      {"tryLockFile", TryLockFile},
       {"cpuFeatures", CpuFeaturesJs},
       {"activeKernel", ActiveKernel},
       {"setKernel", SetKernel},

@@ -32,7 +32,7 @@ import { PskStore } from './psk.js';
 import { certificateCovers, serverCertificate, writeClientTrust } from './x509.js';
 import { SnapshotsService } from './snapshots.js';
 import { loadOrCreateApiToken } from './token.js';
-import { acquirePidLock } from '../util/pid-lock.js';
+import { acquireFolderLock } from '../util/folder-lock.js';
 import { isVolumeTempName } from '../volume/index.js';
 import { DrillsService } from './drills.js';
 import { quarantineOrphans } from './orphans.js';
@@ -181,7 +181,7 @@ export function createAgent(config: AgentConfig): Agent {
     if (config.setNonDumpable !== false) setDumpable(false);
     try {
       for (const d of [dirs.root, dirs.volumes, dirs.snapshots, dirs.images, dirs.tmp, dirs.tls]) mkdirSync(d, { recursive: true, mode: 0o700 });
-      releaseLock = acquirePidLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
+      releaseLock = acquireFolderLock(join(dirs.root, 'agent.lock'), 'kmsdisk agent');
     } catch (err) {
       throw stateFolderError(err, dirs.root);
     }

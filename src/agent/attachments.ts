@@ -212,18 +212,24 @@ export class AttachmentsService {
    * With --resume manual only the operator's resume does: the background poll and the KMS events
    * used to load such a key too, so the disks of a CMK revoked while the agent was down served
    * again on EnableKey/CreateGrant with no resume, unlike a disk whose key was wiped while the
-   * agent ran. Returns the disks on `keyId` still without their key.
+   * agent ran. They only check whether access is back (checkAccessBack), to say so. Returns the
+   * disks on `keyId` still without their key.
    */
   private async retryKeys(keyId: string | null, operator = false): Promise<OpenDisk[]> {
     const stillKeyless: OpenDisk[] = [];
-    if (!operator && this.ctx.guard.resumePolicy === 'manual') return stillKeyless;
+    const waitForOperator = !operator && this.ctx.guard.resumePolicy === 'manual';
     for (const entry of this.ctx.open.all()) {
       if (!entry.keyError || (keyId !== null && !mayUseCmk(entry, keyId))) continue;
       await this.ctx.locks.run(`disk:${entry.disk}`, async () => {
         if (!entry.keyError || this.ctx.open.get(entry.disk) !== entry) return;
+        if (waitForOperator) {
+          await this.checkAccessBack(entry);
+          return;
+        }
         try {
           await this.ctx.guard.open(entry.volume, entry.disk);
           entry.keyError = null;
+          entry.accessBack = false;
           this.ctx.bumpVersion();
           this.ctx.logger.info({ disk: entry.disk, operator }, 'disk key loaded on retry; serving again');
         } catch (err) {
@@ -233,6 +239,27 @@ export class AttachmentsService {
       });
     }
     return stillKeyless;
+  }
+
+  /**
+   * --resume manual, a disk restored without its key: asks the KMS whether it would unwrap the key
+   * now (without loading it), so that the disk says "access is back, waiting for kmsdisk key
+   * resume" as one whose key was wiped while the agent ran does. Without this it kept the old
+   * deny cause and no message once the CMK was enabled, with nothing telling the operator to act.
+   */
+  private async checkAccessBack(entry: OpenDisk): Promise<void> {
+    const before = { back: entry.accessBack === true, reason: entry.keyError?.reason };
+    try {
+      await this.ctx.guard.checkAccess(entry.volume);
+      entry.accessBack = true;
+    } catch (err) {
+      entry.accessBack = false;
+      entry.keyError = keyLoadError(err);
+    }
+    if (entry.accessBack && !before.back) {
+      this.ctx.logger.info({ disk: entry.disk, keyId: entry.volume.header.kms.keyId }, 'disk key access is back; waiting for an operator to resume (--resume manual)');
+    }
+    if (entry.accessBack !== before.back || entry.keyError?.reason !== before.reason) this.ctx.bumpVersion();
   }
 
   /**

@@ -1,10 +1,12 @@
 // The agent's catalog: names, paths and relations of disks, snapshots, images, attachments,
 // jobs and snapshot policies, in one SQLite file (<state>/catalog.db, better-sqlite3).
 //
-// One source of truth per fact: sizes, sector sizes, CMK ids and wrapped keys live in the volume
-// headers (self-describing files), so the catalog stores none of them -- a header always wins.
-// The catalog only knows what a header cannot: which name maps to which file, what is attached
-// and how, what jobs are doing, and which policies run.
+// Volume headers are the source of truth: sizes, sector sizes, CMK ids and wrapped keys live in
+// the self-describing files, and a readable header always wins. The catalog knows what a header
+// cannot: which name maps to which file, what is attached and how, what jobs are doing, and which
+// policies run -- plus, since schema version 3, each disk's and snapshot's size and sector size as
+// last read from its header, so that a volume whose header can no longer be read (truncated,
+// corrupt, replaced) is still listed with the size it was created with instead of 0.
 //
 // WAL with synchronous=FULL: catalog writes are rare (lifecycle calls, job checkpoints every few
 // MiB), and a checkpoint that survives a power cut is worth the fsync.
@@ -19,14 +21,20 @@ const WAL_WRITE_LOCK_BYTE = 120;
 /** The busy timeout of every catalog statement (ms). */
 const BUSY_TIMEOUT_MS = 5000;
 
-export interface DiskRow {
+/** A volume's size and sector size as last read from its header; null where never read (see v3). */
+export interface VolumeGeometry {
+  size: number | null;
+  sectorSize: number | null;
+}
+
+export interface DiskRow extends VolumeGeometry {
   name: string;
   id: string;
   path: string;
   createdAt: string;
 }
 
-export interface SnapshotRow {
+export interface SnapshotRow extends VolumeGeometry {
   name: string;
   id: string;
   /** Name of the source disk when the snapshot was taken (names can be reused after a delete). */
@@ -170,6 +178,17 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX snapshots_by_disk_id ON snapshots (disk_id, created_at);
   `,
+  // v3: each disk's and snapshot's size and sector size as last read from its header (the header
+  // still wins when readable). Without them a volume that could not be read after a restart was
+  // listed with size 0 and sector size 0. Rows from v2 are filled by the agent's start, which
+  // reads every header anyway (DisksService.load, SnapshotsService.load): those it can read get
+  // their numbers; one unreadable then stays NULL (shown as null, never as an invented 0).
+  `
+  ALTER TABLE disks ADD COLUMN size INTEGER;
+  ALTER TABLE disks ADD COLUMN sector_size INTEGER;
+  ALTER TABLE snapshots ADD COLUMN size INTEGER;
+  ALTER TABLE snapshots ADD COLUMN sector_size INTEGER;
+  `,
 ];
 
 export const CATALOG_SCHEMA_VERSION = MIGRATIONS.length;
@@ -179,8 +198,10 @@ type Row = Record<string, unknown>;
 const json = (v: unknown): string | null => (v === null || v === undefined ? null : JSON.stringify(v));
 const parse = <T>(v: unknown): T | null => (typeof v === 'string' ? (JSON.parse(v) as T) : null);
 
+const intOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+
 function toDisk(r: Row): DiskRow {
-  return { name: String(r.name), id: String(r.id), path: String(r.path), createdAt: String(r.created_at) };
+  return { name: String(r.name), id: String(r.id), path: String(r.path), createdAt: String(r.created_at), size: intOrNull(r.size), sectorSize: intOrNull(r.sector_size) };
 }
 function toSnapshot(r: Row): SnapshotRecord {
   return {
@@ -192,6 +213,8 @@ function toSnapshot(r: Row): SnapshotRecord {
     trigger: r.trigger === 'policy' ? 'policy' : 'manual',
     method: r.method === null ? null : String(r.method),
     createdAt: String(r.created_at),
+    size: intOrNull(r.size),
+    sectorSize: intOrNull(r.sector_size),
     diskDeleted: r.disk_deleted === 1,
   };
 }
@@ -395,7 +418,11 @@ export class Catalog {
 
   // --- disks --------------------------------------------------------------------------------
   insertDisk(d: DiskRow): void {
-    this.sql('INSERT INTO disks (name, id, path, created_at) VALUES (?, ?, ?, ?)', `disk ${d.name}`).run(d.name, d.id, d.path, d.createdAt);
+    this.sql('INSERT INTO disks (name, id, path, created_at, size, sector_size) VALUES (?, ?, ?, ?, ?, ?)', `disk ${d.name}`).run(d.name, d.id, d.path, d.createdAt, d.size, d.sectorSize);
+  }
+  /** Records the disk's size and sector size as just read from its header. */
+  setDiskGeometry(name: string, g: VolumeGeometry): void {
+    this.sql('UPDATE disks SET size = ?, sector_size = ? WHERE name = ?').run(g.size, g.sectorSize, name);
   }
   getDisk(name: string): DiskRow | undefined {
     const r = this.sql('SELECT * FROM disks WHERE name = ?').get(name) as Row | undefined;
@@ -410,8 +437,12 @@ export class Catalog {
 
   // --- snapshots ------------------------------------------------------------------------------
   insertSnapshot(s: SnapshotRow): void {
-    this.sql('INSERT INTO snapshots (name, id, disk, disk_id, path, trigger, method, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', `snapshot ${s.name}`)
-      .run(s.name, s.id, s.disk, s.diskId, s.path, s.trigger, s.method, s.createdAt);
+    this.sql('INSERT INTO snapshots (name, id, disk, disk_id, path, trigger, method, created_at, size, sector_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)', `snapshot ${s.name}`)
+      .run(s.name, s.id, s.disk, s.diskId, s.path, s.trigger, s.method, s.createdAt, s.size, s.sectorSize);
+  }
+  /** Records the snapshot's size and sector size as read from its header (rows from before v3). */
+  setSnapshotGeometry(name: string, g: VolumeGeometry): void {
+    this.sql('UPDATE snapshots SET size = ?, sector_size = ? WHERE name = ?').run(g.size, g.sectorSize, name);
   }
   getSnapshot(name: string): SnapshotRecord | undefined {
     const r = this.sql(`${SNAPSHOT_SELECT} WHERE s.name = ?`).get(name) as Row | undefined;

@@ -4,6 +4,8 @@
 // The catalog maps a name to a volume file; everything else about a disk (size, sector size, CMK,
 // wrapped key, lineage) is read from the volume header, which always wins. Headers are read once
 // (at start and after each change) and kept in memory, so listing disks never touches the files.
+// The catalog keeps the size and sector size last read from the header: a disk whose volume
+// cannot be read (say after a restart) is still listed with them, never with an invented 0.
 
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -19,6 +21,7 @@ import { parseSize } from '../util/size.js';
 import { removeDiskSeries } from '../metrics/registry.js';
 import { VolumeSizeLimit } from './size-limit.js';
 import { deleteRowsThenFile } from './delete-file.js';
+import { checkFileThere } from './missing-file.js';
 
 export type DiskState = 'available' | 'in-use' | 'key-revoked' | 'error';
 
@@ -26,8 +29,9 @@ export interface DiskView {
   name: string;
   id: string;
   uuid: string | null;
-  size: number;
-  sectorSize: number;
+  /** From the header; from the catalog when the header cannot be read; null only when neither knows. */
+  size: number | null;
+  sectorSize: number | null;
   kmsKeyId: string | null;
   state: DiskState;
   createdAt: string;
@@ -153,6 +157,7 @@ export class DisksService {
     const open = this.ctx.open.get(row.name);
     if (open) {
       this.headers.set(row.name, { header: open.volume.header, stamp: null });
+      this.recordGeometry(row, open.volume.header);
     } else {
       // Stamp first: a change racing the read shows as a different stamp next time.
       const stamp = await stampOf(row.path);
@@ -168,6 +173,7 @@ export class DisksService {
         }
         if (info.file.size !== expected) {
           readable = headerOf(info);
+          this.recordGeometry(row, readable);
           throw new KmsdiskError(
             'KMSDISK_ERR_VOLUME_SIZE',
             info.file.size < expected
@@ -178,11 +184,26 @@ export class DisksService {
         const before = this.headers.get(row.name);
         if (before && 'error' in before) this.ctx.logger.info({ disk: row.name, path: row.path }, 'disk volume readable again');
         this.headers.set(row.name, { header: headerOf(info), stamp });
+        this.recordGeometry(row, info);
       } catch (err) {
         this.setError(row, err, stamp, readable);
       }
     }
     this.ctx.bumpVersion();
+  }
+
+  /**
+   * Keeps the catalog's copy of the disk's size and sector size equal to its header's (the first
+   * start after the v3 migration fills them here; a resize changes them). A catalog that cannot
+   * be written now only costs that copy: the header read goes on, the next read tries again.
+   */
+  private recordGeometry(row: DiskRow, header: { size: number; sectorSize: number }): void {
+    if (row.size === header.size && row.sectorSize === header.sectorSize) return;
+    try {
+      this.ctx.catalog.setDiskGeometry(row.name, { size: header.size, sectorSize: header.sectorSize });
+    } catch (err) {
+      this.ctx.logger.warn({ disk: row.name, code: errorCodeOf(err), err: (err as Error).message }, 'could not record the disk size in the catalog; retrying at the next header read');
+    }
   }
 
   /**
@@ -249,14 +270,18 @@ export class DisksService {
     if (h && 'error' in h) return { state: 'error', reason: h.error.code, message: h.error.message };
     const open = this.ctx.open.get(name);
     if (!open) return { state: 'available', reason: null };
-    if (open.keyError) return { state: 'key-revoked', reason: open.keyError.reason };
+    if (open.keyError) {
+      // Restored at start without its key: once the KMS would give it again (--resume manual
+      // checks in the background), it says so like a key wiped while the agent ran (below).
+      const back = open.accessBack === true ? { message: manualResumeMessage(open.volume.header.kms.keyId) } : {};
+      return { state: 'key-revoked', reason: open.keyError.reason, ...back };
+    }
     const ks = this.ctx.guard.diskState(open.volume);
     if (!ks) return { state: 'key-revoked', reason: 'KeyNotLoaded' };
     if (ks.state === 'pending') {
       // Access is back and only the operator's resume is missing: with the reason alone (the old
       // cause, say Rejected.Disabled, while the CMK shows Enabled) nothing told the user why.
-      const message = `access to CMK ${ks.keyId} is back; the agent runs with --resume manual: kmsdisk key resume ${ks.keyId} (POST /v1/keys/${ks.keyId}/resume) serves its disks again`;
-      return { state: 'key-revoked', reason: ks.cause ?? ks.state, message };
+      return { state: 'key-revoked', reason: ks.cause ?? ks.state, message: manualResumeMessage(ks.keyId) };
     }
     if (ks.state === 'revoked') return { state: 'key-revoked', reason: ks.cause ?? ks.state };
     return { state: 'in-use', reason: null };
@@ -271,8 +296,9 @@ export class DisksService {
       name: row.name,
       id: row.id,
       uuid: header?.uuid ?? null,
-      size: header?.size ?? 0,
-      sectorSize: header?.sectorSize ?? 0,
+      // A header that cannot be read (and never was by this agent): the catalog's copy.
+      size: header?.size ?? row.size,
+      sectorSize: header?.sectorSize ?? row.sectorSize,
       kmsKeyId: header?.kms.keyId ?? null,
       state,
       createdAt: row.createdAt,
@@ -324,7 +350,7 @@ export class DisksService {
         }
         await fsp.rename(building, path);
         await fsyncDir(this.ctx.dirs.volumes);
-        this.ctx.catalog.insertDisk({ name, id, path, createdAt: new Date().toISOString() });
+        this.ctx.catalog.insertDisk({ name, id, path, createdAt: new Date().toISOString(), size: header.size, sectorSize: header.sectorSize });
       } catch (err) {
         await fsp.unlink(building).catch(() => undefined);
         await fsp.unlink(path).catch(() => undefined);
@@ -348,6 +374,7 @@ export class DisksService {
   ): Promise<VolumeHeader> {
     const snap = this.ctx.catalog.getSnapshot(snapshot);
     if (!snap) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${snapshot}`);
+    await checkFileThere('snapshot', snapshot, snap.path);
     const src = await inspectVolumeFile(snap.path);
     checkSameSectorSize(sectorSize, src.sectorSize, `snapshot ${snapshot}`);
     await this.checkSameCmk(kmsKeyId, src.kms.keyId, `snapshot ${snapshot}`);
@@ -368,6 +395,7 @@ export class DisksService {
     const image = this.ctx.catalog.getImage(imageName);
     if (!image) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${imageName}`);
     if (image.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${imageName} is still being created`);
+    await checkFileThere('image', imageName, image.path);
     if (image.encrypted) {
       // An encrypted image is a volume: the disk is a copy of it under the image's CMK.
       const src = await inspectVolumeFile(image.path);
@@ -517,6 +545,11 @@ function checkSameSectorSize(requested: number | undefined, actual: number, what
     'KMSDISK_ERR_INVALID_ARGUMENT',
     `${what} has ${actual}-byte sectors; a disk created from it keeps them (sectorSize ${requested} differs)`,
   );
+}
+
+/** The stateMessage of a disk whose CMK access is back under --resume manual: what serves it again. */
+function manualResumeMessage(keyId: string): string {
+  return `access to CMK ${keyId} is back; the agent runs with --resume manual: kmsdisk key resume ${keyId} (POST /v1/keys/${keyId}/resume) serves its disks again`;
 }
 
 function notFound(name: string): KmsdiskError {

@@ -23,6 +23,7 @@ import type { JobRunContext, JobsService, JobView } from './jobs.js';
 import { checkName } from './names.js';
 import { deleteRowsThenFile, unlinkIfThere } from './delete-file.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
+import { checkFileThere } from './missing-file.js';
 import { VolumeSizeLimit } from './size-limit.js';
 
 const execFileP = promisify(execFile);
@@ -145,9 +146,11 @@ export class ImagesService {
     return this.ctx.catalog.listImages().map((i) => this.viewOf(i));
   }
 
-  show(name: string): ImageView {
+  /** One image; one whose file was deleted outside kmsdisk is not found (naming it), as any use of it is. */
+  async show(name: string): Promise<ImageView> {
     const i = this.ctx.catalog.getImage(name);
     if (!i) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${name}`);
+    await checkFileThere('image', name, i.path);
     return this.viewOf(i);
   }
 
@@ -232,6 +235,7 @@ export class ImagesService {
       const src = this.ctx.catalog.getImage(source);
       if (!src) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${source}`);
       if (src.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${source} is still being created`);
+      await checkFileThere('image', source, src.path);
       if (src.encrypted) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `image ${source} is already encrypted; copy its plain source image instead`);
       const taken = this.ctx.catalog.getImage(dest);
       if (taken) await this.replaceLeftover(taken);
@@ -274,6 +278,8 @@ export class ImagesService {
     const p = rc.job.params as unknown as CopyParams;
     const src = this.ctx.catalog.getImage(p.source);
     if (!src) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `source image ${p.source} is gone`);
+    // A job resumed at start whose source file was deleted meanwhile: say so by the image's name.
+    await checkFileThere('image', p.source, src.path);
     const from = Number((rc.job.checkpoint as { bytesDone?: number } | null)?.bytesDone ?? 0);
     const every = this.opts.checkpointBytes ?? DEFAULT_CHECKPOINT_BYTES;
     const volume = await Volume.open(p.destPath).catch((err: unknown) => {

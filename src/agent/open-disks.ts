@@ -12,6 +12,11 @@ export interface OpenDisk {
   exportName: string;
   /** Set when the key could not be unwrapped at attach/restore time (the export refuses I/O). */
   keyError: KeyLoadError | null;
+  /**
+   * --resume manual, with keyError set: the KMS would unwrap the key again (checked by the
+   * background retry, key not loaded), so the disk waits only for the operator's resume.
+   */
+  accessBack?: boolean;
 }
 
 /**

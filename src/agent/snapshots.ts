@@ -13,6 +13,7 @@ import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
 import { checkName } from './names.js';
 import { deleteRowsThenFile } from './delete-file.js';
+import { checkFileThere } from './missing-file.js';
 
 export interface SnapshotView {
   name: string;
@@ -23,8 +24,9 @@ export interface SnapshotView {
   diskId: string | null;
   /** The source disk was deleted (its name may now belong to another disk). */
   diskDeleted: boolean;
-  size: number;
-  sectorSize: number;
+  /** From the header; from the catalog when the header cannot be read; null only when neither knows. */
+  size: number | null;
+  sectorSize: number | null;
   kmsKeyId: string | null;
   trigger: 'manual' | 'policy';
   createdAt: string;
@@ -53,6 +55,14 @@ export class SnapshotsService {
       try {
         const i = await inspectVolumeFile(s.path);
         this.headers.set(s.name, { size: i.size, sectorSize: i.sectorSize, kms: { keyId: i.kms.keyId } });
+        // Rows from before catalog v3 have no size yet: filled from the header read here.
+        if (s.size !== i.size || s.sectorSize !== i.sectorSize) {
+          try {
+            this.ctx.catalog.setSnapshotGeometry(s.name, { size: i.size, sectorSize: i.sectorSize });
+          } catch (err) {
+            this.ctx.logger.warn({ snapshot: s.name, err: (err as Error).message }, 'could not record the snapshot size in the catalog; retrying at the next start');
+          }
+        }
       } catch (err) {
         this.ctx.logger.error({ snapshot: s.name, err: (err as Error).message }, 'snapshot header unreadable');
       }
@@ -72,9 +82,11 @@ export class SnapshotsService {
     return current ? catalog.listSnapshots({ diskId: current.id }) : [];
   }
 
-  show(name: string): SnapshotView {
+  /** One snapshot; one whose file was deleted outside kmsdisk is not found (naming it), as any use of it is. */
+  async show(name: string): Promise<SnapshotView> {
     const s = this.ctx.catalog.getSnapshot(name);
     if (!s) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
+    await checkFileThere('snapshot', name, s.path);
     return this.viewOf(s);
   }
 
@@ -86,8 +98,9 @@ export class SnapshotsService {
       disk: s.disk,
       diskId: s.diskId,
       diskDeleted: s.diskDeleted,
-      size: h?.size ?? 0,
-      sectorSize: h?.sectorSize ?? 0,
+      // A header that cannot be read: the catalog's copy (a snapshot's file never changes).
+      size: h?.size ?? s.size,
+      sectorSize: h?.sectorSize ?? s.sectorSize,
       kmsKeyId: h?.kms.keyId ?? null,
       trigger: s.trigger,
       createdAt: s.createdAt,
@@ -121,6 +134,8 @@ export class SnapshotsService {
             trigger,
             method: result.method,
             createdAt: new Date().toISOString(),
+            size: result.header.size,
+            sectorSize: result.header.sectorSize,
           });
         } catch (err) {
           await fsp.unlink(path).catch(() => undefined);

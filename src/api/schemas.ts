@@ -7,6 +7,8 @@ import { PSK_IDENTITY_PATTERN } from '../agent/psk.js';
 const str = { type: 'string' } as const;
 const strOrNull = { type: ['string', 'null'] } as const;
 const int = { type: 'integer' } as const;
+/** A volume's size or sector size: null only when neither its header nor the catalog knows it. */
+const intOrNull = { type: ['integer', 'null'] } as const;
 const bool = { type: 'boolean' } as const;
 
 export const nameSchema = { type: 'string', pattern: NAME_PATTERN, description: 'lower-case name: [a-z0-9][a-z0-9._-]{0,62}' } as const;
@@ -41,8 +43,8 @@ export const diskSchema = {
     name: str,
     id: str,
     uuid: strOrNull,
-    size: int,
-    sectorSize: int,
+    size: intOrNull,
+    sectorSize: intOrNull,
     kmsKeyId: strOrNull,
     state: { type: 'string', enum: ['available', 'in-use', 'key-revoked', 'error'] },
     stateReason: strOrNull,
@@ -62,8 +64,8 @@ export const diskSummarySchema = {
   type: 'object',
   properties: {
     name: str,
-    size: int,
-    sectorSize: int,
+    size: intOrNull,
+    sectorSize: intOrNull,
     kmsKeyId: strOrNull,
     state: { type: 'string', enum: ['available', 'in-use', 'key-revoked', 'error'] },
     stateReason: str,
@@ -100,8 +102,8 @@ export const snapshotSchema = {
     disk: { type: 'string', description: 'name of the source disk when the snapshot was taken' },
     diskId: { type: ['string', 'null'], description: 'id of the source disk (null: deleted before kmsdisk recorded ids)' },
     diskDeleted: { type: 'boolean', description: 'the source disk was deleted; its name may belong to another disk now' },
-    size: int,
-    sectorSize: int,
+    size: intOrNull,
+    sectorSize: intOrNull,
     kmsKeyId: strOrNull,
     trigger: { type: 'string', enum: ['manual', 'policy'] },
     createdAt: str,

@@ -392,6 +392,14 @@ export function punchHole(fd: number, offset: number, length: number): Promise<v
   }
 }
 
+/**
+ * flock(LOCK_EX | LOCK_NB) on fd: true when taken, false when another open file description holds
+ * it. Held until fd is closed; the kernel releases it when the process dies (src/util/folder-lock.ts).
+ */
+export function tryLockFile(fd: number): boolean {
+  return native.tryLockFile(checkFd(fd));
+}
+
 /** lseek(SEEK_DATA): the next data offset at or after offset, or -1 if none (ENXIO). */
 export function seekData(fd: number, offset: number): number {
   return native.seekData(checkFd(fd), checkIndex(offset, 'offset'));

@@ -128,6 +128,7 @@ export interface NativeAddon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
+  tryLockFile(fd: number): boolean;
   cpuFeatures(): CpuFeatures;
   activeKernel(): KernelName;
   setKernel(name: KernelName): void;

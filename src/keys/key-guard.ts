@@ -344,6 +344,24 @@ export class KeyGuard extends EventEmitter {
     }
   }
 
+  /**
+   * Whether the KMS would give the volume's DEK now, without loading it: unwrapped, checked against
+   * the header's key check and wiped at once, as a lease renewal does. Throws the KMS's refusal
+   * (KMSDISK_ERR_WRONG_KEY for a key that does not match). For --resume manual's disks restored
+   * without their key, which hold no lease: they can say access is back before the operator resumes.
+   */
+  async checkAccess(volume: GuardedVolume): Promise<void> {
+    if (this.stopped) throw new KmsdiskError('KMSDISK_ERR_SHUTTING_DOWN', 'the key guard is stopped');
+    const temp = await this.unwrap(volume);
+    try {
+      if (keyCheckHex(temp.keyCheckValue()) !== volume.header.keyCheck) {
+        throw new KmsdiskError('KMSDISK_ERR_WRONG_KEY', `the key the KMS unwrapped for CMK ${volume.header.kms.keyId} does not match the volume's key check`);
+      }
+    } finally {
+      temp.wipe();
+    }
+  }
+
   /** Runs a lease renewal for the CMK now and waits for it (drills, tests, the API's "check"). */
   async renewNow(keyId: string): Promise<void> {
     const lease = this.leases.get(keyId);

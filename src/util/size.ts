@@ -35,3 +35,8 @@ export function formatSize(bytes: number): string {
   }
   return `${Number.isInteger(v) ? v : v.toFixed(1)} ${units[i]}`;
 }
+
+/** A size that may be unknown (null: a volume nobody could read): null stays null ('-' in CLI tables). */
+export function formatSizeOrNull(bytes: number | null): string | null {
+  return bytes === null ? null : formatSize(bytes);
+}

@@ -33,8 +33,8 @@ describe('catalog', () => {
   it('maps duplicate names to KMSDISK_ERR_ALREADY_EXISTS', () => {
     const c = Catalog.open(file);
     const now = new Date().toISOString();
-    c.insertDisk({ name: 'a', id: 'id-a', path: '/x/a', createdAt: now });
-    expect(() => c.insertDisk({ name: 'a', id: 'id-b', path: '/x/b', createdAt: now })).toThrow(expect.objectContaining({ code: 'KMSDISK_ERR_ALREADY_EXISTS' }));
+    c.insertDisk({ name: 'a', id: 'id-a', path: '/x/a', createdAt: now, size: 4096, sectorSize: 512 });
+    expect(() => c.insertDisk({ name: 'a', id: 'id-b', path: '/x/b', createdAt: now, size: 4096, sectorSize: 512 })).toThrow(expect.objectContaining({ code: 'KMSDISK_ERR_ALREADY_EXISTS' }));
     c.insertAttachment({ disk: 'a', exportName: 'e', readOnly: false, requireTls: false, tlsPskIdentity: null, createdAt: now });
     // An attachment must name an existing disk.
     expect(() => c.insertAttachment({ disk: 'ghost', exportName: 'e2', readOnly: false, requireTls: false, tlsPskIdentity: null, createdAt: now })).toThrow();
@@ -80,15 +80,22 @@ describe('catalog', () => {
     expect(byName['rep1-new']).toMatchObject({ disk: 'rep1', diskId: 'new-id', diskDeleted: false, method: null });
     expect(byName['keep-s']).toMatchObject({ diskId: 'keep-id', diskDeleted: false });
     expect(byName['gone-s']).toMatchObject({ disk: 'gone', diskId: null, diskDeleted: true });
+    // v3: sizes are unknown until the agent reads the headers (never 0); then they are recorded.
+    expect(byName['keep-s']).toMatchObject({ size: null, sectorSize: null });
+    expect(c.getDisk('keep')).toMatchObject({ size: null, sectorSize: null });
+    c.setDiskGeometry('keep', { size: 4096, sectorSize: 512 });
+    c.setSnapshotGeometry('keep-s', { size: 4096, sectorSize: 512 });
     expect(c.listSnapshots({ diskId: 'new-id' }).map((x) => x.name)).toEqual(['rep1-new']);
     expect(c.listSnapshots({ diskName: 'rep1' }).map((x) => x.name)).toEqual(['rep1.auto.old', 'rep1-new']);
 
     // New rows keep their disk id and copy method; deleting the disk marks them, keeps them.
-    c.insertSnapshot({ name: 'rep1-2', id: 's-2', disk: 'rep1', diskId: 'new-id', path: '/s/2.kdisk', trigger: 'policy', method: 'sparse-copy', createdAt: '2024-01-04T00:00:00.000Z' });
+    c.insertSnapshot({ name: 'rep1-2', id: 's-2', disk: 'rep1', diskId: 'new-id', path: '/s/2.kdisk', trigger: 'policy', method: 'sparse-copy', createdAt: '2024-01-04T00:00:00.000Z', size: 8192, sectorSize: 4096 });
     c.deleteDisk('rep1');
     c.close();
     const again = Catalog.open(v1);
-    expect(again.getSnapshot('rep1-2')).toMatchObject({ diskId: 'new-id', diskDeleted: true, method: 'sparse-copy', trigger: 'policy' });
+    expect(again.getSnapshot('rep1-2')).toMatchObject({ diskId: 'new-id', diskDeleted: true, method: 'sparse-copy', trigger: 'policy', size: 8192, sectorSize: 4096 });
+    expect(again.getDisk('keep')).toMatchObject({ size: 4096, sectorSize: 512 });
+    expect(again.getSnapshot('keep-s')).toMatchObject({ size: 4096, sectorSize: 512 });
     again.close();
   });
 });

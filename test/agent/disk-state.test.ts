@@ -2,10 +2,13 @@
 // corrupt, a truncated file) shows `error` with the reason in show, list and metrics -- at start,
 // on show, after a failed attach and by the background sweep -- and `available` again once the
 // file is repaired. Sizes the file system cannot hold are refused before anything is created.
-// Images being written by a copy job list with their target size and CMK.
+// Images being written by a copy job list with their target size and CMK. A volume or snapshot
+// that cannot be read after a restart keeps the size and sector size it was created with (the
+// catalog's copy), and one nobody ever read says null, never 0.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, openSync, readdirSync, statSync, truncateSync, writeSync, closeSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { copyFileSync, mkdirSync, rmSync, openSync, readdirSync, statSync, truncateSync, writeSync, closeSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { HEADER_COPY_OFFSETS } from '../../src/volume/index.js';
@@ -105,6 +108,66 @@ describe('disk state follows the volume file', () => {
     expect(shown.stdout).toMatch(/stateMessage\s+volume file .* is truncated/);
     truncateSync(path, 9 * 2 ** 20);
     expect((await s.api('GET', '/v1/disks/short')).body.state).toBe('available');
+  });
+
+  it('volumes unreadable after a restart keep the size and sector size they were created with (show, list, CLI, snapshots)', async () => {
+    expect((await s.api('POST', '/v1/disks', { name: 'lost-hdr', size: '8M', sectorSize: 512 })).status).toBe(201);
+    expect((await s.api('POST', '/v1/disks', { name: 'lost-dir', size: '12M' })).status).toBe(201);
+    expect((await s.api('POST', '/v1/snapshots', { disk: 'lost-hdr', name: 'lost-snap' })).status).toBe(201);
+    const hdrPath: string = (await s.api('GET', '/v1/disks/lost-hdr')).body.path;
+    const dirPath: string = (await s.api('GET', '/v1/disks/lost-dir')).body.path;
+    const snapPath: string = (await s.api('GET', '/v1/snapshots/lost-snap')).body.path;
+    await s.agent.stop();
+    // Root ignores chmod 000: a header overwritten, and files replaced by directories.
+    corruptBothHeaderCopies(hdrPath);
+    for (const p of [dirPath, snapPath]) {
+      rmSync(p);
+      mkdirSync(p);
+    }
+    await s.restartAgent();
+
+    const full = (await s.api('GET', '/v1/disks/lost-hdr')).body;
+    expect(full).toMatchObject({ state: 'error', size: 8 * 2 ** 20, sectorSize: 512 });
+    expect(full.stateMessage).toMatch(/corrupt/);
+    expect((await s.api('GET', '/v1/disks/lost-dir')).body).toMatchObject({ state: 'error', size: 12 * 2 ** 20, sectorSize: 4096 });
+    expect(await listed(s, 'lost-hdr')).toMatchObject({ state: 'error', size: 8 * 2 ** 20, sectorSize: 512 });
+    expect(await listed(s, 'lost-dir')).toMatchObject({ state: 'error', size: 12 * 2 ** 20, sectorSize: 4096 });
+    expect((await s.api('GET', '/v1/snapshots/lost-snap')).body).toMatchObject({ size: 8 * 2 ** 20, sectorSize: 512 });
+    const api = `${s.agent.apiAddress.host}:${s.agent.apiAddress.port}`;
+    const table = await cliAsync(['disk', 'list', '--api', api, '--token', s.agent.token]);
+    expect(table.stdout).toMatch(/lost-dir\s+12 MiB\s+4096\s+error/);
+    expect(table.stdout).toMatch(/lost-hdr\s+8 MiB\s+512\s+error/);
+    const snaps = await cliAsync(['snapshot', 'list', '--api', api, '--token', s.agent.token]);
+    expect(snaps.stdout).toMatch(/lost-snap\s+lost-hdr\s+8 MiB/);
+    for (const p of [dirPath, snapPath]) rmSync(p, { recursive: true });
+    expect((await s.api('DELETE', '/v1/snapshots/lost-snap')).status).toBe(200);
+    expect((await s.api('DELETE', '/v1/disks/lost-dir')).status).toBe(200);
+    expect((await s.api('DELETE', '/v1/disks/lost-hdr')).status).toBe(200);
+  });
+
+  it('rows from before the catalog kept sizes are filled from readable headers at start; an unreadable one says null, not 0', async () => {
+    expect((await s.api('POST', '/v1/disks', { name: 'old-ok', size: '4M' })).status).toBe(201);
+    expect((await s.api('POST', '/v1/disks', { name: 'old-bad', size: '4M' })).status).toBe(201);
+    const okPath: string = (await s.api('GET', '/v1/disks/old-ok')).body.path;
+    const badPath: string = (await s.api('GET', '/v1/disks/old-bad')).body.path;
+    await s.agent.stop();
+    // What the v3 migration leaves in rows a v2 catalog had: no size yet.
+    const db = new Database(join(s.root, 'catalog.db'));
+    db.exec("UPDATE disks SET size = NULL, sector_size = NULL WHERE name IN ('old-ok', 'old-bad')");
+    db.close();
+    corruptBothHeaderCopies(badPath);
+    await s.restartAgent();
+    expect(await listed(s, 'old-bad')).toMatchObject({ state: 'error', size: null, sectorSize: null });
+    expect((await s.api('GET', '/v1/disks/old-bad')).body).toMatchObject({ state: 'error', size: null, sectorSize: null });
+    const api = `${s.agent.apiAddress.host}:${s.agent.apiAddress.port}`;
+    const oldTable = await cliAsync(['disk', 'list', '--api', api, '--token', s.agent.token]);
+    expect(oldTable.stdout, oldTable.stderr).toMatch(/old-bad\s+-\s+-\s+error/);
+    // old-ok's header was read at that start: once unreadable too, it keeps its size.
+    await s.agent.stop();
+    corruptBothHeaderCopies(okPath);
+    await s.restartAgent();
+    expect(await listed(s, 'old-ok')).toMatchObject({ state: 'error', size: 4 * 2 ** 20, sectorSize: 4096 });
+    for (const name of ['old-ok', 'old-bad']) expect((await s.api('DELETE', `/v1/disks/${name}`)).status).toBe(200);
   });
 
   it('a size the file system cannot hold is refused up front with the maximum, leaving nothing behind', async () => {

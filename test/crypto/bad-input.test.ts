@@ -118,6 +118,8 @@ syncCases.push(
   { name: 'punchHole: length as bigint', call: () => xts.punchHole(fd, 0, 4096n as unknown as number), kind: TypeError, code: I },
   { name: 'seekData: negative offset', call: () => xts.seekData(fd, -1), kind: RangeError, code: R },
   { name: 'seekHole: fd 2^40', call: () => xts.seekHole(2 ** 40, 0), kind: RangeError, code: R },
+  { name: 'tryLockFile: fd 2^40', call: () => xts.tryLockFile(2 ** 40), kind: RangeError, code: R },
+  { name: 'tryLockFile: fd as a string', call: () => native.tryLockFile('3' as unknown as number), kind: TypeError, code: I },
   { name: 'setKernel: unknown name', call: () => xts.setKernel('avx9000' as xts.KernelName), kind: TypeError, code: I },
   { name: 'setKernel: not a string', call: () => xts.setKernel(1 as unknown as xts.KernelName), kind: TypeError, code: I },
   { name: 'setDumpable: not a boolean', call: () => xts.setDumpable('no' as unknown as boolean), kind: TypeError, code: I },

@@ -149,6 +149,14 @@ describe('persistence', () => {
     expect(existsSync(join(dir, 'emulator.lock'))).toBe(false);
   });
 
+  it('takes a folder whose lock file names a live but unrelated process (the lock is a kernel file lock, not a pid)', async () => {
+    const dir = newDir();
+    // The test runner's parent: alive, no emulator, and no lock held on the file.
+    writeFileSync(join(dir, 'emulator.lock'), `${process.ppid}\n`);
+    const emu = await startEmulator(dir);
+    await emu.close();
+  });
+
   it('serialises concurrent writes: a burst of changes all persist', async () => {
     const dir = newDir();
     let emu = await startEmulator(dir);

@@ -2,12 +2,13 @@ import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
 import { clientOptions, numberChoice, type ClientOpts } from '../common.js';
 import { printFields, printJson, printTable } from '../output.js';
-import { formatSize, parseSize } from '../../util/size.js';
+import { formatSizeOrNull, parseSize } from '../../util/size.js';
 
 interface DiskView {
   name: string;
-  size: number;
-  sectorSize: number;
+  /** null: the volume cannot be read and the catalog never recorded its size ('-' in tables). */
+  size: number | null;
+  sectorSize: number | null;
   kmsKeyId: string;
   state: string;
   createdAt?: string;
@@ -35,7 +36,7 @@ export function registerDisks(program: Command): void {
       if (opts.fromImage) body.fromImage = opts.fromImage;
       const d = await new ApiClient(opts).post<DiskView>('/v1/disks', body);
       if (opts.json) printJson(d);
-      else process.stdout.write(`created disk ${d.name}: ${formatSize(d.size)}, sector ${d.sectorSize}, CMK ${d.kmsKeyId}\n`);
+      else process.stdout.write(`created disk ${d.name}: ${formatSizeOrNull(d.size) ?? 'unknown size'}, sector ${d.sectorSize}, CMK ${d.kmsKeyId}\n`);
     });
 
   clientOptions(disk.command('list'))
@@ -45,7 +46,7 @@ export function registerDisks(program: Command): void {
       if (opts.json) return printJson(r);
       printTable(r.disks, [
         { header: 'name', get: (d) => d.name },
-        { header: 'size', get: (d) => formatSize(d.size) },
+        { header: 'size', get: (d) => formatSizeOrNull(d.size) },
         { header: 'sector', get: (d) => d.sectorSize },
         { header: 'state', get: (d) => (d.stateReason ? `${d.state} (${d.stateReason})` : d.state) },
         { header: 'cmk', get: (d) => d.kmsKeyId },
@@ -74,7 +75,7 @@ export function registerDisks(program: Command): void {
     .action(async (name: string, opts: ClientOpts) => {
       const d = await new ApiClient(opts).post<DiskView>(`/v1/disks/${enc(name)}/resize`, { size: parseSize(String(opts.size)) });
       if (opts.json) printJson(d);
-      else process.stdout.write(`disk ${d.name} is now ${formatSize(d.size)}\n`);
+      else process.stdout.write(`disk ${d.name} is now ${formatSizeOrNull(d.size) ?? 'unknown size'}\n`);
     });
 
   clientOptions(disk.command('delete <name>'))

@@ -2,13 +2,14 @@ import type { Command } from 'commander';
 import { ApiClient, enc } from '../api-client.js';
 import { clientOptions, intOption, type ClientOpts } from '../common.js';
 import { printJson, printTable, printFields, usageError } from '../output.js';
-import { formatSize } from '../../util/size.js';
+import { formatSizeOrNull } from '../../util/size.js';
 
 interface SnapshotView {
   name: string;
   disk: string;
   diskDeleted?: boolean;
-  size: number;
+  /** null: the file cannot be read and the catalog never recorded its size ('-' in tables). */
+  size: number | null;
   kmsKeyId?: string;
   trigger?: string;
   createdAt: string;
@@ -37,7 +38,7 @@ export function registerSnapshots(program: Command): void {
       printTable(r.snapshots, [
         { header: 'name', get: (s) => s.name },
         { header: 'disk', get: (s) => (s.diskDeleted ? `${s.disk} (deleted)` : s.disk) },
-        { header: 'size', get: (s) => formatSize(s.size) },
+        { header: 'size', get: (s) => formatSizeOrNull(s.size) },
         { header: 'trigger', get: (s) => s.trigger },
         { header: 'created', get: (s) => s.createdAt },
       ]);

@@ -9,7 +9,7 @@
 import { mkdirSync, existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { dirname, join as joinPath } from 'node:path';
-import { acquirePidLock } from '../../util/pid-lock.js';
+import { acquireFolderLock } from '../../util/folder-lock.js';
 import { KeyStore } from './keystore.js';
 import type { PersistedState } from './model.js';
 import { loadOrCreateCredentials, loadPrincipals, PrincipalDirectory, type KmsCredentialsFile } from './principals.js';
@@ -69,7 +69,7 @@ export async function startKmsEmulator(opts: KmsEmulatorOptions): Promise<KmsEmu
   const now = opts.now ?? Date.now;
   const dir = opts.stateDir;
   makeStateDir(dir);
-  const unlock = acquirePidLock(joinPath(dir, 'emulator.lock'), 'kmsdisk KMS emulator');
+  const unlock = acquireFolderLock(joinPath(dir, 'emulator.lock'), 'kmsdisk KMS emulator');
   try {
     return await startLocked(opts, logger, now, dir, unlock);
   } catch (err) {
