@@ -146,11 +146,15 @@ export class ImagesService {
     return this.ctx.catalog.listImages().map((i) => this.viewOf(i));
   }
 
-  /** One image; one whose file was deleted outside kmsdisk is not found (naming it), as any use of it is. */
+  /**
+   * One image; an available one whose file was deleted outside kmsdisk is not found (naming it), as
+   * any use of it is. An image still 'creating' may have no file yet (a copy that was cancelled or
+   * whose end could not be recorded leaves the row and no file): it is shown, with its state.
+   */
   async show(name: string): Promise<ImageView> {
     const i = this.ctx.catalog.getImage(name);
     if (!i) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${name}`);
-    await checkFileThere('image', name, i.path);
+    if (i.state === 'available') await checkFileThere('image', name, i.path);
     return this.viewOf(i);
   }
 

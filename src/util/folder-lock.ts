@@ -39,11 +39,26 @@ function holderOf(path: string): string {
   return m[2] ? `pid ${m[1]}: ${m[2]}` : `pid ${m[1]}`;
 }
 
+/** Writes this process's pid and command line into the lock file, through a short-lived descriptor. */
+function writeHolder(path: string): void {
+  const w = openSync(path, constants.O_WRONLY);
+  try {
+    ftruncateSync(w, 0);
+    writeSync(w, `${process.pid} ${process.argv.join(' ')}\n`, 0);
+  } finally {
+    closeSync(w);
+  }
+}
+
 /** Takes the lock at `path` for `what` (e.g. "kmsdisk agent"); returns its release function. */
 export function acquireFolderLock(path: string, what: string): () => void {
   if (heldHere.has(path)) throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `another ${what} in this process already holds ${path}`);
   for (let attempt = 0; attempt < 5; attempt++) {
-    const fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+    // The lock is held on a read-only descriptor: Linux refuses to remount a file system read-only
+    // while a file on it is open for writing, and an owner must not stop that (the emulator then
+    // refuses changes with KMSDISK_ERR_READ_ONLY, test/kms/state-write-failure.test.ts). flock
+    // needs no write access.
+    const fd = openSync(path, constants.O_RDONLY | constants.O_CREAT, 0o600);
     let locked: boolean;
     try {
       locked = tryLockFile(fd);
@@ -60,8 +75,12 @@ export function acquireFolderLock(path: string, what: string): () => void {
       closeSync(fd);
       continue;
     }
-    ftruncateSync(fd, 0);
-    writeSync(fd, `${process.pid} ${process.argv.join(' ')}\n`, 0);
+    try {
+      writeHolder(path);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     heldHere.add(path);
     let released = false;
     return () => {
