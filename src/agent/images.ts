@@ -35,7 +35,8 @@ export const DEFAULT_CHECKPOINT_BYTES = 8 * 1024 * 1024;
 export interface ImageView {
   name: string;
   id: string;
-  size: number;
+  /** null: the image's file cannot be read (deleted, corrupt) and its size is not known, never an invented 0. */
+  size: number | null;
   format: string;
   encrypted: boolean;
   kmsKeyId: string | null;
@@ -163,7 +164,7 @@ export class ImagesService {
     return {
       name: i.name,
       id: i.id,
-      size: m?.size ?? 0,
+      size: m?.size ?? null,
       format: i.format,
       encrypted: i.encrypted,
       kmsKeyId: m?.kmsKeyId ?? null,

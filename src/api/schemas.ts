@@ -119,7 +119,7 @@ export const imageSchema = {
   properties: {
     name: str,
     id: str,
-    size: int,
+    size: intOrNull,
     format: str,
     encrypted: bool,
     kmsKeyId: strOrNull,

@@ -1,7 +1,8 @@
 // An image or snapshot whose file was deleted outside kmsdisk: every use of it (show, disk create
 // from it, image copy from it) is KMSDISK_ERR_NOT_FOUND naming the image or snapshot and how to
 // remove it -- a plain image used to answer KMSDISK_ERR_IO naming only the file, and show
-// answered as if nothing were wrong -- and deleting it removes its catalog row.
+// answered as if nothing were wrong -- and deleting it removes its catalog row. Listed after a
+// restart, such an image's size is null (CLI '-'), not 0.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
@@ -59,6 +60,15 @@ describe('files deleted outside kmsdisk', () => {
     const r = await cliAsync(['disk', 'create', 'from-plain', '--from-image', 'plain', '--api', api, '--token', s.agent.token]);
     expect(r.status, r.stderr).toBe(3);
     expect(r.stderr).toContain('KMSDISK_ERR_NOT_FOUND: image plain has no file');
+
+    // After a restart nothing knows their sizes any more: null (CLI '-'), not an invented 0.
+    await s.restartAgent();
+    const listed = (await s.api('GET', '/v1/images')).body.images as { name: string; size: number | null }[];
+    expect(listed.map((i) => [i.name, i.size]).sort()).toEqual([['enc', null], ['plain', null]]);
+    const api2 = `${s.agent.apiAddress.host}:${s.agent.apiAddress.port}`;
+    const table = await cliAsync(['image', 'list', '--api', api2, '--token', s.agent.token]);
+    expect(table.status, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/^plain\s+-\s/m);
 
     for (const name of ['plain', 'enc']) {
       expect((await s.api('DELETE', `/v1/images/${name}`)).status).toBe(200);

@@ -3,12 +3,13 @@ import { resolve } from 'node:path';
 import { ApiClient, enc } from '../api-client.js';
 import { clientOptions, type ClientOpts } from '../common.js';
 import { printJson, printTable, usageError } from '../output.js';
-import { formatSize } from '../../util/size.js';
+import { formatSizeOrNull } from '../../util/size.js';
 import { throwIfFailed, waitForJob, type JobView } from './jobs.js';
 
 interface ImageView {
   name: string;
-  size: number;
+  /** null: the image's file cannot be read and its size is not known ('-' in tables). */
+  size: number | null;
   format?: string;
   encrypted: boolean;
   kmsKeyId?: string | null;
@@ -37,7 +38,7 @@ export function registerImages(program: Command): void {
       if (opts.format) body.format = opts.format;
       const img = await new ApiClient(opts).post<ImageView>('/v1/images', body);
       if (opts.json) printJson(img);
-      else process.stdout.write(`imported image ${img.name} (${formatSize(img.size)})\n`);
+      else process.stdout.write(`imported image ${img.name} (${formatSizeOrNull(img.size) ?? 'unknown size'})\n`);
     });
 
   clientOptions(image.command('list'))
@@ -59,7 +60,7 @@ export function registerImages(program: Command): void {
       }
       printTable(r.images, [
         { header: 'name', get: (i) => i.name },
-        { header: 'size', get: (i) => formatSize(i.size) },
+        { header: 'size', get: (i) => formatSizeOrNull(i.size) },
         { header: 'encrypted', get: (i) => (i.encrypted ? 'yes' : 'no') },
         { header: 'cmk', get: (i) => i.kmsKeyId },
         { header: 'state', get: (i) => imageState(i, copying.get(i.name)) },
