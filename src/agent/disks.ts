@@ -21,7 +21,7 @@ import { parseSize } from '../util/size.js';
 import { removeDiskSeries } from '../metrics/registry.js';
 import { VolumeSizeLimit } from './size-limit.js';
 import { deleteRowsThenFile } from './delete-file.js';
-import { checkFileThere } from './missing-file.js';
+import { readableImage, readableSnapshot } from './missing-file.js';
 
 export type DiskState = 'available' | 'in-use' | 'key-revoked' | 'error';
 
@@ -372,9 +372,7 @@ export class DisksService {
     sectorSize: number | undefined,
     kmsKeyId: string | undefined,
   ): Promise<VolumeHeader> {
-    const snap = this.ctx.catalog.getSnapshot(snapshot);
-    if (!snap) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${snapshot}`);
-    await checkFileThere('snapshot', snapshot, snap.path);
+    const snap = await readableSnapshot(this.ctx.catalog, snapshot);
     const src = await inspectVolumeFile(snap.path);
     checkSameSectorSize(sectorSize, src.sectorSize, `snapshot ${snapshot}`);
     await this.checkSameCmk(kmsKeyId, src.kms.keyId, `snapshot ${snapshot}`);
@@ -392,10 +390,7 @@ export class DisksService {
     requestedSectorSize: number | undefined,
     kmsKeyId: string | undefined,
   ): Promise<VolumeHeader> {
-    const image = this.ctx.catalog.getImage(imageName);
-    if (!image) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${imageName}`);
-    if (image.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${imageName} is still being created`);
-    await checkFileThere('image', imageName, image.path);
+    const image = await readableImage(this.ctx.catalog, imageName);
     if (image.encrypted) {
       // An encrypted image is a volume: the disk is a copy of it under the image's CMK.
       const src = await inspectVolumeFile(image.path);

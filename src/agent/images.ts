@@ -23,7 +23,7 @@ import type { JobRunContext, JobsService, JobView } from './jobs.js';
 import { checkName } from './names.js';
 import { deleteRowsThenFile, unlinkIfThere } from './delete-file.js';
 import { createEncryptedVolume, DEFAULT_CMK } from './new-volume.js';
-import { checkFileThere } from './missing-file.js';
+import { checkFileThere, readableImage } from './missing-file.js';
 import { VolumeSizeLimit } from './size-limit.js';
 
 const execFileP = promisify(execFile);
@@ -237,10 +237,7 @@ export class ImagesService {
       throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', 'only encrypted copies are supported: set encrypt: true (kmsdisk image copy --encrypt)');
     }
     return this.ctx.locks.run(`image:${dest}`, async () => {
-      const src = this.ctx.catalog.getImage(source);
-      if (!src) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${source}`);
-      if (src.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${source} is still being created`);
-      await checkFileThere('image', source, src.path);
+      const src = await readableImage(this.ctx.catalog, source);
       if (src.encrypted) throw new KmsdiskError('KMSDISK_ERR_INVALID_ARGUMENT', `image ${source} is already encrypted; copy its plain source image instead`);
       const taken = this.ctx.catalog.getImage(dest);
       if (taken) await this.replaceLeftover(taken);

@@ -7,6 +7,7 @@
 
 import { promises as fsp } from 'node:fs';
 import { KmsdiskError } from '../errors.js';
+import type { Catalog, ImageRow, SnapshotRecord } from './catalog.js';
 
 export type FileBackedKind = 'image' | 'snapshot';
 
@@ -22,4 +23,21 @@ export async function checkFileThere(kind: FileBackedKind, name: string, path: s
       { cause: err, details: { [kind]: name, path } },
     );
   }
+}
+
+/** Image `name` for a use that reads it (a disk from it, a copy of it): known, available, its file there. */
+export async function readableImage(catalog: Catalog, name: string): Promise<ImageRow> {
+  const image = catalog.getImage(name);
+  if (!image) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no image ${name}`);
+  if (image.state !== 'available') throw new KmsdiskError('KMSDISK_ERR_CONFLICT', `image ${name} is still being created`);
+  await checkFileThere('image', name, image.path);
+  return image;
+}
+
+/** Snapshot `name`, known and its file there (show, a disk from it). */
+export async function readableSnapshot(catalog: Catalog, name: string): Promise<SnapshotRecord> {
+  const snap = catalog.getSnapshot(name);
+  if (!snap) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
+  await checkFileThere('snapshot', name, snap.path);
+  return snap;
 }

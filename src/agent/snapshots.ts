@@ -13,7 +13,7 @@ import type { AgentContext } from './context.js';
 import type { DisksService } from './disks.js';
 import { checkName } from './names.js';
 import { deleteRowsThenFile } from './delete-file.js';
-import { checkFileThere } from './missing-file.js';
+import { readableSnapshot } from './missing-file.js';
 
 export interface SnapshotView {
   name: string;
@@ -84,10 +84,7 @@ export class SnapshotsService {
 
   /** One snapshot; one whose file was deleted outside kmsdisk is not found (naming it), as any use of it is. */
   async show(name: string): Promise<SnapshotView> {
-    const s = this.ctx.catalog.getSnapshot(name);
-    if (!s) throw new KmsdiskError('KMSDISK_ERR_NOT_FOUND', `no snapshot ${name}`);
-    await checkFileThere('snapshot', name, s.path);
-    return this.viewOf(s);
+    return this.viewOf(await readableSnapshot(this.ctx.catalog, name));
   }
 
   private viewOf(s: SnapshotRecord): SnapshotView {
