@@ -66,6 +66,17 @@ inline void crypt_tail(const __m128i rk[15], const __m128i* tweaks, const uint8_
   }
 }
 
+// Loads a wide kernel's schedules S for `encrypt`: S::data = K1 (enc or dec) with broadcast(k)
+// putting a 128-bit round key in every lane of the kernel's vector, S::data1 = K1 alone for the
+// single-block tail, S::tweak = K2. (S is templated, not the vector type: GCC drops the vector
+// types' attributes from template arguments and warns, -Wignored-attributes.)
+template <class S, class Broadcast>
+inline void load_wide(const XtsKeySchedule* ks, bool encrypt, S& s, Broadcast broadcast) {
+  load_schedule(encrypt ? ks->enc1 : ks->dec1, s.data1);
+  load_schedule(ks->enc2, s.tweak);
+  for (int r = 0; r <= kAesRounds; r++) s.data[r] = broadcast(s.data1[r]);
+}
+
 // The two entry points of a wide (VAES) kernel, from its parts: K::Schedules (with a `tweak`
 // member of 15 __m128i round keys), K::load(ks, encrypt, schedules) and
 // K::unit<kEncrypt>(schedules, encryptedTweak, src, dst, len). The schedules' stack copy is

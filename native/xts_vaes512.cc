@@ -54,10 +54,7 @@ struct KernelVaes512 {
   };
 
   static void load(const XtsKeySchedule* ks, bool encrypt, Schedules& s) {
-    const AesRoundKeys& k1 = encrypt ? ks->enc1 : ks->dec1;
-    load_schedule(k1, s.data1);
-    load_schedule(ks->enc2, s.tweak);
-    for (int r = 0; r <= kAesRounds; r++) s.data[r] = _mm512_broadcast_i32x4(s.data1[r]);
+    load_wide(ks, encrypt, s, [](__m128i k) { return _mm512_broadcast_i32x4(k); });
   }
 
   // One data unit whose tweak is already encrypted.
