@@ -352,11 +352,16 @@ export class KeyGuard extends EventEmitter {
    */
   async checkAccess(volume: GuardedVolume): Promise<void> {
     if (this.stopped) throw new KmsdiskError('KMSDISK_ERR_SHUTTING_DOWN', 'the key guard is stopped');
+    if (!(await this.unwrapMatches(volume))) {
+      throw new KmsdiskError('KMSDISK_ERR_WRONG_KEY', `the key the KMS unwrapped for CMK ${volume.header.kms.keyId} does not match the volume's key check`);
+    }
+  }
+
+  /** Unwraps the volume's DEK through the KMS, compares it with the header's key check and wipes it. */
+  private async unwrapMatches(volume: GuardedVolume): Promise<boolean> {
     const temp = await this.unwrap(volume);
     try {
-      if (keyCheckHex(temp.keyCheckValue()) !== volume.header.keyCheck) {
-        throw new KmsdiskError('KMSDISK_ERR_WRONG_KEY', `the key the KMS unwrapped for CMK ${volume.header.kms.keyId} does not match the volume's key check`);
-      }
+      return keyCheckHex(temp.keyCheckValue()) === volume.header.keyCheck;
     } finally {
       temp.wipe();
     }
@@ -515,12 +520,7 @@ export class KeyGuard extends EventEmitter {
     overdue.unref();
     let matches: boolean;
     try {
-      const temp = await this.unwrap(entry.volume);
-      try {
-        matches = keyCheckHex(temp.keyCheckValue()) === entry.volume.header.keyCheck;
-      } finally {
-        temp.wipe();
-      }
+      matches = await this.unwrapMatches(entry.volume);
     } catch (err) {
       return this.renewalFailed(lease, err, issuedAt, generation);
     } finally {
